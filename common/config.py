@@ -1,0 +1,90 @@
+"""The one parser of options shared by both training scripts, and its validation."""
+import argparse
+import json
+import os
+
+from common import UserError
+
+MODELS = ("simple_cnn", "resnet18", "nin")
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """Options every script takes. Defaults follow RotNet's CIFAR-10 recipe (Gidaris et al. 2018)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=("cifar10", "imagefolder", "synthetic"), default="cifar10")
+    data.add_argument("--data-dir", default="./data",
+                      help="cifar10: downloaded here when missing; imagefolder: holds train/<class>/* and test/<class>/*")
+    data.add_argument("--image-size", type=int, default=32, help="square side images are resized/cropped to")
+    data.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ssl-scripts"),
+                      help="decoded image folders are cached here so a second run starts in seconds")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="drop (and count) unreadable images instead of stopping at the first one")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default="resnet18", help=f"encoder: one of {', '.join(MODELS)}")
+
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--epochs", type=int, default=200)
+    opt.add_argument("--max-steps", type=int, default=None,
+                     help="stop after this many optimizer steps (overrides --epochs)")
+    opt.add_argument("--batch-size", type=int, default=128, help="images per process per step")
+    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    opt.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd is Nesterov, momentum 0.9")
+    opt.add_argument("--lr", type=float, default=0.1)
+    opt.add_argument("--weight-decay", type=float, default=5e-4)
+    opt.add_argument("--schedule", choices=("step", "cosine", "constant"), default="step",
+                     help="step: x0.2 at 30%%, 60%%, 80%% of training (RotNet's 60/120/160 of 200 epochs)")
+    opt.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
+    opt.add_argument("--seed", type=int, default=0)
+
+    run = p.add_argument_group("run")
+    run.add_argument("--output-dir", default="./runs/default")
+    run.add_argument("--resume", default="auto",
+                     help="auto: continue from the newest checkpoint in OUTPUT_DIR if any; never; or a checkpoint PATH")
+    run.add_argument("--checkpoint-every", type=int, default=250, help="optimizer steps between checkpoints")
+    run.add_argument("--keep-checkpoints", type=int, default=3)
+    run.add_argument("--log-every", type=int, default=10, help="optimizer steps between logged train metrics")
+    run.add_argument("--report-to", choices=("wandb", "tensorboard", "none"), default="wandb")
+    run.add_argument("--wandb-project", default=None)
+
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval-every", type=int, default=10, help="epochs between evaluations (0: only at the end)")
+    ev.add_argument("--eval-at-start", action="store_true",
+                    help="also evaluate the untrained encoder, logged as eval/*_init")
+    ev.add_argument("--eval-batch-size", type=int, default=512)
+    ev.add_argument("--knn-k", type=int, default=20)
+    ev.add_argument("--knn-temperature", type=float, default=0.07)
+    ev.add_argument("--probe-epochs", type=int, default=30, help="epochs of the linear probe on frozen features")
+    return p
+
+
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Reject option values that would fail late or silently; each message says what to do."""
+    if args.model not in MODELS:
+        raise UserError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
+    checks = [
+        (args.lr > 0, f"--lr must be > 0 (got {args.lr})"),
+        (args.batch_size > 0, f"--batch-size must be >= 1 (got {args.batch_size})"),
+        (args.grad_accum > 0, f"--grad-accum must be >= 1 (got {args.grad_accum})"),
+        (args.epochs > 0, f"--epochs must be >= 1 (got {args.epochs})"),
+        (args.max_steps is None or args.max_steps > 0, f"--max-steps must be >= 1 (got {args.max_steps})"),
+        (args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})"),
+        (args.weight_decay >= 0, f"--weight-decay must be >= 0 (got {args.weight_decay})"),
+        (args.checkpoint_every > 0, f"--checkpoint-every must be >= 1 (got {args.checkpoint_every})"),
+        (args.keep_checkpoints > 0, f"--keep-checkpoints must be >= 1 (got {args.keep_checkpoints})"),
+        (args.log_every > 0, f"--log-every must be >= 1 (got {args.log_every})"),
+        (args.eval_every >= 0, f"--eval-every must be >= 0 (got {args.eval_every})"),
+        (args.knn_k > 0, f"--knn-k must be >= 1 (got {args.knn_k})"),
+        (args.knn_temperature > 0, f"--knn-temperature must be > 0 (got {args.knn_temperature})"),
+        (args.probe_epochs > 0, f"--probe-epochs must be >= 1 (got {args.probe_epochs})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return args
+
+
+def save_config(args: argparse.Namespace, path: str, **extra) -> None:
+    with open(path, "w") as f:
+        json.dump({**vars(args), **extra}, f, indent=2, sort_keys=True)

@@ -1,0 +1,214 @@
+"""Datasets as uint8 tensors, and the batched augmentations that run on the training device.
+
+Every dataset is decoded once into (N, 3, H, W) uint8 plus int64 labels. Training batches index that tensor
+on the device (airbench's way); crops, flips and rotations are tensor ops on whole batches, never per-image PIL.
+"""
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+@dataclass
+class ImageData:
+    train_images: torch.Tensor  # (N, 3, H, W) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list
+    skipped_files: int = 0
+
+    def channel_stats(self):
+        """Per-channel mean and std of the train split in [0, 1], for the encoder's built-in normalization."""
+        x = self.train_images[:20000].float().div_(255)  # a large sample is exact to 3 decimals, and quick
+        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def load_dataset(args) -> ImageData:
+    if args.dataset == "synthetic":
+        return make_synthetic(args.image_size)
+    if args.dataset == "cifar10":
+        return load_cifar10(args.data_dir, args.image_size)
+    return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images)
+
+
+# ----------------------------------------------------------------------------------------------- sources
+def load_cifar10(data_dir: str, image_size: int) -> ImageData:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        splits = [CIFAR10(root=data_dir, train=train, download=True) for train in (True, False)]
+    except Exception as e:  # network errors come in many types; the fix is the same
+        raise UserError(f"could not load or download CIFAR-10 into {data_dir!r} ({e}); download it there, "
+                        f"or point --dataset imagefolder --data-dir at a folder with train/ and test/") from e
+    images = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in splits]
+    labels = [torch.tensor(s.targets, dtype=torch.int64) for s in splits]
+    if image_size != 32:
+        images = [resize_uint8(x, image_size) for x in images]
+    return ImageData(images[0], labels[0], images[1], labels[1], list(splits[0].classes))
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def make_synthetic(image_size: int = 32, n_train: int = 1024, n_test: int = 256, n_classes: int = 10) -> ImageData:
+    """Small, seeded, learnable data: each class is a smooth random pattern (not rotation-symmetric) plus noise."""
+    g = torch.Generator().manual_seed(1234)
+    templates = F.interpolate(torch.rand(n_classes, 3, 4, 4, generator=g), size=(image_size, image_size),
+                              mode="bilinear", align_corners=False)
+
+    def sample(n):
+        labels = torch.arange(n) % n_classes
+        labels = labels[torch.randperm(n, generator=g)]
+        x = templates[labels] + 0.15 * torch.randn(n, 3, image_size, image_size, generator=g)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+    (xtr, ytr), (xte, yte) = sample(n_train), sample(n_test)
+    return ImageData(xtr, ytr, xte, yte, [f"class{i}" for i in range(n_classes)])
+
+
+# ------------------------------------------------------------------------------------------ image folders
+def decode_image(path: str, size: int) -> np.ndarray:
+    """Any PIL-readable image -> (size, size, 3) uint8: converted to RGB, shorter side resized, center-cropped."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode != "RGB":
+            # Palette and alpha images go through RGBA so transparency becomes its colour, not garbage.
+            img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA", "LA") else img.convert("RGB")
+        if img.size != (size, size):
+            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _decode_or_none(job):
+    path, size = job
+    try:
+        return decode_image(path, size)
+    except Exception as e:  # PIL raises OSError, UnidentifiedImageError, ValueError, SyntaxError ...
+        return f"{type(e).__name__}: {e}"
+
+
+def scan_imagefolder(data_dir: str):
+    """Lists (path, class index) for train/ and test/; classes are the sub-folders of train/."""
+    if not os.path.isdir(data_dir):
+        raise UserError(f"data dir {data_dir!r} does not exist: pass --data-dir with train/<class>/ and test/<class>/")
+    splits = {}
+    for split in ("train", "test"):
+        root = os.path.join(data_dir, split)
+        if not os.path.isdir(root):
+            raise UserError(f"{data_dir!r} has no {split}/ folder: an image folder needs "
+                            f"{split}/<class>/<image> files (ImageFolder layout)")
+        classes = {}
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.is_dir():
+                files = sorted(f.path for f in os.scandir(entry.path)
+                               if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS))
+                if files:
+                    classes[entry.name] = files
+        if not classes:
+            raise UserError(f"{root!r} has no class folders with images: put images in {split}/<class>/")
+        splits[split] = classes
+    class_names = list(splits["train"])
+    missing = [c for c in splits["test"] if c not in splits["train"]]
+    if missing:
+        raise UserError(f"test classes {missing} have no train/ folder in {data_dir!r}: "
+                        f"every test class must also be a train class")
+    index = {c: i for i, c in enumerate(class_names)}
+    files = {s: [(p, index[c]) for c, paths in splits[s].items() for p in paths] for s in splits}
+    return files, class_names
+
+
+def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False) -> ImageData:
+    files, classes = scan_imagefolder(data_dir)
+    key = hashlib.sha256(repr((os.path.abspath(data_dir), image_size, skip_bad, [
+        (p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for s in ("train", "test") for p, _ in files[s]
+    ])).encode()).hexdigest()[:20]
+    cache_path = os.path.join(cache_dir, f"imagefolder-{key}.pt")
+    if os.path.exists(cache_path):
+        try:
+            return ImageData(**torch.load(cache_path, weights_only=True))
+        except Exception:
+            pass  # a damaged cache is rebuilt below
+    tensors, skipped = {}, 0
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        for split in ("train", "test"):
+            decoded = list(pool.map(_decode_or_none, [(p, image_size) for p, _ in files[split]], chunksize=256))
+            keep = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+            bad = [(files[split][i][0], d) for i, d in enumerate(decoded) if not isinstance(d, np.ndarray)]
+            if bad and not skip_bad:
+                raise UserError(f"cannot read image {bad[0][0]!r} ({bad[0][1]}); fix or remove it, or pass "
+                                f"--skip-bad-images ({len(bad)} unreadable file(s) in {split}/)")
+            if not keep:
+                raise UserError(f"no readable images in {os.path.join(data_dir, split)!r}")
+            skipped += len(bad)
+            tensors[f"{split}_images"] = torch.from_numpy(np.stack([decoded[i] for i in keep])).permute(0, 3, 1, 2)
+            tensors[f"{split}_images"] = tensors[f"{split}_images"].contiguous()
+            tensors[f"{split}_labels"] = torch.tensor([files[split][i][1] for i in keep], dtype=torch.int64)
+    data = ImageData(**tensors, classes=classes, skipped_files=skipped)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{cache_path}.tmp{os.getpid()}"
+        torch.save(vars(data), tmp)
+        os.replace(tmp, cache_path)  # atomic: a concurrent reader never sees half a file
+    except OSError as e:
+        print(f"warning: could not cache decoded images in {cache_dir!r} ({e}); next start decodes again")
+    return data
+
+
+# ------------------------------------------------------------------------------- batched device transforms
+def random_crop_flip(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """RandomCrop(size, padding=pad) + RandomHorizontalFlip for a whole uint8 batch, as one gather."""
+    n, _, h, w = images.shape
+    dev = images.device
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=dev)
+    rows = dy + torch.arange(h, device=dev)
+    cols = dx + torch.arange(w, device=dev)
+    flip = torch.rand(n, 1, device=dev) < 0.5
+    cols = torch.where(flip, cols.flip(1), cols)  # a flip is the crop's columns read backwards
+    out = padded[torch.arange(n, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)  # (n, h, w, c) -> (n, c, h, w)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [0, 1]; the encoder normalizes (see models.Encoder)."""
+    return images.float().div_(255)
+
+
+def augment(images: torch.Tensor) -> torch.Tensor:
+    """Train-time augmentation of RotNet's recipe: crop with 1/8 padding (4 px at 32) and horizontal flip."""
+    return to_float(random_crop_flip(images, pad=max(1, images.shape[-1] // 8)))
+
+
+def rotate(images: torch.Tensor, rotations_per_image: int = 4):
+    """Rotations by k*90 degrees counter-clockwise, label k (0..3).
+
+    rotations_per_image=4: all four copies of every image in the batch (RotNet); returns 4N samples ordered
+    [all images at 0, all at 90, all at 180, all at 270]. rotations_per_image=1: one random k per image.
+    """
+    n = images.shape[0]
+    if rotations_per_image == 4:
+        rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
+        labels = torch.arange(4, device=images.device).repeat_interleave(n)
+        return rotated, labels
+    labels = torch.randint(0, 4, (n,), device=images.device)
+    rotated = images.clone()
+    for k in range(1, 4):
+        mask = labels == k
+        rotated[mask] = torch.rot90(images[mask], k, dims=(2, 3))
+    return rotated, labels

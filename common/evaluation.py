@@ -1,0 +1,104 @@
+"""Evaluation shared by both scripts: frozen-feature k-NN and linear probe, plus each pretext's own accuracy.
+
+Feature extraction is split across processes (Accelerate's split_between_processes) and gathered, so every
+rank ends with the features of the whole split; the cheap probes then run once, on the main process.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.data import to_float
+
+
+@torch.no_grad()
+def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """fn(float batch in [0, 1]) for every image, sharded over processes; returns all outputs in image order."""
+    all_indices = torch.arange(len(images))
+    with accelerator.split_between_processes(all_indices, apply_padding=True) as mine:
+        outputs = [fn(to_float(images[chunk].to(accelerator.device))).float()
+                   for chunk in mine.split(batch_size)]
+        local = torch.cat(outputs), mine.to(accelerator.device)
+    values, indices = accelerator.gather(local)
+    result = torch.empty((len(images), *values.shape[1:]), dtype=values.dtype, device=values.device)
+    result[indices] = values  # padding repeats an index with its own value, so order and content are exact
+    return result
+
+
+def features(accelerator, encoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    was_training = encoder.training
+    encoder.eval()
+    with accelerator.autocast():
+        out = map_batches(accelerator, encoder, images, batch_size)
+    encoder.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, temperature=0.07, chunk=256) -> float:
+    """Weighted k-NN (InstDisc / solo-learn): cosine similarity, neighbour weights exp(sim / temperature)."""
+    num_classes = int(train_labels.max()) + 1
+    train_feats = F.normalize(train_feats.float(), dim=1)
+    test_feats = F.normalize(test_feats.float(), dim=1)
+    train_labels, test_labels = train_labels.to(train_feats.device), test_labels.to(train_feats.device)
+    k = min(k, len(train_feats))
+    correct = 0
+    for start in range(0, len(test_feats), chunk):
+        sim, idx = (test_feats[start:start + chunk] @ train_feats.T).topk(k, dim=1)
+        votes = torch.zeros(len(sim), num_classes, device=sim.device)
+        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
+        correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum().item()
+    return correct / len(test_feats)
+
+
+def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, epochs=30, batch_size=1024,
+                          lr=1e-3, weight_decay=1e-4, seed=0) -> float:
+    """Logistic regression on frozen, standardized features (AdamW, cosine schedule); test top-1."""
+    dev = train_feats.device
+    train_labels, test_labels = train_labels.to(dev), test_labels.to(dev)
+    mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
+    xtr, xte = (train_feats - mean) / std, (test_feats - mean) / std
+    num_classes = int(train_labels.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the probe must not shift the training's random stream
+        torch.manual_seed(seed)
+        probe = nn.Linear(xtr.shape[1], num_classes).to(dev)
+    steps = epochs * ((len(xtr) + batch_size - 1) // batch_size)
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for idx in torch.randperm(len(xtr), generator=g).to(dev).split(batch_size):
+                loss = F.cross_entropy(probe(xtr[idx]), train_labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    with torch.no_grad():
+        return (probe(xte).argmax(1) == test_labels).float().mean().item()
+
+
+def encoder_metrics(accelerator, encoder, data, args) -> dict:
+    """eval/knn_acc and eval/linear_acc of the frozen encoder: train split as memory / probe data, test split scored."""
+    train_feats = features(accelerator, encoder, data.train_images, args.eval_batch_size)
+    test_feats = features(accelerator, encoder, data.test_images, args.eval_batch_size)
+    if not accelerator.is_main_process:
+        return {}
+    return {
+        "eval/knn_acc": knn_accuracy(train_feats, data.train_labels, test_feats, data.test_labels,
+                                     args.knn_k, args.knn_temperature),
+        "eval/linear_acc": linear_probe_accuracy(train_feats, data.train_labels, test_feats, data.test_labels,
+                                                 epochs=args.probe_epochs, seed=args.seed),
+    }
+
+
+def rotation_accuracy(accelerator, model, images: torch.Tensor, batch_size: int) -> float:
+    """4-way accuracy over all four rotations of every image."""
+    def correct(x):
+        return torch.stack([model(torch.rot90(x, k, dims=(2, 3))).argmax(1) == k for k in range(4)], dim=1)
+
+    was_training = model.training
+    model.eval()
+    with accelerator.autocast():
+        hits = map_batches(accelerator, correct, images, batch_size)
+    model.train(was_training)
+    return hits.mean().item()

@@ -1,0 +1,338 @@
+"""Training machinery both scripts share: the Accelerator, optimizer and schedule, checkpoints and resume,
+logging (tracker + metrics.jsonl), the progress bar and the final outputs.
+
+Each script keeps its own loop (data, model, loss, step) and calls a Run for everything around it.
+"""
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from common import UserError
+from common.config import save_config
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def cli(main):
+    """Runs main(); a UserError becomes one line on stderr and exit status 2, never a traceback."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def make_accelerator(args) -> Accelerator:
+    tracker = args.report_to if args.report_to != "none" else None
+    if tracker == "wandb" and importlib.util.find_spec("wandb") is None:
+        print("warning: wandb is not installed (pip install wandb), so this run is not tracked; "
+              "pass --report-to none to silence this", file=sys.stderr)
+        tracker = None
+    if tracker == "wandb" and "WANDB_MODE" not in os.environ and not _wandb_credentials():
+        os.environ["WANDB_MODE"] = "offline"  # nodes without credentials still get a run, synced later
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.grad_accum,
+        log_with=tracker,
+        project_dir=args.output_dir,
+        step_scheduler_with_optimizer=False,  # we step it once per optimizer step, not once per process
+        # Shuffling seeded by (seed, epoch): every rank agrees on the order, and a resume replays it.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    check_output_dir(args.output_dir)
+    set_seed(args.seed)  # same initial weights on every rank
+    return accelerator
+
+
+def _wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Fail before any training if results could not be written."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to output dir {output_dir!r} ({e.strerror}): "
+                        f"choose a writable --output-dir") from e
+
+
+def make_optimizer(args, model) -> torch.optim.Optimizer:
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                               weight_decay=args.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+
+def make_scheduler(args, optimizer, total_steps: int):
+    """Per optimizer step. 'step' is RotNet's: lr x0.2 at 30%, 60% and 80% of training (60/120/160 of 200)."""
+    def factor(step):
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        progress = step / max(1, total_steps)
+        if args.schedule == "step":
+            return 0.2 ** sum(progress >= m for m in (0.3, 0.6, 0.8))
+        if args.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def index_loader(num_samples: int, batch_size: int):
+    """Batches of sample indices; the images stay on the device and are indexed there."""
+    return torch.utils.data.DataLoader(torch.arange(num_samples), batch_size=batch_size, shuffle=True,
+                                       drop_last=True)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(output_dir: str) -> list:
+    """Complete checkpoints, oldest first. Incomplete ones keep a '.tmp-' name until renamed."""
+    root = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    names = [n for n in os.listdir(root) if n.startswith(CHECKPOINT_PREFIX)]
+    return [os.path.join(root, n) for n in sorted(names, key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))]
+
+
+def checkpoint_to_resume(args):
+    existing = list_checkpoints(args.output_dir)
+    if args.resume == "never":
+        if existing:
+            raise UserError(f"{args.output_dir!r} already holds checkpoints of a run: pass --resume auto to "
+                            f"continue it, or choose a new --output-dir (nothing was overwritten)")
+        return None
+    if args.resume == "auto":
+        return existing[-1] if existing else None
+    if not os.path.isdir(args.resume):
+        raise UserError(f"checkpoint {args.resume!r} does not exist: pass a folder under OUTPUT_DIR/checkpoints/")
+    return args.resume
+
+
+class TrainState:
+    """Where the run is; saved in every checkpoint (Accelerate's register_for_checkpointing)."""
+
+    def __init__(self):
+        self.step = 0  # optimizer steps done
+        self.epoch = 0
+        self.batches_in_epoch = 0  # micro-batches of `epoch` already trained on
+        self.images = 0  # over all processes
+        self.samples = 0
+        self.train_time_s = 0.0
+        self.init_metrics = {}
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        self.__dict__.update(state)
+
+
+class Run:
+    """Everything around a script's loop: resume, epochs and batches, metrics, checkpoints, outputs."""
+
+    def __init__(self, args, accelerator, train_loader, project: str):
+        self.args, self.accelerator, self.loader, self.project = args, accelerator, train_loader, project
+        self.steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
+        if self.steps_per_epoch == 0:
+            raise UserError(f"the train split is smaller than one batch: lower --batch-size "
+                            f"(now {args.batch_size} per process x {accelerator.num_processes} processes)")
+        self.total_steps = args.max_steps or args.epochs * self.steps_per_epoch
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.state = TrainState()
+        accelerator.register_for_checkpointing(self.state)
+        set_seed(args.seed, device_specific=True)  # each rank draws its own augmentations (restored on resume)
+        self.start_time = time.time()
+        self._sums, self._clock = {}, time.perf_counter()
+        self._images_since_log, self._log_clock = 0, time.perf_counter()
+        self.metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+
+    def start(self) -> None:
+        """Resumes from a checkpoint if there is one (call after preparing the scheduler), starts logging."""
+        args, accelerator = self.args, self.accelerator
+        checkpoint = checkpoint_to_resume(args)
+        if checkpoint:
+            accelerator.load_state(checkpoint)
+            accelerator.print(f"resumed from {checkpoint} at step {self.state.step} "
+                              f"(epoch {self.state.epoch}, batch {self.state.batches_in_epoch})")
+        if accelerator.is_main_process:
+            save_config(args, os.path.join(args.output_dir, "config.json"), world_size=accelerator.num_processes)
+            self._truncate_metrics()
+        self._init_tracker(self.project)
+        self.progress = tqdm(total=self.total_steps, initial=self.state.step, dynamic_ncols=True,
+                             disable=not accelerator.is_local_main_process, desc="train")
+
+    def _truncate_metrics(self) -> None:
+        """Drop lines logged after the checkpoint we start from: they will be logged again."""
+        if not os.path.exists(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= self.state.step]
+        if self.fresh:
+            kept = []
+        with open(self.metrics_path, "w") as f:
+            f.writelines(kept)
+
+    @property
+    def finished(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    @property
+    def fresh(self) -> bool:
+        return self.state.step == 0 and self.state.batches_in_epoch == 0
+
+    # --------------------------------------------------------------------------------------- the loop
+    def epochs(self):
+        while self.state.epoch < self.num_epochs and not self.finished:
+            yield self.state.epoch
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+
+    def batches(self):
+        """This epoch's index batches for this process; a resumed epoch skips what was already trained on."""
+        self.loader.set_epoch(self.state.epoch)
+        loader = self.loader
+        if self.state.batches_in_epoch:
+            loader = self.accelerator.skip_first_batches(self.loader, self.state.batches_in_epoch)
+        self._clock = time.perf_counter()
+        for indices in loader:
+            self.state.batches_in_epoch += 1
+            yield indices
+
+    def track(self, images: int, samples: int, **values) -> None:
+        """Per micro-batch: local sums of the train metrics, reduced over processes only when logged."""
+        for name, value in values.items():
+            value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+            self._sums[name] = self._sums.get(name, 0) + value.to(self.accelerator.device)
+        self._sums["count"] = self._sums.get("count", 0) + torch.ones((), device=self.accelerator.device)
+        n = self.accelerator.num_processes
+        self.state.images += images * n
+        self.state.samples += samples * n
+        self._images_since_log += images * n
+
+    def step_done(self, scheduler) -> None:
+        """After each optimizer step: schedule, time, log, checkpoint."""
+        scheduler.step()
+        self.state.step += 1
+        now = time.perf_counter()
+        self.state.train_time_s += now - self._clock
+        self._clock = now
+        self.progress.update(1)
+        if self.state.step % self.args.log_every == 0 or self.finished:
+            self._log_train(scheduler.get_last_lr()[0])
+        if self.state.step % self.args.checkpoint_every == 0 or self.finished:
+            self.save_checkpoint()
+
+    def _log_train(self, lr: float) -> None:
+        names = list(self._sums)
+        totals = self.accelerator.reduce(torch.stack([self._sums[n] for n in names]), reduction="sum")
+        count = totals[names.index("count")].item()
+        values = {f"train/{n}": totals[i].item() / count for i, n in enumerate(names) if n != "count"}
+        elapsed = time.perf_counter() - self._log_clock
+        values.update({"train/lr": lr, "train/epoch": self.state.step / self.steps_per_epoch,
+                       "train/images_per_s": self._images_since_log / max(elapsed, 1e-9)})
+        self.log(values)
+        self.progress.set_postfix(loss=f"{values['train/loss']:.4f}",
+                                  img_s=f"{values['train/images_per_s']:.0f}")
+        self._sums, self._images_since_log, self._log_clock = {}, 0, time.perf_counter()
+
+    def should_evaluate(self, epoch: int) -> bool:
+        return self.args.eval_every > 0 and (epoch + 1) % self.args.eval_every == 0 and not self.finished
+
+    def log(self, values: dict) -> None:
+        """To the tracker and OUTPUT_DIR/metrics.jsonl (main process; values must already be global)."""
+        if self.accelerator.is_main_process:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps({"step": self.state.step, **values}) + "\n")
+        self.accelerator.log(values, step=self.state.step)
+
+    def resume_clock(self) -> None:
+        """Call after work that is not training (evaluation) so it does not count in samples/s."""
+        self._clock = self._log_clock = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        """save_state into a temporary folder, renamed once every rank has written: complete or invisible."""
+        acc, root = self.accelerator, os.path.join(self.args.output_dir, "checkpoints")
+        name = f"{CHECKPOINT_PREFIX}{self.state.step:08d}"
+        final, tmp = os.path.join(root, name), os.path.join(root, f".tmp-{name}")
+        if os.path.isdir(final):  # this step was saved before a resume
+            return
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(tmp)
+        if acc.is_main_process:
+            save_config(self.args, os.path.join(tmp, "config.json"), world_size=acc.num_processes)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            os.rename(tmp, final)
+            for old in list_checkpoints(self.args.output_dir)[:-self.args.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.resume_clock()
+
+    # ----------------------------------------------------------------------------------------- tracker
+    def _init_tracker(self, project: str) -> None:
+        if not self.accelerator.log_with:
+            return
+        args = self.args
+        config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        config.update(world_size=self.accelerator.num_processes,
+                      mixed_precision=str(self.accelerator.mixed_precision))
+        init_kwargs = {}
+        if args.report_to == "wandb":
+            init_kwargs["wandb"] = {"id": self._wandb_run_id(), "resume": "allow", "dir": args.output_dir}
+        self.accelerator.init_trackers(args.wandb_project or project, config=config, init_kwargs=init_kwargs)
+        if args.report_to == "wandb" and self.accelerator.is_main_process and \
+                os.environ.get("WANDB_MODE") == "offline":
+            run_dir = os.path.dirname(self.accelerator.get_tracker("wandb", unwrap=True).dir)
+            print(f"W&B is offline (no credentials found): the run is in {run_dir}; "
+                  f"upload it with: wandb sync {run_dir}", flush=True)
+
+    def _wandb_run_id(self) -> str:
+        """One training is one W&B run: the id is kept in OUTPUT_DIR and reused on resume."""
+        path = os.path.join(self.args.output_dir, "wandb_run_id")
+        if not os.path.exists(path):
+            import wandb
+            if self.accelerator.is_main_process:
+                with open(path, "w") as f:
+                    f.write(wandb.util.generate_id())
+        self.accelerator.wait_for_everyone()
+        with open(path) as f:
+            return f.read().strip()
+
+    # ---------------------------------------------------------------------------------------- outputs
+    def finish(self, encoder, metrics: dict) -> dict:
+        """Writes final/ (encoder), results.json and the last metrics; ends the tracker."""
+        results = {**self.state.init_metrics, **metrics,
+                   "steps": self.state.step, "epochs": self.state.step / self.steps_per_epoch,
+                   "images_per_s": self.state.images / max(self.state.train_time_s, 1e-9),
+                   "samples_per_s": self.state.samples / max(self.state.train_time_s, 1e-9),
+                   "train_time_s": self.state.train_time_s, "wall_time_s": time.time() - self.start_time,
+                   "world_size": self.accelerator.num_processes}
+        self.progress.close()
+        if self.accelerator.is_main_process:
+            from common.models import save_encoder
+            save_encoder(self.accelerator.unwrap_model(encoder), os.path.join(self.args.output_dir, "final"),
+                         trained_by=os.path.basename(sys.argv[0]), steps=self.state.step)
+            with open(os.path.join(self.args.output_dir, "results.json"), "w") as f:
+                json.dump(results, f, indent=2)
+            summary = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("eval/"))
+            print(f"done: {self.state.step} steps, {results['images_per_s']:.0f} images/s; {summary}")
+        self.log(metrics)
+        self.accelerator.end_training()
+        return results
