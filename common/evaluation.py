@@ -102,3 +102,26 @@ def rotation_accuracy(accelerator, model, images: torch.Tensor, batch_size: int)
         hits = map_batches(accelerator, correct, images, batch_size)
     model.train(was_training)
     return hits.mean().item()
+
+
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties counted half."""
+    scores, positive = scores.double().cpu(), positive.bool().cpu()
+    order = scores.argsort()
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    for value in scores[order][:-1][scores[order][1:] == scores[order][:-1]].unique():  # average tied ranks
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    n_pos, n_neg = positive.sum().item(), (~positive).sum().item()
+    return ((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+
+
+def pair_auc(accelerator, embedder, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """ROC-AUC of the negative embedding distance on a fixed, balanced set of same/different-class test pairs."""
+    from common.pairs import balanced_test_pairs
+
+    embeddings = F.normalize(features(accelerator, embedder, images, batch_size), dim=1)
+    anchors, partners, similar = balanced_test_pairs(labels.cpu(), num_pairs=min(4000, 4 * len(labels)))
+    distance = (embeddings[anchors.to(embeddings.device)] - embeddings[partners.to(embeddings.device)]).norm(dim=1)
+    return roc_auc(-distance, similar)

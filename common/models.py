@@ -102,6 +102,12 @@ def rotation_head(encoder: Encoder) -> nn.Module:
     return nn.Linear(encoder.feature_dim, 4)
 
 
+def projection_head(encoder: Encoder, embedding_dim: int) -> nn.Module:
+    # simple_cnn keeps the seed's fc(4096->128->128); the others a 512-wide MLP as SimCLR-style heads use.
+    hidden = 128 if encoder.name == "simple_cnn" else 512
+    return mlp([encoder.feature_dim, hidden, embedding_dim])
+
+
 class EncoderWithHead(nn.Module):
     def __init__(self, encoder: Encoder, head: nn.Module):
         super().__init__()

@@ -1,0 +1,60 @@
+"""train_rotation.py run for real through `accelerate launch` (CPU, gloo for two processes)."""
+import json
+import os
+
+import torch
+
+from common.models import load_encoder
+from conftest import accelerate_launch
+
+SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
+         "--probe-epochs", "5", "--report-to", "none"]
+
+
+def test_two_processes_train_evaluate_and_export(tmp_path):
+    out = tmp_path / "r2"
+    result = accelerate_launch("train_rotation.py", *SMALL, "--max-steps", "12", "--eval-at-start",
+                               "--output-dir", out, num_processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["steps"] == 12
+    for key in ("eval/rotation_acc", "eval/knn_acc", "eval/linear_acc"):
+        assert 0 <= results[key] <= 1 and 0 <= results[f"{key}_init"] <= 1
+    assert results["eval/rotation_acc"] > results["eval/rotation_acc_init"] + 0.2  # the pretext was learned
+    # 12 steps x 32 images x 2 processes, each image seen in its 4 rotations
+    assert results["samples_per_s"] == pytest_approx(4 * results["images_per_s"])
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "train/loss" in line] == [10, 12]
+    encoder = load_encoder(str(out / "final"))
+    assert encoder(torch.rand(2, 3, 32, 32)).shape == (2, 4096)
+
+
+def pytest_approx(x):
+    import pytest
+    return pytest.approx(x, rel=1e-6)
+
+
+def test_resume_after_kill_continues_from_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    first = accelerate_launch("train_rotation.py", *SMALL, "--max-steps", "6", "--checkpoint-every", "3",
+                              "--output-dir", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = accelerate_launch("train_rotation.py", *SMALL, "--max-steps", "10", "--checkpoint-every", "3",
+                               "--output-dir", out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "at step 6" in second.stdout
+    assert json.loads((out / "results.json").read_text())["steps"] == 10
+
+
+def test_user_errors_are_one_line_and_leave_output_alone(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("keep me")
+    result = accelerate_launch("train_rotation.py", "--dataset", "imagefolder", "--data-dir", tmp_path / "none",
+                               "--output-dir", out, "--report-to", "none")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "does not exist" in errors[0] and "--data-dir" in errors[0]
+    assert "Traceback" not in result.stderr.split("error:")[0]  # our own message comes with no traceback
+    assert os.listdir(out) == ["results.json"]
+    assert (out / "results.json").read_text() == "keep me"

@@ -1,0 +1,55 @@
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from common.evaluation import knn_accuracy, linear_probe_accuracy, map_batches
+
+
+def separable(n_per_class=100, dim=16, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g) * 5
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    return centers[labels] + torch.randn(len(labels), dim, generator=g), labels
+
+
+def test_knn_on_separable_features_is_perfect_and_on_noise_is_chance():
+    xtr, ytr = separable()
+    xte, yte = separable(n_per_class=25, seed=1)
+    assert knn_accuracy(xtr, ytr, xte, yte, k=20) == 1.0
+    noise = torch.randn_like(xte)
+    assert knn_accuracy(xtr, ytr, noise, yte, k=20) < 0.5
+
+
+def test_knn_weights_closer_neighbours_more():
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    # Nearest is class 0 (cos 0.99); with a sharp temperature it outvotes two farther class-1 neighbours.
+    query = torch.tensor([[1.0, 0.15]])
+    assert knn_accuracy(train, labels, query, torch.tensor([0]), k=3, temperature=0.01) == 1.0
+    assert knn_accuracy(train, labels, query, torch.tensor([1]), k=3, temperature=100.0) == 1.0
+
+
+def test_linear_probe_learns_separable_features_and_not_shuffled_labels():
+    xtr, ytr = separable()
+    xte, yte = separable(n_per_class=25, seed=1)
+    assert linear_probe_accuracy(xtr, ytr, xte, yte, epochs=20, batch_size=64) > 0.98
+    shuffled = ytr[torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))]
+    assert linear_probe_accuracy(xtr, shuffled, xte, yte, epochs=20, batch_size=64) < 0.6
+
+
+def test_linear_probe_leaves_the_global_random_stream_alone():
+    xtr, ytr = separable()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    linear_probe_accuracy(xtr, ytr, xtr, ytr, epochs=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_map_batches_keeps_image_order():
+    AcceleratorState._reset_state(True)
+    accelerator = Accelerator(cpu=True)
+    images = torch.arange(37, dtype=torch.uint8).view(37, 1, 1, 1).expand(37, 3, 2, 2).contiguous()
+    out = map_batches(accelerator, lambda x: x.mean(dim=(1, 2, 3)) * 255, images, batch_size=8)
+    assert out.round().tolist() == pytest.approx(list(range(37)))

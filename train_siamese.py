@@ -1,0 +1,94 @@
+"""Siamese network with the contrastive loss (Hadsell, Chopra & LeCun 2006), with Hugging Face Accelerate.
+
+One shared encoder embeds both images of a pair; similar pairs are pulled together, dissimilar pairs pushed
+beyond a margin. Pairs come from labels (same class = similar) or, self-supervised, from augmentation (two
+views of one image = similar). The encoder is judged like the rotation script's (k-NN and linear probe), plus
+the ROC-AUC of embedding distances on balanced test pairs.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml train_siamese.py --dataset synthetic --max-steps 20
+"""
+import torch
+
+from common import UserError, config, data, evaluation, models, training
+from common.losses import contrastive_loss
+from common.pairs import PairSampler
+
+
+def parse_args(argv=None):
+    parser = config.build_parser(__doc__.strip().splitlines()[0])
+    parser.add_argument("--pairs", choices=("label", "augment"), default="label",
+                        help="label: same class = similar; augment: two views of one image = similar (no labels)")
+    parser.add_argument("--positive-fraction", type=float, default=0.5, help="share of similar pairs")
+    parser.add_argument("--margin", type=float, default=1.0, help="dissimilar pairs are pushed this far apart")
+    parser.add_argument("--embedding-dim", type=int, default=128)
+    args = config.validate(parser.parse_args(argv))
+    if not 0 <= args.positive_fraction <= 1:
+        raise UserError(f"--positive-fraction must be within [0, 1] (got {args.positive_fraction})")
+    if args.margin <= 0 or args.embedding_dim <= 0:
+        raise UserError("--margin and --embedding-dim must be > 0")
+    return args
+
+
+def evaluate(accelerator, model, dataset, args, suffix=""):
+    metrics = evaluation.encoder_metrics(accelerator, model.encoder, dataset, args)
+    metrics["eval/pair_auc"] = evaluation.pair_auc(accelerator, model, dataset.test_images, dataset.test_labels,
+                                                   args.eval_batch_size)
+    return {f"{name}{suffix}": value for name, value in metrics.items()}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = training.make_accelerator(args)
+
+    # Data: uint8 images on the device; the loader yields anchor indices, sharded by Accelerate.
+    with accelerator.main_process_first():
+        dataset = data.load_dataset(args)
+    if args.knn_k > len(dataset.train_images):
+        raise UserError(f"--knn-k {args.knn_k} is larger than the train split "
+                        f"({len(dataset.train_images)} images): lower it")
+    train_images = dataset.train_images.to(accelerator.device)
+    train_loader = training.index_loader(len(train_images), args.batch_size)
+    pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed).to(accelerator.device)
+
+    # Model: the shared encoder (the product) + a projection to the embedding compared by the loss.
+    mean, std = dataset.channel_stats()
+    encoder = models.build_encoder(args.model, args.image_size, mean, std)
+    model = models.EncoderWithHead(encoder, models.projection_head(encoder, args.embedding_dim))
+
+    optimizer = training.make_optimizer(args, model)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    run = training.Run(args, accelerator, train_loader, project="siamese")
+    scheduler = accelerator.prepare(training.make_scheduler(args, optimizer, run.total_steps))
+    run.start()
+
+    unwrapped = accelerator.unwrap_model(model)
+    if args.eval_at_start and run.fresh:
+        run.state.init_metrics = evaluate(accelerator, unwrapped, dataset, args, suffix="_init")
+        run.log(run.state.init_metrics)
+        run.resume_clock()
+
+    # Loop: both images of every pair go through the encoder in one forward pass (one DDP call per step).
+    for epoch in run.epochs():
+        for anchors in run.batches():
+            with accelerator.accumulate(model):
+                partners, similar = pairs(anchors, epoch)
+                views = data.augment(torch.cat([train_images[anchors], train_images[partners]]))
+                emb_anchor, emb_partner = model(views).chunk(2)
+                loss = contrastive_loss(emb_anchor, emb_partner, similar, args.margin)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            run.track(images=len(anchors), samples=2 * len(anchors), loss=loss, positive_fraction=similar.mean())
+            if accelerator.sync_gradients:
+                run.step_done(scheduler)
+                if run.finished:
+                    break
+        if run.should_evaluate(epoch):
+            run.log(evaluate(accelerator, unwrapped, dataset, args))
+            run.resume_clock()
+
+    run.finish(unwrapped.encoder, evaluate(accelerator, unwrapped, dataset, args))
+
+
+if __name__ == "__main__":
+    training.cli(main)
