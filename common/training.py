@@ -41,6 +41,9 @@ def make_accelerator(args) -> Accelerator:
     if tracker == "wandb" and "WANDB_MODE" not in os.environ and not _wandb_credentials():
         os.environ["WANDB_MODE"] = "offline"  # nodes without credentials still get a run, synced later
     accelerator = Accelerator(
+        # Without a GPU, processes started by torchrun (accelerate_configs/cpu.yaml) must still find each other:
+        # cpu=True makes Accelerate pick gloo (MULTI_CPU) instead of running each process alone.
+        cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=args.grad_accum,
         log_with=tracker,
         project_dir=args.output_dir,

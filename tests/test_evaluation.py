@@ -7,8 +7,8 @@ from common.evaluation import knn_accuracy, linear_probe_accuracy, map_batches
 
 
 def separable(n_per_class=100, dim=16, classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, dim, generator=g) * 5
+    centers = torch.randn(classes, dim, generator=torch.Generator().manual_seed(0)) * 5  # same for every split
+    g = torch.Generator().manual_seed(seed + 1)
     labels = torch.arange(classes).repeat_interleave(n_per_class)
     return centers[labels] + torch.randn(len(labels), dim, generator=g), labels
 
@@ -53,3 +53,12 @@ def test_map_batches_keeps_image_order():
     images = torch.arange(37, dtype=torch.uint8).view(37, 1, 1, 1).expand(37, 3, 2, 2).contiguous()
     out = map_batches(accelerator, lambda x: x.mean(dim=(1, 2, 3)) * 255, images, batch_size=8)
     assert out.round().tolist() == pytest.approx(list(range(37)))
+
+
+def test_roc_auc_known_values():
+    from common.evaluation import roc_auc
+    positive = torch.tensor([1, 1, 0, 0])
+    assert roc_auc(torch.tensor([4.0, 3.0, 2.0, 1.0]), positive) == 1.0
+    assert roc_auc(torch.tensor([1.0, 2.0, 3.0, 4.0]), positive) == 0.0
+    assert roc_auc(torch.tensor([1.0, 1.0, 1.0, 1.0]), positive) == 0.5
+    assert roc_auc(torch.tensor([4.0, 2.0, 3.0, 1.0]), positive) == 0.75  # one of four pos/neg pairs misordered

@@ -1,0 +1,30 @@
+"""train_siamese.py run for real through `accelerate launch` (CPU, gloo for two processes)."""
+import json
+
+from conftest import accelerate_launch
+
+SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
+         "--probe-epochs", "5", "--report-to", "none"]
+
+
+def test_two_processes_train_and_evaluate(tmp_path):
+    out = tmp_path / "s2"
+    result = accelerate_launch("train_siamese.py", *SMALL, "--max-steps", "12", "--eval-at-start",
+                               "--output-dir", out, num_processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["steps"] == 12
+    for key in ("eval/knn_acc", "eval/linear_acc", "eval/pair_auc"):
+        assert 0 <= results[key] <= 1 and 0 <= results[f"{key}_init"] <= 1
+    assert results["eval/pair_auc"] > 0.9  # synthetic classes are easy once same-class pairs are pulled together
+    train_lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+                   if "train/loss" in line]
+    assert 0.3 < train_lines[-1]["train/positive_fraction"] < 0.7
+    assert (out / "final" / "encoder.safetensors").exists()
+
+
+def test_bad_positive_fraction_is_one_line(tmp_path):
+    result = accelerate_launch("train_siamese.py", *SMALL, "--positive-fraction", "1.5", "--output-dir", tmp_path)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == \
+        ["error: --positive-fraction must be within [0, 1] (got 1.5)"]

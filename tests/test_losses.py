@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from common.losses import contrastive_loss
+
+MARGIN = 1.0
+
+
+def seed_tutorial_loss(e1, e2, label, margin=MARGIN):
+    """The seed tutorial's formula, verbatim: label 1 meant 'same class', but the terms are swapped."""
+    d = torch.nn.functional.pairwise_distance(e1, e2)
+    return torch.mean((1 - label) * d.pow(2) + label * torch.clamp(margin - d, min=0.0).pow(2))
+
+
+def test_hand_computed_values_unnormalized():
+    e1 = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    e2 = torch.tensor([[3.0, 4.0], [0.3, 0.4], [1.0, 3.0], [1.0, 0.5]])
+    similar = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    # d = 5, 0.5, 2, 0.5 -> 25 (pulled), (1-0.5)^2 (pushed), 0 (beyond the margin), 0.25 (pulled)
+    expected = (25 + 0.25 + 0 + 0.25) / 4
+    assert contrastive_loss(e1, e2, similar, MARGIN, normalize=False).item() == pytest.approx(expected, rel=1e-6)
+
+
+HAND_NORMALIZED = (
+    torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0]]),
+    torch.tensor([[0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]]),
+    torch.tensor([1.0, 0.0, 0.0]),
+    # unit vectors: d^2 = 2 (similar); d = 2 >= margin (0); d = sqrt(2 - sqrt 2) (dissimilar, inside margin)
+    (2.0 + 0.0 + (1 - (2 - 2 ** 0.5) ** 0.5) ** 2) / 3,
+)
+
+
+def test_hand_computed_values_normalized():
+    e1, e2, similar, expected = HAND_NORMALIZED
+    assert contrastive_loss(e1, e2, similar, MARGIN).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_under_bf16_autocast_the_loss_is_float32_and_matches():
+    e1, e2, similar, expected = HAND_NORMALIZED
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        identity = torch.nn.Linear(2, 2, bias=False)
+        identity.weight.data = torch.eye(2)
+        b1, b2 = identity(e1), identity(e2)  # bf16 activations, as the model gives under autocast
+        assert b1.dtype == torch.bfloat16
+        loss = contrastive_loss(b1, b2, similar, MARGIN)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(expected, rel=1e-2)
+
+
+def distance_after_one_step(loss_fn):
+    e1 = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    e2 = torch.tensor([[0.3, 0.4]], requires_grad=True)  # d = 0.5, inside the margin
+    same_class = torch.tensor([1.0])  # label 1 = same class, in the seed as here
+    loss_fn(e1, e2, same_class).backward()
+    with torch.no_grad():
+        return ((e1 - 0.1 * e1.grad) - (e2 - 0.1 * e2.grad)).norm().item()
+
+
+def test_ours_pulls_a_same_class_pair_together_and_the_seeds_pushes_it_apart():
+    ours = distance_after_one_step(lambda a, b, y: contrastive_loss(a, b, y, MARGIN, normalize=False))
+    seeds = distance_after_one_step(seed_tutorial_loss)
+    assert ours < 0.5 < seeds
+
+
+def test_dissimilar_pairs_inside_the_margin_are_pushed_and_beyond_it_left_alone():
+    def grad_norm(e2):
+        e1 = torch.zeros(1, 2, requires_grad=True)
+        contrastive_loss(e1, e2, torch.tensor([0.0]), MARGIN, normalize=False).backward()
+        return e1.grad.norm().item()
+    assert grad_norm(torch.tensor([[0.3, 0.4]])) > 0
+    assert grad_norm(torch.tensor([[3.0, 4.0]])) == 0
+
+
+def test_identical_embeddings_give_finite_gradients():
+    e = torch.ones(2, 4, requires_grad=True)
+    contrastive_loss(e, e.detach().clone(), torch.tensor([1.0, 0.0])).backward()
+    assert torch.isfinite(e.grad).all()
