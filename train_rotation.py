@@ -7,7 +7,7 @@ leaves behind is judged by how well its frozen features classify the dataset (k-
 """
 import torch.nn.functional as F
 
-from common import UserError, config, data, evaluation, models, training
+from common import config, data, evaluation, models, training
 
 
 def parse_args(argv=None):
@@ -29,12 +29,7 @@ def main(argv=None):
     accelerator = training.make_accelerator(args)
 
     # Data: decoded once (main process first, so the others read its cache), then kept on the device as uint8.
-    with accelerator.main_process_first():
-        dataset = data.load_dataset(args)
-    if args.knn_k > len(dataset.train_images):
-        raise UserError(f"--knn-k {args.knn_k} is larger than the train split "
-                                 f"({len(dataset.train_images)} images): lower it")
-    train_images = dataset.train_images.to(accelerator.device)
+    dataset, train_images = training.load_data(args, accelerator)
     train_loader = training.index_loader(len(train_images), args.batch_size)
 
     # Model: encoder (the product) + a 4-way rotation head (discarded after training).
@@ -51,9 +46,7 @@ def main(argv=None):
 
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
-        run.state.init_metrics = evaluate(accelerator, unwrapped, dataset, args, suffix="_init")
-        run.log(run.state.init_metrics)
-        run.resume_clock()
+        run.record_init_metrics(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))
 
     # Loop: each step sees all four rotations of every image in the batch (4x batch-size samples).
     for epoch in run.epochs():

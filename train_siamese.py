@@ -41,12 +41,7 @@ def main(argv=None):
     accelerator = training.make_accelerator(args)
 
     # Data: uint8 images on the device; the loader yields anchor indices, sharded by Accelerate.
-    with accelerator.main_process_first():
-        dataset = data.load_dataset(args)
-    if args.knn_k > len(dataset.train_images):
-        raise UserError(f"--knn-k {args.knn_k} is larger than the train split "
-                        f"({len(dataset.train_images)} images): lower it")
-    train_images = dataset.train_images.to(accelerator.device)
+    dataset, train_images = training.load_data(args, accelerator)
     train_loader = training.index_loader(len(train_images), args.batch_size)
     pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed).to(accelerator.device)
 
@@ -63,9 +58,7 @@ def main(argv=None):
 
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
-        run.state.init_metrics = evaluate(accelerator, unwrapped, dataset, args, suffix="_init")
-        run.log(run.state.init_metrics)
-        run.resume_clock()
+        run.record_init_metrics(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))
 
     # Loop: both images of every pair go through the encoder in one forward pass (one DDP call per step).
     for epoch in run.epochs():

@@ -30,11 +30,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                      help="stop after this many optimizer steps (overrides --epochs)")
     opt.add_argument("--batch-size", type=int, default=128, help="images per process per step")
     opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    opt.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd is Nesterov, momentum 0.9")
-    opt.add_argument("--lr", type=float, default=0.1)
+    opt.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
+                     help="sgd is Nesterov, momentum 0.9; default: see RECIPES (sgd, simple_cnn: adamw)")
+    opt.add_argument("--lr", type=float, default=None, help="default: 0.1 (simple_cnn: 0.001)")
     opt.add_argument("--weight-decay", type=float, default=5e-4)
-    opt.add_argument("--schedule", choices=("step", "cosine", "constant"), default="step",
-                     help="step: x0.2 at 30%%, 60%%, 80%% of training (RotNet's 60/120/160 of 200 epochs)")
+    opt.add_argument("--schedule", choices=("step", "cosine", "constant"), default=None,
+                     help="step: x0.2 at 30%%, 60%%, 80%% of training (RotNet's 60/120/160 of 200 epochs); "
+                          "default: step (simple_cnn: constant)")
     opt.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
     opt.add_argument("--seed", type=int, default=0)
 
@@ -59,10 +61,20 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+# Optimizer defaults by model. RotNet's recipe (SGD Nesterov, lr 0.1, step schedule) needs batch norm; the seed's
+# simple_cnn has none, and with it that recipe taught its features nothing in an epoch on CIFAR-10 (k-NN 0.507
+# against 0.509 untrained), where the seed's own Adam at 1e-3 gave 0.542. Explicit options always win.
+RECIPES = {"simple_cnn": {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant"}}
+ROTNET_RECIPE = {"optimizer": "sgd", "lr": 0.1, "schedule": "step"}
+
+
 def validate(args: argparse.Namespace) -> argparse.Namespace:
-    """Reject option values that would fail late or silently; each message says what to do."""
+    """Fill model-dependent defaults; reject option values that would fail late or silently, saying what to do."""
     if args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
+    for name, value in RECIPES.get(args.model, ROTNET_RECIPE).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     checks = [
         (args.lr > 0, f"--lr must be > 0 (got {args.lr})"),
         (args.batch_size > 0, f"--batch-size must be >= 1 (got {args.batch_size})"),

@@ -51,7 +51,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, tempe
 
 
 def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, epochs=30, batch_size=1024,
-                          lr=1e-2, weight_decay=1e-4, seed=0) -> float:
+                          lr=1e-3, weight_decay=1e-4, seed=0) -> float:
     """Logistic regression on frozen, standardized features (AdamW, cosine schedule); test top-1."""
     dev = train_feats.device
     train_labels, test_labels = train_labels.to(dev), test_labels.to(dev)

@@ -38,7 +38,7 @@ def make_accelerator(args) -> Accelerator:
         print("warning: wandb is not installed (pip install wandb), so this run is not tracked; "
               "pass --report-to none to silence this", file=sys.stderr)
         tracker = None
-    if tracker == "wandb" and "WANDB_MODE" not in os.environ and not _wandb_credentials():
+    if tracker == "wandb" and not os.environ.get("WANDB_MODE") and not _wandb_credentials():
         os.environ["WANDB_MODE"] = "offline"  # nodes without credentials still get a run, synced later
     accelerator = Accelerator(
         # Without a GPU, processes started by torchrun (accelerate_configs/cpu.yaml) must still find each other:
@@ -93,6 +93,19 @@ def make_scheduler(args, optimizer, total_steps: int):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def load_data(args, accelerator):
+    """The dataset, decoded by the main process first (the others then read its cache), and its train images
+    moved to the device as uint8, where the batches are indexed and augmented."""
+    from common.data import load_dataset
+
+    with accelerator.main_process_first():
+        dataset = load_dataset(args)
+    if args.knn_k > len(dataset.train_images):
+        raise UserError(f"--knn-k {args.knn_k} is larger than the train split "
+                        f"({len(dataset.train_images)} images): lower it")
+    return dataset, dataset.train_images.to(accelerator.device)
 
 
 def index_loader(num_samples: int, batch_size: int):
@@ -261,6 +274,12 @@ class Run:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps({"step": self.state.step, **values}) + "\n")
         self.accelerator.log(values, step=self.state.step)
+
+    def record_init_metrics(self, metrics: dict) -> None:
+        """The untrained encoder's eval/*_init: logged at step 0 and kept for results.json across resumes."""
+        self.state.init_metrics = metrics
+        self.log(metrics)
+        self.resume_clock()
 
     def resume_clock(self) -> None:
         """Call after work that is not training (evaluation) so it does not count in samples/s."""

@@ -35,8 +35,11 @@ def run_script(args, cwd=REPO, timeout=600, env=None):
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def accelerate_command(script, *args, num_processes=1):
+    return ["accelerate", "launch", "--config_file", os.path.join(REPO, "accelerate_configs", "cpu.yaml"),
+            "--num_processes", str(num_processes), "--num_cpu_threads_per_process", "1",
+            os.path.join(REPO, script), *map(str, args)]
+
+
 def accelerate_launch(script, *args, num_processes=1, **kw):
-    cmd = ["accelerate", "launch", "--config_file", os.path.join(REPO, "accelerate_configs", "cpu.yaml"),
-           "--num_processes", str(num_processes), "--num_cpu_threads_per_process", "1",
-           os.path.join(REPO, script), *map(str, args)]
-    return run_script(cmd, **kw)
+    return run_script(accelerate_command(script, *args, num_processes=num_processes), **kw)

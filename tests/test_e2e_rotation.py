@@ -1,11 +1,14 @@
 """train_rotation.py run for real through `accelerate launch` (CPU, gloo for two processes)."""
 import json
 import os
+import signal
+import subprocess
+import time
 
 import torch
 
 from common.models import load_encoder
-from conftest import accelerate_launch
+from conftest import REPO, accelerate_command, accelerate_launch, run_script
 
 SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
          "--probe-epochs", "5", "--report-to", "none"]
@@ -34,16 +37,24 @@ def pytest_approx(x):
     return pytest.approx(x, rel=1e-6)
 
 
-def test_resume_after_kill_continues_from_the_checkpoint(tmp_path):
+def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_checkpoint(tmp_path):
     out = tmp_path / "run"
-    first = accelerate_launch("train_rotation.py", *SMALL, "--max-steps", "6", "--checkpoint-every", "3",
-                              "--output-dir", out)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = accelerate_launch("train_rotation.py", *SMALL, "--max-steps", "10", "--checkpoint-every", "3",
-                               "--output-dir", out)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from" in second.stdout and "at step 6" in second.stdout
-    assert json.loads((out / "results.json").read_text())["steps"] == 10
+    command = accelerate_command("train_rotation.py", *SMALL, "--max-steps", "40", "--checkpoint-every", "3",
+                                 "--output-dir", out)
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "WANDB_MODE": "offline"})
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000006").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole launch: accelerate, torchrun and the worker
+    process.wait()
+    saved = [int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")]
+    assert saved and max(saved) < 40 and not (out / "results.json").exists()
+
+    again = run_script(command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"at step {max(saved)} " in again.stdout  # resumed from the newest checkpoint, not from zero
+    assert json.loads((out / "results.json").read_text())["steps"] == 40
 
 
 def test_user_errors_are_one_line_and_leave_output_alone(tmp_path):
@@ -58,3 +69,15 @@ def test_user_errors_are_one_line_and_leave_output_alone(tmp_path):
     assert "Traceback" not in result.stderr.split("error:")[0]  # our own message comes with no traceback
     assert os.listdir(out) == ["results.json"]
     assert (out / "results.json").read_text() == "keep me"
+
+
+def test_default_tracker_is_wandb_offline_without_credentials(tmp_path):
+    out = tmp_path / "w"
+    env = {"WANDB_API_KEY": "", "HOME": str(tmp_path)}  # no credentials anywhere
+    result = accelerate_launch("train_rotation.py", *[a for a in SMALL if a not in ("--report-to", "none")],
+                               "--max-steps", "4", "--output-dir", out, env={**env, "WANDB_MODE": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "W&B is offline" in result.stdout and "wandb sync" in result.stdout
+    run_id = (out / "wandb_run_id").read_text().strip()
+    runs = list((out / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 1 and (runs[0] / f"run-{run_id}.wandb").exists()
