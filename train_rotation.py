@@ -14,7 +14,9 @@ def parse_args(argv=None):
     parser = config.build_parser(__doc__.strip().splitlines()[0])
     parser.add_argument("--rotations-per-image", type=int, choices=(1, 4), default=4,
                         help="4: all rotations of each image in one batch (RotNet); 1: one random rotation (the seed)")
-    return config.validate(parser.parse_args(argv))
+    args = config.validate(parser.parse_args(argv))
+    args.augment = args.augment or "crop_flip"
+    return args
 
 
 def evaluate(accelerator, model, dataset, args, suffix=""):
@@ -52,7 +54,7 @@ def main(argv=None):
     for epoch in run.epochs():
         for indices in run.batches():
             with accelerator.accumulate(model):
-                images = data.augment(train_images[indices])
+                images = data.augment(train_images[indices], args.augment)
                 inputs, labels = data.rotate(images, args.rotations_per_image)
                 logits = model(inputs)
                 loss = F.cross_entropy(logits, labels)

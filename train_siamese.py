@@ -22,6 +22,7 @@ def parse_args(argv=None):
     parser.add_argument("--margin", type=float, default=1.0, help="dissimilar pairs are pushed this far apart")
     parser.add_argument("--embedding-dim", type=int, default=128)
     args = config.validate(parser.parse_args(argv))
+    args.augment = args.augment or ("simclr" if args.pairs == "augment" else "crop_flip")
     if not 0 <= args.positive_fraction <= 1:
         raise UserError(f"--positive-fraction must be within [0, 1] (got {args.positive_fraction})")
     if args.margin <= 0 or args.embedding_dim <= 0:
@@ -65,7 +66,7 @@ def main(argv=None):
         for anchors in run.batches():
             with accelerator.accumulate(model):
                 partners, similar = pairs(anchors, epoch)
-                views = data.augment(torch.cat([train_images[anchors], train_images[partners]]))
+                views = data.augment(torch.cat([train_images[anchors], train_images[partners]]), args.augment)
                 emb_anchor, emb_partner = model(views).chunk(2)
                 loss = contrastive_loss(emb_anchor, emb_partner, similar, args.margin)
                 accelerator.backward(loss)

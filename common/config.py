@@ -18,6 +18,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, default=32, help="square side images are resized/cropped to")
     data.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ssl-scripts"),
                       help="decoded image folders are cached here so a second run starts in seconds")
+    data.add_argument("--augment", choices=("crop_flip", "simclr"), default=None,
+                      help="crop_flip: RotNet's crop + flip; simclr: + resized crops and color jitter "
+                           "(default: crop_flip; train_siamese.py --pairs augment: simclr)")
     data.add_argument("--skip-bad-images", action="store_true",
                       help="drop (and count) unreadable images instead of stopping at the first one")
 

@@ -4,6 +4,7 @@ Every dataset is decoded once into (N, 3, H, W) uint8 plus int64 labels. Trainin
 on the device (airbench's way); crops, flips and rotations are tensor ops on whole batches, never per-image PIL.
 """
 import hashlib
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -190,8 +191,51 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
-def augment(images: torch.Tensor) -> torch.Tensor:
-    """Train-time augmentation of RotNet's recipe: crop with 1/8 padding (4 px at 32) and horizontal flip."""
+def random_resized_crop_flip(x: torch.Tensor, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """RandomResizedCrop + RandomHorizontalFlip for a float batch: one affine grid_sample, per-image parameters."""
+    n, dev = x.shape[0], x.device
+    area = torch.empty(n, device=dev).uniform_(*scale)
+    log_ratio = torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    w = (area * log_ratio.exp()).sqrt().clamp(max=1)  # crop width and height as fractions of the image
+    h = (area / log_ratio.exp()).sqrt().clamp(max=1)
+    cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - w)  # crop center, kept inside the image
+    cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - h)
+    flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(n, device=dev)
+    theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+
+
+def color_jitter(x: torch.Tensor, strength=0.4, p=0.8, gray_p=0.2) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter (applied with probability p), then random grayscale."""
+    n, dev = x.shape[0], x.device
+
+    def factor():
+        return torch.empty(n, 1, 1, 1, device=dev).uniform_(1 - strength, 1 + strength)
+
+    jittered = x * factor()
+    mean = grayscale(jittered).mean(dim=(1, 2, 3), keepdim=True)
+    jittered = (jittered - mean) * factor() + mean
+    gray = grayscale(jittered)
+    jittered = (gray + (jittered - gray) * factor()).clamp(0, 1)
+    x = torch.where(torch.rand(n, 1, 1, 1, device=dev) < p, jittered, x)
+    return torch.where(torch.rand(n, 1, 1, 1, device=dev) < gray_p, grayscale(x), x)
+
+
+def augment(images: torch.Tensor, kind: str = "crop_flip") -> torch.Tensor:
+    """uint8 batch -> augmented float batch in [0, 1].
+
+    crop_flip: RotNet's recipe, crop with 1/8 padding (4 px at 32) and horizontal flip.
+    simclr: SimCLR's views (random resized crop 0.2-1, flip, color jitter 0.4, grayscale 0.2): a contrastive
+    pair of two views of one image needs them, or the network matches views by their pixels alone.
+    """
+    if kind == "simclr":
+        return color_jitter(random_resized_crop_flip(to_float(images)))
     return to_float(random_crop_flip(images, pad=max(1, images.shape[-1] // 8)))
 
 

@@ -134,3 +134,36 @@ def test_bad_layouts_say_what_to_do(tmp_path, image_folder, layout, message):
         Image.new("RGB", (8, 8)).save(image_folder / "test" / "bird" / "0.png")
     with pytest.raises(UserError, match=message):
         load_imagefolder(str(root), 16, str(tmp_path / "cache"))
+
+
+def test_resized_crop_at_full_scale_is_the_image_or_its_mirror():
+    from common.data import random_resized_crop_flip
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    out = random_resized_crop_flip(x, scale=(1, 1), ratio=(1, 1))
+    for i in range(16):
+        assert torch.allclose(out[i], x[i], atol=1e-5) or torch.allclose(out[i], x[i].flip(-1), atol=1e-5)
+
+
+def test_resized_crop_zooms_in():
+    from common.data import random_resized_crop_flip
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., 4:12, 4:12] = 1  # a bright center square covering 1/4 of the image
+    torch.manual_seed(0)
+    crops = random_resized_crop_flip(x.repeat(64, 1, 1, 1), scale=(0.05, 0.1))
+    assert crops.mean() > 0.3  # small crops of a centered square are mostly square, not a shrunken copy
+
+
+def test_color_jitter_keeps_range_and_is_identity_at_zero_strength():
+    from common.data import color_jitter
+    x = torch.rand(32, 3, 8, 8)
+    assert torch.allclose(color_jitter(x, strength=0.0, gray_p=0.0), x, atol=1e-6)
+    out = color_jitter(x, strength=0.4, p=1.0, gray_p=1.0)
+    assert 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])  # all grayscale
+
+
+def test_simclr_views_of_one_image_differ():
+    x = make_synthetic(n_train=16, n_test=4).train_images
+    a, b = augment(x, "simclr"), augment(x, "simclr")
+    assert a.shape == x.shape and a.dtype == torch.float32 and not torch.allclose(a, b)

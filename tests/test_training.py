@@ -105,3 +105,20 @@ def test_unwritable_output_dir_is_refused(tmp_path):
 def test_invalid_options_are_user_errors(option, value):
     with pytest.raises(UserError, match=option.lstrip("-").split("-")[0]):
         validate(build_parser("t").parse_args([option, value]))
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    run, model, optimizer, scheduler = start_run(tmp_path, "--grad-accum", "2", "--epochs", "1")
+    accelerator, updates = run.accelerator, 0
+    for _ in run.epochs():
+        for indices in run.batches():
+            with accelerator.accumulate(model):
+                before = model.weight.detach().clone()
+                accelerator.backward(model(torch.ones(len(indices), 2)).mean())
+                optimizer.step()
+                optimizer.zero_grad()
+                updates += not torch.equal(before, model.weight)
+            run.track(images=len(indices), samples=len(indices), loss=torch.tensor(0.0))
+            if accelerator.sync_gradients:
+                run.step_done(scheduler)
+    assert run.total_steps == 4 and run.state.step == 4 and updates == 4  # 8 micro-batches, 2 per update
