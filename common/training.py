@@ -8,9 +8,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
+import uuid
 
 import torch
 from accelerate import Accelerator
@@ -21,6 +23,8 @@ from common import UserError
 from common.config import save_config
 
 CHECKPOINT_PREFIX = "step_"
+EXIT_PREEMPTED = 3  # stopped on SIGUSR1/SIGTERM with a checkpoint saved: run the same command again to resume
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 def cli(main):
@@ -175,6 +179,9 @@ class Run:
         self._sums, self._clock = {}, time.perf_counter()
         self._images_since_log, self._log_clock = 0, time.perf_counter()
         self.metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+        self._stop_signal = 0
+        for sig in STOP_SIGNALS:  # preemption (Slurm's --signal, scancel) and time limits
+            signal.signal(sig, self._on_stop_signal)
 
     def start(self) -> None:
         """Resumes from a checkpoint if there is one (call after preparing the scheduler), starts logging."""
@@ -188,7 +195,9 @@ class Run:
             save_config(args, os.path.join(args.output_dir, "config.json"), world_size=accelerator.num_processes)
             self._truncate_metrics()
         self._init_tracker(self.project)
+        # Redirected to a file (Slurm logs) the bar is redrawn every 30 s, not a few times a second.
         self.progress = tqdm(total=self.total_steps, initial=self.state.step, dynamic_ncols=True,
+                             mininterval=1 if sys.stderr.isatty() else 30,
                              disable=not accelerator.is_local_main_process, desc="train")
 
     def _truncate_metrics(self) -> None:
@@ -251,6 +260,23 @@ class Run:
             self._log_train(scheduler.get_last_lr()[0])
         if self.state.step % self.args.checkpoint_every == 0 or self.finished:
             self.save_checkpoint()
+        if self._stop_agreed() and not self.finished:
+            self.save_checkpoint()
+            name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another process"
+            self.accelerator.print(f"stopping on {name} at step {self.state.step}: checkpoint saved; "
+                                   f"the same command resumes from it (exit code {EXIT_PREEMPTED})", flush=True)
+            self.progress.close()
+            self.accelerator.end_training()
+            sys.exit(EXIT_PREEMPTED)
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        self._stop_signal = signum  # acted on at the next step boundary, where every rank can agree
+
+    def _stop_agreed(self) -> bool:
+        """True on every rank when any rank got a stop signal: all stop after the same step (a lone rank
+        stopping would leave the others waiting forever in the next all-reduce)."""
+        flag = torch.tensor(float(self._stop_signal != 0), device=self.accelerator.device)
+        return self.accelerator.reduce(flag, reduction="sum").item() > 0
 
     def _log_train(self, lr: float) -> None:
         names = list(self._sums)
@@ -328,11 +354,9 @@ class Run:
     def _wandb_run_id(self) -> str:
         """One training is one W&B run: the id is kept in OUTPUT_DIR and reused on resume."""
         path = os.path.join(self.args.output_dir, "wandb_run_id")
-        if not os.path.exists(path):
-            import wandb
-            if self.accelerator.is_main_process:
-                with open(path, "w") as f:
-                    f.write(wandb.util.generate_id())
+        if not os.path.exists(path) and self.accelerator.is_main_process:
+            with open(path, "w") as f:
+                f.write(uuid.uuid4().hex[:8])  # W&B's own id format: 8 lowercase alphanumerics
         self.accelerator.wait_for_everyone()
         with open(path) as f:
             return f.read().strip()

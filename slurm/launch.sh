@@ -1,0 +1,56 @@
+# Shared by slurm/rotation.sh and slurm/siamese.sh (sourced: `source slurm/launch.sh SCRIPT [training options]`).
+#
+# One srun task per node runs slurm/node.sh, which starts `accelerate launch` for that node's processes.
+# Preemption and time limits: Slurm sends USR1 to this batch shell (--signal=B:USR1@...); we pass it to the
+# training processes (scancel --signal=USR1 to the job steps), they checkpoint at the next step boundary and
+# exit, and this script requeues the job, which resumes from that checkpoint in the same output dir (and the
+# same W&B run: its id is stored there). A job that finished (results.json written) is not requeued.
+set -uo pipefail
+script=$1
+shift
+cd "${REPO_DIR:-${SLURM_SUBMIT_DIR:-.}}" || exit 2
+
+# The output dir must be the same after a requeue: --output-dir if given, else $OUTPUT_DIR, else
+# runs/<job name>-<job id> (a requeued job keeps its id).
+args=("$@")
+output_dir=""
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+        --output-dir) output_dir=${args[i + 1]:-} ;;
+        --output-dir=*) output_dir=${args[i]#*=} ;;
+    esac
+done
+if [ -z "$output_dir" ]; then
+    output_dir=${OUTPUT_DIR:-runs/${SLURM_JOB_NAME:-job}-${SLURM_JOB_ID}}
+    args+=(--output-dir "$output_dir")
+fi
+
+MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MAIN_PROCESS_PORT=$((20000 + SLURM_JOB_ID % 20000))  # jobs sharing a node get different ports
+export MAIN_PROCESS_IP MAIN_PROCESS_PORT
+echo "job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s) ($SLURM_JOB_NODELIST), SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}," \
+     "main process $MAIN_PROCESS_IP:$MAIN_PROCESS_PORT, output dir $output_dir"
+
+stop_signal=""
+forward_stop() {
+    stop_signal=$1
+    echo "batch script got SIG$1: asking the training to checkpoint and stop"
+    scancel --signal=USR1 "$SLURM_JOB_ID"  # to the job steps (not this batch shell)
+}
+trap 'forward_stop USR1' USR1
+trap 'forward_stop TERM' TERM
+
+srun --ntasks-per-node=1 bash slurm/node.sh "$script" "${args[@]}" &
+step=$!
+while :; do
+    wait "$step"
+    status=$?
+    kill -0 "$step" 2>/dev/null || break  # a trapped signal interrupts `wait`: wait again
+done
+
+if [ -n "$stop_signal" ] && [ ! -f "$output_dir/results.json" ]; then
+    echo "requeueing job $SLURM_JOB_ID: it resumes from the newest checkpoint in $output_dir"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+exit "$status"
