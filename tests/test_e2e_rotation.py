@@ -1,7 +1,6 @@
 """train_rotation.py run for real through `accelerate launch` (CPU, gloo for two processes)."""
 import json
 import os
-import signal
 import subprocess
 import time
 
@@ -46,8 +45,12 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_checkpoint(tmp
     deadline = time.time() + 300
     while not (out / "checkpoints" / "step_00000006").exists() and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the whole launch: accelerate, torchrun and the worker
+    # Every process of the launch: torchrun starts its workers in sessions of their own, so killing the
+    # launcher's process group would leave the worker training on.
+    subprocess.run(["pkill", "-KILL", "-f", str(out)])
     process.wait()
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", str(out)], capture_output=True).stdout == b""
     saved = [int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")]
     assert saved and max(saved) < 40 and not (out / "results.json").exists()
 
