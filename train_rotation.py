@@ -41,10 +41,7 @@ def main(argv=None):
 
     # Optimizer and schedule; Accelerate handles devices, DDP, mixed precision and sharding of the loader.
     optimizer = training.make_optimizer(args, model)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    run = training.Run(args, accelerator, train_loader, project="rotation")
-    scheduler = accelerator.prepare(training.make_scheduler(args, optimizer, run.total_steps))
-    run.start()
+    model, optimizer, scheduler, run = training.prepare(args, accelerator, model, optimizer, train_loader, "rotation")
 
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:

@@ -52,10 +52,7 @@ def main(argv=None):
     model = models.EncoderWithHead(encoder, models.projection_head(encoder, args.embedding_dim))
 
     optimizer = training.make_optimizer(args, model)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    run = training.Run(args, accelerator, train_loader, project="siamese")
-    scheduler = accelerator.prepare(training.make_scheduler(args, optimizer, run.total_steps))
-    run.start()
+    model, optimizer, scheduler, run = training.prepare(args, accelerator, model, optimizer, train_loader, "siamese")
 
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:

@@ -118,6 +118,15 @@ def index_loader(num_samples: int, batch_size: int):
                                        drop_last=True)
 
 
+def prepare(args, accelerator, model, optimizer, train_loader, project: str):
+    """Accelerate wraps model, optimizer, loader and schedule; then the Run resumes from a checkpoint if any."""
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    run = Run(args, accelerator, train_loader, project)
+    scheduler = accelerator.prepare(make_scheduler(args, optimizer, run.total_steps))  # before load_state
+    run.start()
+    return model, optimizer, scheduler, run
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 def list_checkpoints(output_dir: str) -> list:
     """Complete checkpoints, oldest first. Incomplete ones keep a '.tmp-' name until renamed."""

@@ -7,7 +7,7 @@ from accelerate.state import AcceleratorState
 
 from common import UserError
 from common.config import build_parser, validate
-from common.training import Run, index_loader, list_checkpoints, make_accelerator, make_scheduler
+from common.training import index_loader, list_checkpoints, make_accelerator, make_scheduler, prepare
 
 
 def start_run(output_dir, *extra):
@@ -18,10 +18,8 @@ def start_run(output_dir, *extra):
     accelerator = make_accelerator(args)
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, index_loader(64, args.batch_size))
-    run = Run(args, accelerator, loader, project="test")
-    scheduler = accelerator.prepare(make_scheduler(args, optimizer, run.total_steps))
-    run.start()
+    model, optimizer, scheduler, run = prepare(args, accelerator, model, optimizer, index_loader(64, args.batch_size),
+                                               project="test")
     return run, model, optimizer, scheduler
 
 
