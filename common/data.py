@@ -134,9 +134,9 @@ def scan_imagefolder(data_dir: str):
 
 def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False) -> ImageData:
     files, classes = scan_imagefolder(data_dir)
-    key = hashlib.sha256(repr((os.path.abspath(data_dir), image_size, skip_bad, [
-        (p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for s in ("train", "test") for p, _ in files[s]
-    ])).encode()).hexdigest()[:20]
+    stats = [(p, os.stat(p)) for s in ("train", "test") for p, _ in files[s]]  # one stat per file: 60k on CIFAR
+    key = hashlib.sha256(repr((os.path.abspath(data_dir), image_size, skip_bad,
+                               [(p, st.st_size, st.st_mtime_ns) for p, st in stats])).encode()).hexdigest()[:20]
     cache_path = os.path.join(cache_dir, f"imagefolder-{key}.pt")
     if os.path.exists(cache_path):
         try:

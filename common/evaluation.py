@@ -3,6 +3,8 @@
 Feature extraction is split across processes (Accelerate's split_between_processes) and gathered, so every
 rank ends with the features of the whole split; the cheap probes then run once, on the main process.
 """
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,13 +26,21 @@ def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int) -> torch
     return result
 
 
+@contextmanager
+def evaluating(accelerator, module):
+    """module in eval mode under the run's autocast, restored to its previous mode afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        with accelerator.autocast():
+            yield
+    finally:
+        module.train(was_training)
+
+
 def features(accelerator, encoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    was_training = encoder.training
-    encoder.eval()
-    with accelerator.autocast():
-        out = map_batches(accelerator, encoder, images, batch_size)
-    encoder.train(was_training)
-    return out
+    with evaluating(accelerator, encoder):
+        return map_batches(accelerator, encoder, images, batch_size)
 
 
 @torch.no_grad()
@@ -96,12 +106,8 @@ def rotation_accuracy(accelerator, model, images: torch.Tensor, batch_size: int)
     def correct(x):
         return torch.stack([model(torch.rot90(x, k, dims=(2, 3))).argmax(1) == k for k in range(4)], dim=1)
 
-    was_training = model.training
-    model.eval()
-    with accelerator.autocast():
-        hits = map_batches(accelerator, correct, images, batch_size)
-    model.train(was_training)
-    return hits.mean().item()
+    with evaluating(accelerator, model):
+        return map_batches(accelerator, correct, images, batch_size).mean().item()
 
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:

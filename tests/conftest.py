@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# A few seconds of training on the synthetic set: what the end-to-end tests run.
+SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
+         "--probe-epochs", "5", "--report-to", "none"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 

@@ -7,10 +7,7 @@ import time
 import torch
 
 from common.models import load_encoder
-from conftest import REPO, accelerate_command, accelerate_launch, run_script
-
-SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
-         "--probe-epochs", "5", "--report-to", "none"]
+from conftest import REPO, SMALL, accelerate_command, accelerate_launch, run_script
 
 
 def test_two_processes_train_evaluate_and_export(tmp_path):

@@ -1,10 +1,7 @@
 """train_siamese.py run for real through `accelerate launch` (CPU, gloo for two processes)."""
 import json
 
-from conftest import accelerate_launch
-
-SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
-         "--probe-epochs", "5", "--report-to", "none"]
+from conftest import SMALL, accelerate_launch
 
 
 def test_two_processes_train_and_evaluate(tmp_path):

@@ -7,10 +7,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_script
-
-SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
-         "--probe-epochs", "5", "--report-to", "none"]
+from conftest import REPO, SMALL, run_script
 
 
 @pytest.fixture(scope="module")
