@@ -21,8 +21,7 @@ def parse_args(argv=None):
 
 def evaluate(accelerator, model, dataset, args, suffix=""):
     metrics = evaluation.encoder_metrics(accelerator, model.encoder, dataset, args)
-    metrics["eval/rotation_acc"] = evaluation.rotation_accuracy(accelerator, model, dataset.test_images,
-                                                                args.eval_batch_size)
+    metrics.update(evaluation.rotation_metrics(accelerator, model, dataset.test_images, args.eval_batch_size))
     return {f"{name}{suffix}": value for name, value in metrics.items()}
 
 
@@ -56,7 +55,8 @@ def main(argv=None):
                 logits = model(inputs)
                 loss = F.cross_entropy(logits, labels)
                 accelerator.backward(loss)
-                optimizer.step()
+                if run.gradients_ok(model):  # on optimizer steps: gradient norm logged, clipped if asked
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             run.track(images=len(indices), samples=len(inputs), loss=loss,
                       acc=(logits.argmax(1) == labels).float().mean())

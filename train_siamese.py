@@ -32,8 +32,8 @@ def parse_args(argv=None):
 
 def evaluate(accelerator, model, dataset, args, suffix=""):
     metrics = evaluation.encoder_metrics(accelerator, model.encoder, dataset, args)
-    metrics["eval/pair_auc"] = evaluation.pair_auc(accelerator, model, dataset.test_images, dataset.test_labels,
-                                                   args.eval_batch_size)
+    metrics.update(evaluation.pair_metrics(accelerator, model, dataset.test_images, dataset.test_labels,
+                                           args.eval_batch_size))
     return {f"{name}{suffix}": value for name, value in metrics.items()}
 
 
@@ -67,7 +67,8 @@ def main(argv=None):
                 emb_anchor, emb_partner = model(views).chunk(2)
                 loss = contrastive_loss(emb_anchor, emb_partner, similar, args.margin)
                 accelerator.backward(loss)
-                optimizer.step()
+                if run.gradients_ok(model):  # on optimizer steps: gradient norm logged, clipped if asked
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             run.track(images=len(anchors), samples=2 * len(anchors), loss=loss, positive_fraction=similar.mean())
             if accelerator.sync_gradients:

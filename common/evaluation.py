@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import media
 from common.data import to_float
 
 
@@ -101,13 +102,20 @@ def encoder_metrics(accelerator, encoder, data, args) -> dict:
     }
 
 
-def rotation_accuracy(accelerator, model, images: torch.Tensor, batch_size: int) -> float:
-    """4-way accuracy over all four rotations of every image."""
-    def correct(x):
-        return torch.stack([model(torch.rot90(x, k, dims=(2, 3))).argmax(1) == k for k in range(4)], dim=1)
+def rotation_metrics(accelerator, model, images: torch.Tensor, batch_size: int) -> dict:
+    """eval/rotation_acc over all four rotations of every test image, with an example grid and the 4x4
+    confusion matrix for the dashboard (main process only)."""
+    def predict(x):
+        return torch.stack([model(torch.rot90(x, k, dims=(2, 3))).argmax(1) for k in range(4)], dim=1)
 
     with evaluating(accelerator, model):
-        return map_batches(accelerator, correct, images, batch_size).mean().item()
+        predicted = map_batches(accelerator, predict, images, batch_size).long().cpu()
+    if not accelerator.is_main_process:
+        return {}
+    true = torch.arange(4).expand_as(predicted)
+    return {"eval/rotation_acc": (predicted == true).float().mean().item(),
+            "eval/rotation_examples": media.rotation_examples(images, predicted),
+            "eval/rotation_confusion": media.confusion_matrix(true, predicted, ["0°", "90°", "180°", "270°"])}
 
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -123,11 +131,19 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return ((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
 
 
-def pair_auc(accelerator, embedder, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    """ROC-AUC of the negative embedding distance on a fixed, balanced set of same/different-class test pairs."""
+def pair_metrics(accelerator, embedder, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict:
+    """eval/pair_auc: ROC-AUC of the negative embedding distance on a fixed, balanced set of same/different-class
+    test pairs; with histograms of both distances and a PCA of the test embeddings (main process only)."""
     from common.pairs import balanced_test_pairs
 
-    embeddings = F.normalize(features(accelerator, embedder, images, batch_size), dim=1)
+    embeddings = F.normalize(features(accelerator, embedder, images, batch_size), dim=1).cpu()
+    if not accelerator.is_main_process:
+        return {}
     anchors, partners, similar = balanced_test_pairs(labels.cpu(), num_pairs=min(4000, 4 * len(labels)))
-    distance = (embeddings[anchors.to(embeddings.device)] - embeddings[partners.to(embeddings.device)]).norm(dim=1)
-    return roc_auc(-distance, similar)
+    distance = (embeddings[anchors] - embeddings[partners]).norm(dim=1)
+    shown = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:2000]
+    return {"eval/pair_auc": roc_auc(-distance, similar),
+            "eval/distance_similar": media.Histogram(distance[similar.bool()].numpy()),
+            "eval/distance_dissimilar": media.Histogram(distance[~similar.bool()].numpy()),
+            "eval/embedding_pca": media.scatter(media.pca_2d(embeddings[shown]), labels.cpu()[shown],
+                                                "PCA of test embeddings, coloured by class")}

@@ -1,0 +1,93 @@
+"""Dashboard media drawn with PIL (no plotting library needed): one picture for W&B and TensorBoard alike.
+
+Each function returns a Picture or Histogram; Run.log hands them to whichever tracker the run uses.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+# Tableau's 10 colours, the palette plots of CIFAR classes are usually drawn in.
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+GOOD, BAD = (44, 160, 44), (214, 39, 40)
+
+
+@dataclass
+class Picture:
+    pixels: np.ndarray  # H x W x 3, uint8
+    caption: str = ""
+
+
+@dataclass
+class Histogram:
+    values: np.ndarray
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=size)
+
+
+def rotation_examples(images: torch.Tensor, predicted: torch.Tensor, count: int = 16, columns: int = 8,
+                      scale: int = 3) -> Picture:
+    """Test image i shown at rotation i % 4, framed green when the predicted angle is right, red when wrong."""
+    count = min(count, len(images))
+    side = images.shape[-1] * scale
+    cell_w, cell_h = side + 8, side + 26
+    rows = (count + columns - 1) // columns
+    canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(count):
+        true = i % 4
+        guess = int(predicted[i, true])
+        tile = torch.rot90(images[i].cpu(), true, dims=(1, 2)).permute(1, 2, 0).numpy()
+        tile = Image.fromarray(tile).resize((side, side), Image.NEAREST)
+        x, y = (i % columns) * cell_w, (i // columns) * cell_h
+        draw.rectangle([x, y, x + side + 7, y + side + 7], fill=GOOD if guess == true else BAD)
+        canvas.paste(tile, (x + 4, y + 4))
+        draw.text((x + 4, y + side + 9), f"{90 * true}° / {90 * guess}°", fill="black", font=_font(12))
+    return Picture(np.asarray(canvas), "test images at their true rotation; under each: true / predicted angle; "
+                                       "frame green when right")
+
+
+def confusion_matrix(true: torch.Tensor, predicted: torch.Tensor, names: list) -> Picture:
+    """Counts of true (rows) x predicted (columns), shaded by the share of each row."""
+    n = len(names)
+    counts = torch.bincount(true.flatten().cpu() * n + predicted.flatten().cpu(), minlength=n * n).view(n, n)
+    share = counts / counts.sum(1, keepdim=True).clamp(min=1)
+    cell, margin = 64, 48
+    canvas = Image.new("RGB", (margin + n * cell, margin + n * cell), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        draw.text((4, margin + i * cell + cell // 2 - 6), names[i], fill="black", font=_font(12))
+        draw.text((margin + i * cell + 8, 16), names[i], fill="black", font=_font(12))
+        for j in range(n):
+            level = int(255 * (1 - share[i, j]))
+            x, y = margin + j * cell, margin + i * cell
+            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=(level, level, 255), outline=(200, 200, 200))
+            draw.text((x + 8, y + cell // 2 - 6), str(int(counts[i, j])), font=_font(12),
+                      fill="white" if share[i, j] > 0.5 else "black")
+    return Picture(np.asarray(canvas), "rows: true angle, columns: predicted angle; shade: share of the row")
+
+
+def pca_2d(x: torch.Tensor) -> torch.Tensor:
+    """The first two principal components of the rows of x."""
+    x = x.float() - x.float().mean(0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    return x @ v[:2].T
+
+
+def scatter(points: torch.Tensor, labels: torch.Tensor, caption: str, size: int = 400) -> Picture:
+    """Points coloured by class (the palette's order is class index order)."""
+    points, labels = points.float().cpu(), labels.cpu()
+    low, high = points.min(0).values, points.max(0).values
+    xy = ((points - low) / (high - low).clamp(min=1e-9) * (size - 20) + 10).round().int().tolist()
+    canvas = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(canvas)
+    for (x, y), label in zip(xy, labels.tolist()):
+        draw.ellipse([x - 2, size - y - 2, x + 2, size - y + 2], fill=PALETTE[label % len(PALETTE)])
+    for c in range(int(labels.max()) + 1):
+        draw.rectangle([6, 6 + 14 * c, 16, 16 + 14 * c], fill=PALETTE[c % len(PALETTE)])
+        draw.text((20, 5 + 14 * c), str(c), fill="black", font=_font(11))
+    return Picture(np.asarray(canvas), caption)

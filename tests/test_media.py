@@ -1,0 +1,50 @@
+"""common/media.py: the dashboard pictures show what they claim to."""
+import numpy as np
+import torch
+
+from common import media
+
+
+def test_rotation_examples_frame_right_and_wrong_predictions():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    predicted = torch.arange(4).repeat(16, 1)  # every angle right...
+    predicted[1, 1] = 3  # ...except image 1, shown at 90 degrees and predicted 270
+    picture = media.rotation_examples(images, predicted, columns=8, scale=3)
+    assert picture.pixels.dtype == np.uint8 and picture.pixels.shape[2] == 3
+    cell_w = 32 * 3 + 8
+    assert tuple(picture.pixels[1, 1]) == media.GOOD  # image 0's frame
+    assert tuple(picture.pixels[1, cell_w + 1]) == media.BAD  # image 1's frame
+    # the tile is the image at its true rotation (image 2 at 180 degrees), upscaled
+    tile = picture.pixels[4:4 + 96:3, 2 * cell_w + 4:2 * cell_w + 4 + 96:3]
+    assert np.array_equal(tile, torch.rot90(images[2], 2, dims=(1, 2)).permute(1, 2, 0).numpy())
+
+
+def test_confusion_matrix_shades_rows_by_share():
+    true = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3])
+    predicted = torch.tensor([0, 0, 1, 1, 1, 0, 3, 2])
+    picture = media.confusion_matrix(true, predicted, ["a", "b", "c", "d"])
+    cell, margin = 64, 48
+
+    def share(i, j):  # blue channel stays 255; red = 255 * (1 - share of the row)
+        return 1 - picture.pixels[margin + i * cell + 2, margin + j * cell + 60][0] / 255
+
+    expected = [[2 / 3, 1 / 3, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0.5, 0.5]]
+    for i in range(4):
+        for j in range(4):
+            assert abs(share(i, j) - expected[i][j]) < 2 / 255
+
+
+def test_pca_finds_the_directions_of_largest_variance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g) * torch.tensor([0.1, 5.0, 1.0])
+    projected = media.pca_2d(x)
+    assert projected.shape == (500, 2)
+    assert abs(torch.corrcoef(torch.stack([projected[:, 0], x[:, 1]]))[0, 1]) > 0.99
+    assert abs(torch.corrcoef(torch.stack([projected[:, 1], x[:, 2]]))[0, 1]) > 0.99
+
+
+def test_scatter_colours_points_by_class():
+    points = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    picture = media.scatter(points, torch.tensor([0, 3]), "two points", size=100)
+    assert tuple(picture.pixels[100 - 10, 10]) == media.PALETTE[0]  # (0, 0) is drawn bottom left
+    assert tuple(picture.pixels[10, 90]) == media.PALETTE[3]  # (1, 1) top right
