@@ -2,6 +2,8 @@
 import argparse
 import json
 import os
+import platform
+import subprocess
 
 from common import UserError
 
@@ -41,6 +43,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                      help="step: x0.2 at 30%%, 60%%, 80%% of training (RotNet's 60/120/160 of 200 epochs); "
                           "default: step (simple_cnn: constant)")
     opt.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
+    opt.add_argument("--max-grad-norm", type=float, default=None,
+                     help="clip gradients to this norm (default: no clipping; the norm is logged either way)")
     opt.add_argument("--seed", type=int, default=0)
 
     run = p.add_argument_group("run")
@@ -51,7 +55,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", type=int, default=3)
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between logged train metrics")
     run.add_argument("--report-to", choices=("wandb", "tensorboard", "none"), default="wandb")
-    run.add_argument("--wandb-project", default=None)
+    run.add_argument("--wandb-project", default=None, help="default: $WANDB_PROJECT, else the script's name")
+    run.add_argument("--wandb-entity", default=None, help="W&B team or user (default: $WANDB_ENTITY, else yours)")
+    run.add_argument("--run-name", default=None,
+                     help="display name of the run (default: $WANDB_NAME, else the output dir's name)")
+    run.add_argument("--wandb-tags", default=None, help="comma-separated tags (default: $WANDB_TAGS)")
 
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval-every", type=int, default=10, help="epochs between evaluations (0: only at the end)")
@@ -85,6 +93,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.epochs > 0, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.max_steps is None or args.max_steps > 0, f"--max-steps must be >= 1 (got {args.max_steps})"),
         (args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})"),
+        (args.max_grad_norm is None or args.max_grad_norm > 0,
+         f"--max-grad-norm must be > 0 (got {args.max_grad_norm})"),
         (args.weight_decay >= 0, f"--weight-decay must be >= 0 (got {args.weight_decay})"),
         (args.checkpoint_every > 0, f"--checkpoint-every must be >= 1 (got {args.checkpoint_every})"),
         (args.keep_checkpoints > 0, f"--keep-checkpoints must be >= 1 (got {args.keep_checkpoints})"),
@@ -98,6 +108,30 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         if not ok:
             raise UserError(message)
     return args
+
+
+def environment() -> dict:
+    """What a run needs to be reproduced beyond its options: code version, library versions, where it ran."""
+    import accelerate
+    import torch
+    import torchvision
+
+    def git(*command):
+        try:
+            return subprocess.run(["git", *command], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "git_commit": git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "accelerate": accelerate.__version__,
+        "python": platform.python_version(), "hostname": platform.node(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+    }
 
 
 def save_config(args: argparse.Namespace, path: str, **extra) -> None:

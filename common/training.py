@@ -19,8 +19,8 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from common import UserError
-from common.config import save_config
+from common import UserError, media
+from common.config import environment, save_config
 
 CHECKPOINT_PREFIX = "step_"
 EXIT_PREEMPTED = 3  # stopped on SIGUSR1/SIGTERM with a checkpoint saved: run the same command again to resume
@@ -161,6 +161,7 @@ class TrainState:
         self.images = 0  # over all processes
         self.samples = 0
         self.train_time_s = 0.0
+        self.epoch_start_train_time_s = 0.0
         self.init_metrics = {}
 
     def state_dict(self):
@@ -186,7 +187,9 @@ class Run:
         set_seed(args.seed, device_specific=True)  # each rank draws its own augmentations (restored on resume)
         self.start_time = time.time()
         self._sums, self._clock = {}, time.perf_counter()
-        self._images_since_log, self._log_clock = 0, time.perf_counter()
+        self._grad_norms = []
+        self._images_since_log = self._samples_since_log = 0
+        self._log_clock = time.perf_counter()
         self.metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
         self._stop_signal = 0
         for sig in STOP_SIGNALS:  # preemption (Slurm's --signal, scancel) and time limits
@@ -231,7 +234,10 @@ class Run:
     # --------------------------------------------------------------------------------------- the loop
     def epochs(self):
         while self.state.epoch < self.num_epochs and not self.finished:
+            if self.state.batches_in_epoch == 0:
+                self.state.epoch_start_train_time_s = self.state.train_time_s
             yield self.state.epoch
+            self.log({"train/epoch_time_s": self.state.train_time_s - self.state.epoch_start_train_time_s})
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
 
@@ -256,6 +262,16 @@ class Run:
         self.state.images += images * n
         self.state.samples += samples * n
         self._images_since_log += images * n
+        self._samples_since_log += samples * n
+
+    def gradients_ok(self, model) -> bool:
+        """Call after backward: on the micro-batch that ends an optimizer step, clips the gradients to
+        --max-grad-norm and records their norm (the same on every rank: DDP has averaged them); True then."""
+        if not self.accelerator.sync_gradients:
+            return False
+        norm = self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm or math.inf)
+        self._grad_norms.append(norm.detach().float())
+        return True
 
     def step_done(self, scheduler) -> None:
         """After each optimizer step: schedule, time, log, checkpoint."""
@@ -294,25 +310,44 @@ class Run:
         values = {f"train/{n}": totals[i].item() / count for i, n in enumerate(names) if n != "count"}
         elapsed = time.perf_counter() - self._log_clock
         values.update({"train/lr": lr, "train/epoch": self.state.step / self.steps_per_epoch,
-                       "train/images_per_s": self._images_since_log / max(elapsed, 1e-9)})
+                       "train/images_per_s": self._images_since_log / max(elapsed, 1e-9),
+                       "train/samples_per_s": self._samples_since_log / max(elapsed, 1e-9)})
+        if self._grad_norms:
+            values["train/grad_norm"] = torch.stack(self._grad_norms).mean().item()
         self.log(values)
         self.progress.set_postfix(loss=f"{values['train/loss']:.4f}",
                                   img_s=f"{values['train/images_per_s']:.0f}")
-        self._sums, self._images_since_log, self._log_clock = {}, 0, time.perf_counter()
+        self._sums, self._grad_norms, self._log_clock = {}, [], time.perf_counter()
+        self._images_since_log = self._samples_since_log = 0
 
     def should_evaluate(self, epoch: int) -> bool:
         return self.args.eval_every > 0 and (epoch + 1) % self.args.eval_every == 0 and not self.finished
 
     def log(self, values: dict) -> None:
-        """To the tracker and OUTPUT_DIR/metrics.jsonl (main process; values must already be global)."""
-        if self.accelerator.is_main_process:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps({"step": self.state.step, **values}) + "\n")
-        self.accelerator.log(values, step=self.state.step)
+        """Scalars to the tracker and OUTPUT_DIR/metrics.jsonl, media (common.media) to the tracker, at the
+        current optimizer step. Main process only; values must already be global."""
+        if not self.accelerator.is_main_process:
+            return
+        numbers = scalars(values)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"step": self.state.step, **numbers}) + "\n")
+        self.accelerator.log(numbers, step=self.state.step)
+        pictures = {k: v for k, v in values.items() if k not in numbers}
+        for tracker in self.accelerator.trackers if pictures else ():
+            if tracker.name == "wandb":
+                import wandb
+                tracker.log({k: wandb.Image(v.pixels, caption=v.caption) if isinstance(v, media.Picture)
+                             else wandb.Histogram(v.values) for k, v in pictures.items()}, step=self.state.step)
+            elif tracker.name == "tensorboard":
+                for k, v in pictures.items():
+                    if isinstance(v, media.Picture):
+                        tracker.writer.add_image(k, v.pixels, self.state.step, dataformats="HWC")
+                    else:
+                        tracker.writer.add_histogram(k, v.values, self.state.step)
 
     def record_init_metrics(self, metrics: dict) -> None:
         """The untrained encoder's eval/*_init: logged at step 0 and kept for results.json across resumes."""
-        self.state.init_metrics = metrics
+        self.state.init_metrics = scalars(metrics)
         self.log(metrics)
         self.resume_clock()
 
@@ -347,25 +382,33 @@ class Run:
         if not self.accelerator.log_with:
             return
         args = self.args
-        config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        config = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in vars(args).items()}
         config.update(world_size=self.accelerator.num_processes,
-                      mixed_precision=str(self.accelerator.mixed_precision))
+                      mixed_precision=str(self.accelerator.mixed_precision), **environment())
         init_kwargs = {}
         if args.report_to == "wandb":
-            init_kwargs["wandb"] = {"id": self._wandb_run_id(), "resume": "allow", "dir": args.output_dir}
-        self.accelerator.init_trackers(args.wandb_project or project, config=config, init_kwargs=init_kwargs)
-        if args.report_to == "wandb" and self.accelerator.is_main_process and \
-                os.environ.get("WANDB_MODE") == "offline":
-            run_dir = os.path.dirname(self.accelerator.get_tracker("wandb", unwrap=True).dir)
-            print(f"W&B is offline (no credentials found): the run is in {run_dir}; "
-                  f"upload it with: wandb sync {run_dir}", flush=True)
+            # Options win over WANDB_* variables; wandb itself reads WANDB_ENTITY, WANDB_TAGS, WANDB_MODE, ...
+            project = args.wandb_project or os.environ.get("WANDB_PROJECT") or project
+            init_kwargs["wandb"] = {
+                "id": self._wandb_run_id(), "resume": "allow", "dir": os.environ.get("WANDB_DIR") or args.output_dir,
+                "name": args.run_name or os.environ.get("WANDB_NAME") or os.path.basename(
+                    os.path.abspath(args.output_dir)),
+                "entity": args.wandb_entity, "tags": args.wandb_tags.split(",") if args.wandb_tags else None}
+        self.accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
+        if args.report_to == "wandb" and self.accelerator.is_main_process:
+            run = self.accelerator.get_tracker("wandb", unwrap=True)
+            if run.settings.mode == "offline":
+                # Each (re)start writes its own offline folder; synced together they become one run again.
+                parts = os.path.join(os.path.dirname(os.path.dirname(run.dir)), f"offline-run-*-{run.id}")
+                print(f"W&B is offline (no credentials found): the run is in {os.path.dirname(run.dir)}; "
+                      f"upload it (all its resumed parts as one run) with: wandb sync {parts}", flush=True)
 
     def _wandb_run_id(self) -> str:
-        """One training is one W&B run: the id is kept in OUTPUT_DIR and reused on resume."""
+        """One training is one W&B run: the id is kept in OUTPUT_DIR and reused on resume and requeue."""
         path = os.path.join(self.args.output_dir, "wandb_run_id")
         if not os.path.exists(path) and self.accelerator.is_main_process:
-            with open(path, "w") as f:
-                f.write(uuid.uuid4().hex[:8])  # W&B's own id format: 8 lowercase alphanumerics
+            with open(path, "w") as f:  # W&B's own id format: 8 lowercase alphanumerics
+                f.write(os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8])
         self.accelerator.wait_for_everyone()
         with open(path) as f:
             return f.read().strip()
@@ -373,7 +416,7 @@ class Run:
     # ---------------------------------------------------------------------------------------- outputs
     def finish(self, encoder, metrics: dict) -> dict:
         """Writes final/ (encoder), results.json and the last metrics; ends the tracker."""
-        results = {**self.state.init_metrics, **metrics,
+        results = {**self.state.init_metrics, **scalars(metrics),
                    "steps": self.state.step, "epochs": self.state.step / self.steps_per_epoch,
                    "images_per_s": self.state.images / max(self.state.train_time_s, 1e-9),
                    "samples_per_s": self.state.samples / max(self.state.train_time_s, 1e-9),
@@ -389,5 +432,12 @@ class Run:
             summary = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("eval/"))
             print(f"done: {self.state.step} steps, {results['images_per_s']:.0f} images/s; {summary}")
         self.log(metrics)
+        if self.accelerator.is_main_process and "wandb" in [t.name for t in self.accelerator.trackers]:
+            self.accelerator.get_tracker("wandb", unwrap=True).summary.update(results)
         self.accelerator.end_training()
         return results
+
+
+def scalars(values: dict) -> dict:
+    """values without the dashboard media: what metrics.jsonl, results.json and checkpoints hold."""
+    return {k: v for k, v in values.items() if not isinstance(v, (media.Picture, media.Histogram))}
