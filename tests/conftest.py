@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -46,3 +47,23 @@ def accelerate_command(script, *args, num_processes=1):
 
 def accelerate_launch(script, *args, num_processes=1, **kw):
     return run_script(accelerate_command(script, *args, num_processes=num_processes), **kw)
+
+
+# Small runs with the default tracker (W&B, offline here): SMALL without its --report-to none.
+TRACKED = [a for a in SMALL if a not in ("--report-to", "none")]
+
+
+def wandb_runs(output_dir):
+    """The offline W&B run folders a training wrote under OUTPUT_DIR/wandb, oldest first."""
+    return sorted((output_dir / "wandb").glob("offline-run-*"))
+
+
+def wandb_read(run_dir):
+    """A run read back with wandb's own tool: (summary object of `leet inspect --summary`, history items)."""
+    summary = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)],
+                             capture_output=True, text=True, check=True)
+    records = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)],
+                             capture_output=True, text=True, check=True)
+    history = [json.loads(line)["history"]["item"] for line in records.stdout.splitlines()
+               if '"type":"history"' in line]
+    return json.loads(summary.stdout), history

@@ -7,13 +7,14 @@ import time
 import torch
 
 from common.models import load_encoder
-from conftest import REPO, SMALL, accelerate_command, accelerate_launch, run_script
+from conftest import (REPO, SMALL, TRACKED, accelerate_command, accelerate_launch, run_script, wandb_read,
+                      wandb_runs)
 
 
 def test_two_processes_train_evaluate_and_export(tmp_path):
     out = tmp_path / "r2"
-    result = accelerate_launch("train_rotation.py", *SMALL, "--max-steps", "12", "--eval-at-start",
-                               "--output-dir", out, num_processes=2)
+    result = accelerate_launch("train_rotation.py", *TRACKED, "--max-steps", "12", "--eval-at-start",
+                               "--output-dir", out, num_processes=2, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 12
@@ -26,6 +27,25 @@ def test_two_processes_train_evaluate_and_export(tmp_path):
     assert [line["step"] for line in lines if "train/loss" in line] == [10, 12]
     encoder = load_encoder(str(out / "final"))
     assert encoder(torch.rand(2, 3, 32, 32)).shape == (2, 4096)
+
+    # W&B (offline): one run for the two processes, read back with wandb's own tool
+    runs = wandb_runs(out)
+    assert len(runs) == 1 and not (tmp_path / "wandb").exists()
+    summary, history = wandb_read(runs[0])
+    assert summary["run_id"] == (out / "wandb_run_id").read_text().strip() and summary["state"] == "finished"
+    config = summary["config"]
+    assert config["world_size"] == 2 and config["batch_size"] == 32 and config["model"] == "simple_cnn"
+    assert len(config["git_commit"]) == 40 and config["torch"] == torch.__version__ and config["hostname"]
+    train = [item for item in history if "train/loss" in item]
+    assert [item["_step"] for item in train] == [10, 12]
+    for key in ("train/lr", "train/samples_per_s", "train/epoch", "train/grad_norm"):
+        assert all(key in item for item in train)
+    assert any("train/epoch_time_s" in item for item in history)
+    for key in ("eval/rotation_acc", "eval/knn_acc_init", "samples_per_s", "steps"):
+        assert summary["summary"][key] == pytest_approx(results[key])
+    for key in ("eval/rotation_examples", "eval/rotation_confusion", "eval/rotation_confusion_init"):
+        assert summary["summary"][key]["_type"] == "image-file"
+        assert (runs[0] / "files" / summary["summary"][key]["path"]).stat().st_size > 1000
 
 
 def pytest_approx(x):

@@ -1,12 +1,12 @@
 """train_siamese.py run for real through `accelerate launch` (CPU, gloo for two processes)."""
 import json
 
-from conftest import SMALL, accelerate_launch
+from conftest import SMALL, TRACKED, accelerate_launch, wandb_read, wandb_runs
 
 
 def test_two_processes_train_and_evaluate(tmp_path):
     out = tmp_path / "s2"
-    result = accelerate_launch("train_siamese.py", *SMALL, "--max-steps", "12", "--eval-at-start",
+    result = accelerate_launch("train_siamese.py", *TRACKED, "--max-steps", "12", "--eval-at-start",
                                "--output-dir", out, num_processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -18,6 +18,24 @@ def test_two_processes_train_and_evaluate(tmp_path):
                    if "train/loss" in line]
     assert 0.3 < train_lines[-1]["train/positive_fraction"] < 0.7
     assert (out / "final" / "encoder.safetensors").exists()
+
+    runs = wandb_runs(out)
+    assert len(runs) == 1  # one W&B run for the two processes
+    summary, history = wandb_read(runs[0])
+    assert summary["summary"]["eval/pair_auc"] == results["eval/pair_auc"]
+    final = history[-1]  # the media of the last evaluation, logged at the last step
+    assert final["_step"] == 12
+    for key in ("eval/distance_similar", "eval/distance_dissimilar"):
+        assert final[f"{key}._type"] == "histogram" and sum(final[f"{key}.values"]) > 0
+    # trained embeddings: same-class test pairs closer on average than different-class ones
+    assert histogram_mean(final, "eval/distance_similar") < histogram_mean(final, "eval/distance_dissimilar")
+    assert final["eval/embedding_pca._type"] == "image-file"
+
+
+def histogram_mean(item, key):
+    bins, counts = item[f"{key}.bins"], item[f"{key}.values"]
+    centres = [(low + high) / 2 for low, high in zip(bins, bins[1:])]
+    return sum(c * n for c, n in zip(centres, counts)) / sum(counts)
 
 
 def test_bad_positive_fraction_is_one_line(tmp_path):

@@ -73,8 +73,10 @@ def test_metrics_are_logged_and_cut_back_on_resume(tmp_path):
     import json
     train(tmp_path, stop_after=5)  # logs at 2, 4; checkpoint at 3
     train(tmp_path)
-    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
-    assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [line["step"] for line in lines if "train/loss" in line] == [2, 4, 6, 8, 10, 12, 14, 16]
+    epoch_ends = [line for line in lines if "train/epoch_time_s" in line]
+    assert [line["step"] for line in epoch_ends] == [8, 16] and all(e["train/epoch_time_s"] > 0 for e in epoch_ends)
 
 
 def test_step_schedule_follows_rotnet():

@@ -1,0 +1,29 @@
+"""Not a test: launched by test_tracking.py with two processes. Feeds the real Run a different train loss on
+each rank and writes what each rank fed, so the test can compare W&B's logged values with the per-rank ones."""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import config, training  # noqa: E402
+
+args = config.validate(config.build_parser("rank metrics probe").parse_args(sys.argv[1:]))
+accelerator = training.make_accelerator(args)
+model = torch.nn.Linear(2, 1)
+model, optimizer, scheduler, run = training.prepare(args, accelerator, model, training.make_optimizer(args, model),
+                                                    training.index_loader(64, args.batch_size), "probe")
+generator = torch.Generator().manual_seed(accelerator.process_index)
+fed = []
+for epoch in run.epochs():
+    for indices in run.batches():
+        loss = torch.rand((), generator=generator) * (1 + 10 * accelerator.process_index)  # ranks far apart
+        fed.append({"step": run.state.step + 1, "loss": loss.item()})
+        run.track(images=len(indices), samples=len(indices), loss=loss)
+        run.step_done(scheduler)
+        if run.finished:
+            break
+with open(os.path.join(args.output_dir, f"fed_rank{accelerator.process_index}.json"), "w") as f:
+    json.dump(fed, f)
+accelerator.end_training()

@@ -1,0 +1,57 @@
+"""Tracking (common/training.py's Run and its trackers) under real launches: values reduced over ranks, one W&B
+run per training across resumes, TensorBoard as the alternative. Runs are read back with the trackers' own tools."""
+import json
+
+from conftest import REPO, SMALL, TRACKED, accelerate_launch, run_script, wandb_read, wandb_runs
+
+
+def test_logged_train_loss_is_the_mean_over_both_ranks(tmp_path):
+    out = tmp_path / "probe"
+    result = run_script(["accelerate", "launch", "--config_file", f"{REPO}/accelerate_configs/cpu.yaml",
+                         "--num_processes", "2", f"{REPO}/tests/rank_metrics_probe.py", "--dataset", "synthetic",
+                         "--batch-size", "8", "--max-steps", "6", "--log-every", "3", "--output-dir", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    fed = [json.loads((out / f"fed_rank{rank}.json").read_text()) for rank in (0, 1)]
+    (run,) = wandb_runs(out)
+    _, history = wandb_read(run)
+    logged = {item["_step"]: item["train/loss"] for item in history if "train/loss" in item}
+    assert sorted(logged) == [3, 6]
+    for step, value in logged.items():
+        per_rank = [[x["loss"] for x in rank if step - 3 < x["step"] <= step] for rank in fed]
+        assert len(per_rank[0]) == len(per_rank[1]) == 3
+        mean_over_ranks = sum(per_rank[0] + per_rank[1]) / 6
+        assert abs(value - mean_over_ranks) < 1e-6
+        assert abs(value - sum(per_rank[0]) / 3) > 1  # rank 0's own value would be far off
+
+
+def test_a_resumed_training_logs_to_the_same_wandb_run(tmp_path):
+    out = tmp_path / "run"
+    first = accelerate_launch("train_rotation.py", *TRACKED, "--max-steps", "3", "--output-dir", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_id = (out / "wandb_run_id").read_text().strip()
+    # The same output dir with a longer budget resumes from the step-3 checkpoint (as a requeued job would).
+    second = accelerate_launch("train_rotation.py", *TRACKED, "--max-steps", "6", "--log-every", "1",
+                               "--output-dir", out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and f"wandb sync {out}/wandb/offline-run-*-{run_id}" in second.stdout
+    runs = wandb_runs(out)
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # offline: one folder per start
+    summary, history = wandb_read(runs[1])
+    assert summary["run_id"] == run_id
+    assert [item["_step"] for item in history if "train/loss" in item] == [4, 5, 6]  # continues, no repeats
+
+
+def test_tensorboard_gets_scalars_images_and_histograms(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    result = accelerate_launch("train_siamese.py", *SMALL[:-1], "tensorboard", "--max-steps", "4",
+                               "--log-every", "2", "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(out / "siamese"), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+    assert abs(events.Scalars("eval/pair_auc")[-1].value - json.loads((out / "results.json").read_text())[
+        "eval/pair_auc"]) < 1e-6  # stored as float32
+    assert events.Tags()["images"] == ["eval/embedding_pca"]
+    assert set(events.Tags()["histograms"]) == {"eval/distance_similar", "eval/distance_dissimilar"}
