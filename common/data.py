@@ -36,7 +36,7 @@ class ImageData:
 
 def load_dataset(args) -> ImageData:
     if args.dataset == "synthetic":
-        return make_synthetic(args.image_size)
+        return make_synthetic(args.image_size, n_train=args.synthetic_size, n_test=max(4, args.synthetic_size // 4))
     if args.dataset == "cifar10":
         return load_cifar10(args.data_dir, args.image_size)
     return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images)
@@ -72,8 +72,11 @@ def make_synthetic(image_size: int = 32, n_train: int = 1024, n_test: int = 256,
     def sample(n):
         labels = torch.arange(n) % n_classes
         labels = labels[torch.randperm(n, generator=g)]
-        x = templates[labels] + 0.15 * torch.randn(n, 3, image_size, image_size, generator=g)
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels
+        images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
+        for chunk in torch.arange(n).split(4096):  # CIFAR-sized sets without a float copy of the whole set
+            x = templates[labels[chunk]] + 0.15 * torch.randn(len(chunk), 3, image_size, image_size, generator=g)
+            images[chunk] = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        return images, labels
 
     (xtr, ytr), (xte, yte) = sample(n_train), sample(n_test)
     return ImageData(xtr, ytr, xte, yte, [f"class{i}" for i in range(n_classes)])
@@ -172,18 +175,19 @@ def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: b
 
 # ------------------------------------------------------------------------------- batched device transforms
 def random_crop_flip(images: torch.Tensor, pad: int) -> torch.Tensor:
-    """RandomCrop(size, padding=pad) + RandomHorizontalFlip for a whole uint8 batch, as one gather."""
-    n, _, h, w = images.shape
+    """RandomCrop(size, padding=pad) + RandomHorizontalFlip for a whole uint8 batch, as one gather along each
+    image's flattened padded plane (4x faster on CPU than advanced indexing)."""
+    n, c, h, w = images.shape
     dev = images.device
     padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=dev)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=dev)
-    rows = dy + torch.arange(h, device=dev)
-    cols = dx + torch.arange(w, device=dev)
-    flip = torch.rand(n, 1, device=dev) < 0.5
-    cols = torch.where(flip, cols.flip(1), cols)  # a flip is the crop's columns read backwards
-    out = padded[torch.arange(n, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2)  # (n, h, w, c) -> (n, c, h, w)
+    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=dev)
+    flip = torch.rand(n, 1, 1, device=dev) < 0.5
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    cols = torch.where(flip, w - 1 - cols, cols) + dx  # a flip is the crop's columns read backwards
+    rows = torch.arange(h, device=dev).view(1, h, 1) + dy
+    index = (rows * (w + 2 * pad) + cols).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.view(n, c, -1).gather(2, index).view(n, c, h, w)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -234,6 +238,8 @@ def augment(images: torch.Tensor, kind: str = "crop_flip") -> torch.Tensor:
     simclr: SimCLR's views (random resized crop 0.2-1, flip, color jitter 0.4, grayscale 0.2): a contrastive
     pair of two views of one image needs them, or the network matches views by their pixels alone.
     """
+    if kind == "none":
+        return to_float(images)
     if kind == "simclr":
         return color_jitter(random_resized_crop_flip(to_float(images)))
     return to_float(random_crop_flip(images, pad=max(1, images.shape[-1] // 8)))

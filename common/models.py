@@ -27,6 +27,7 @@ class Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean or CIFAR_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or CIFAR_STD).view(1, 3, 1, 1))
         self.blocks = nn.ModuleList(blocks)
+        self.channels_last = False  # set by use_channels_last(): inputs are converted to match the weights
         with torch.no_grad():
             self.feature_dim = self.eval()(torch.zeros(1, 3, image_size, image_size)).shape[1]
         self.train()
@@ -34,6 +35,8 @@ class Encoder(nn.Module):
     def block_features(self, x: torch.Tensor) -> list:
         """Feature maps after each conv block."""
         x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         maps = []
         for block in self.blocks:
             x = block(x)
@@ -43,6 +46,12 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block_features(x)[-1]
         return x.flatten(1) if self.pool == "flatten" else x.mean(dim=(2, 3))
+
+    def use_channels_last(self) -> "Encoder":
+        """NHWC weights and inputs: what tensor cores want for convolutions in fp16/bf16."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def config(self) -> dict:
         return {"model": self.name, "image_size": self.image_size, "feature_dim": self.feature_dim,

@@ -1,0 +1,271 @@
+"""Throughput: the model's own limit, this project's training end to end, and the seed tutorial's pipeline.
+
+    python bench/throughput.py --data-dir ../shared/data/cifar10-jpeg   # real CIFAR-10 (ImageFolder copy)
+    python bench/throughput.py --models simple_cnn                      # CIFAR-sized synthetic data
+
+For each script (rotation, siamese) and model, at the same samples per step (images through the network):
+  limit    forward, backward and optimizer step on batches already on the device: the model's own limit;
+  project  `python train_<script>.py ... --skip-eval`: the scripts' real code path (uint8 data on the device,
+           batched augmentation, rotations or pairs, step, logging), timed over its steady-state log windows;
+  seed     the tutorial's RotatedCIFAR10 / SiameseCIFAR10 (per-image PIL, ToTensor, Normalize, rotate) in a
+           DataLoader with no workers over in-memory CIFAR arrays (as torchvision's CIFAR10 holds them),
+           feeding the same model the way the tutorial did (siamese: one forward call per side of the pairs).
+efficiency = project / limit, speedup = project / seed. Every measurement runs in a process of its own, so
+its peak memory (GPU: allocated; CPU: resident) is its own.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# glibc hands large blocks (activations) back to the OS after every step and page-faults them in again on the
+# next; on this project's CPU VM that costs ~40% of a simple_cnn step and makes timings noisy. Every measurement
+# (limit, project and seed alike) runs with the allocator keeping its memory. No effect on GPU memory.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 32),
+              "MALLOC_TOP_PAD_": str(2 ** 29)}
+sys.path.insert(0, REPO)
+from common import config, data, models, training  # noqa: E402
+from common.losses import contrastive_loss  # noqa: E402
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="ImageFolder copy of CIFAR-10 (train/, test/); default: synthetic, 50k")
+    p.add_argument("--synthetic-size", type=int, default=50000, help="train images of the synthetic data")
+    p.add_argument("--scripts", nargs="+", default=["rotation", "siamese"], choices=("rotation", "siamese"))
+    p.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"], choices=config.MODELS)
+    p.add_argument("--samples-per-step", type=int, default=None,
+                   help="images through the network per step (default: 512 on a GPU, RotNet's 128 x 4; 256 on CPU)")
+    p.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default: GPU 5, CPU 15)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="measure each this many times, interleaved, and keep the best (default: GPU 1, CPU 3; "
+                        "shared VMs vary by 15%% from minute to minute)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="default: bf16 on a GPU, no on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in all three")
+    p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--measure", choices=("limit", "seed"), help=argparse.SUPPRESS)  # one measurement, internal
+    p.add_argument("--script", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    gpu = torch.cuda.is_available()
+    args.samples_per_step = args.samples_per_step or (512 if gpu else 256)
+    args.seconds = args.seconds or (5 if gpu else 10)
+    args.repeats = args.repeats or (1 if gpu else 3)
+    args.mixed_precision = args.mixed_precision or ("bf16" if gpu else "no")
+    return args
+
+
+def data_options(args) -> list:
+    if args.data_dir:
+        return ["--dataset", "imagefolder", "--data-dir", args.data_dir]
+    return ["--dataset", "synthetic", "--synthetic-size", str(args.synthetic_size)]
+
+
+def script_args(args, script: str, model: str, extra=()) -> argparse.Namespace:
+    """The training script's own options, as its parser fills them."""
+    images = args.samples_per_step // (4 if script == "rotation" else 2)
+    argv = [*data_options(args), "--model", model, "--batch-size", str(images), "--report-to", "none", *extra]
+    return config.validate(config.build_parser("bench").parse_args(argv + (["--compile"] if args.compile else [])))
+
+
+# -------------------------------------------------------------------------------------------- the seed's data
+class SeedRotatedCIFAR10(torch.utils.data.Dataset):
+    """The tutorial's RotatedCIFAR10: CIFAR10.__getitem__ (PIL image, transform), then one random rotation."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform  # (N, 32, 32, 3) uint8, as CIFAR10
+
+    def __len__(self):
+        return len(self.images)
+
+    def item(self, index):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+    def __getitem__(self, index):
+        from torchvision import transforms
+        img, _ = self.item(index)
+        rotation = random.choice([0, 90, 180, 270])
+        return transforms.functional.rotate(img, rotation), rotation // 90
+
+
+class SeedSiameseCIFAR10(SeedRotatedCIFAR10):
+    """The tutorial's SiameseCIFAR10: a random partner (label = same class; ~90% negative, as the seed had it)."""
+
+    def __getitem__(self, index):
+        img1, label1 = self.item(index)
+        img2, label2 = self.item(random.randint(0, len(self) - 1))
+        return img1, img2, torch.tensor(int(label1 == label2), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------- one measurement
+def measure(args) -> dict:
+    """limit or seed for one (script, model): samples/s over >= args.seconds after warm-up, and peak memory."""
+    from accelerate import Accelerator
+    from torchvision import transforms
+
+    opts = script_args(args, args.script, args.model)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+                              dynamo_backend="inductor" if args.compile else None)
+    dataset = data.load_dataset(opts)
+    encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
+    head = models.rotation_head(encoder) if args.script == "rotation" else models.projection_head(encoder, 128)
+    model = models.EncoderWithHead(encoder, head)
+    if accelerator.device.type == "cuda":
+        model.encoder.use_channels_last()
+    optimizer = training.make_optimizer(opts, model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    n, dev = args.samples_per_step, accelerator.device
+
+    def step(inputs, targets):
+        with accelerator.autocast():
+            if args.script == "rotation":
+                loss = F.cross_entropy(model(inputs), targets)
+            elif args.measure == "seed":  # the seed's SiameseNetwork: forward_once(img1), forward_once(img2)
+                loss = contrastive_loss(model(inputs[0]), model(inputs[1]), targets, 1.0)
+            else:  # the project's: both images of every pair in one forward pass
+                a, b = model(inputs).chunk(2)
+                loss = contrastive_loss(a, b, targets, 1.0)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if args.measure == "limit":
+        # Real training batches (augmented, rotated or paired), made before the clock starts: the network's
+        # speed depends on its inputs (random noise trains ~15% slower on this CPU than images).
+        pool, images = [], dataset.train_images
+        for i in range(16):
+            chunk = images[(torch.arange(opts.batch_size) + i * opts.batch_size) % len(images)]
+            if args.script == "rotation":
+                pool.append(data.rotate(data.augment(chunk.to(dev), opts.augment or "crop_flip"), 4))
+            else:
+                partners = images[torch.randint(0, len(images), (len(chunk),))]
+                similar = (torch.rand(len(chunk)) < 0.5).float()
+                pool.append((data.augment(torch.cat([chunk, partners]).to(dev)), similar.to(dev)))
+        batches = (pool[i % len(pool)] for i in range(10 ** 9))
+    else:
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        images, labels = dataset.train_images.permute(0, 2, 3, 1).numpy(), dataset.train_labels.tolist()
+        if args.script == "rotation":
+            loader = torch.utils.data.DataLoader(SeedRotatedCIFAR10(images, labels, transform), batch_size=n,
+                                                 shuffle=True, drop_last=True)
+        else:
+            loader = torch.utils.data.DataLoader(SeedSiameseCIFAR10(images, labels, transform),
+                                                 batch_size=n // 2, shuffle=True, drop_last=True)
+
+        def seed_batches():
+            while True:
+                for batch in loader:
+                    if args.script == "rotation":
+                        yield batch[0].to(dev), batch[1].to(dev)
+                    else:
+                        yield (batch[0].to(dev), batch[1].to(dev)), batch[2].to(dev)
+        batches = seed_batches()
+
+    def run(min_steps, min_seconds):
+        steps, start = 0, time.perf_counter()
+        while steps < min_steps or time.perf_counter() - start < min_seconds:
+            step(*next(batches))
+            steps += 1
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return steps, time.perf_counter() - start
+
+    run(2, min(2.0, args.seconds / 4))  # warm-up: allocator, cudnn autotuning, compilation
+    steps, seconds = run(3, args.seconds)
+    return {"samples_per_s": steps * n / seconds, "peak_memory_mb": training.peak_memory_mb()}
+
+
+def run_measurement(args, kind: str, script: str, model: str) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--measure", kind, "--script", script, "--model", model,
+               "--samples-per-step", str(args.samples_per_step), "--seconds", str(args.seconds),
+               "--mixed-precision", args.mixed_precision, "--synthetic-size", str(args.synthetic_size),
+               *(["--data-dir", args.data_dir] if args.data_dir else []),
+               *(["--compile"] if args.compile else [])]
+    result = subprocess.run(command, capture_output=True, text=True, env={**MALLOC_ENV, **os.environ})
+    if result.returncode != 0:
+        sys.exit(f"{kind} measurement failed for {script}/{model}:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_project(args, script: str, model: str, limit: dict) -> dict:
+    """The real script, single process, no evaluation; samples/s over its log windows after the first."""
+    expected_steps = args.seconds * limit["samples_per_s"] / args.samples_per_step
+    log_every = max(1, math.ceil(expected_steps / 4))
+    with tempfile.TemporaryDirectory() as out:
+        opts = script_args(args, script, model)
+        command = [sys.executable, os.path.join(REPO, f"train_{script}.py"), *data_options(args), "--model", model,
+                   "--batch-size", str(opts.batch_size), "--max-steps", str(5 * log_every), "--log-every",
+                   str(log_every), "--checkpoint-every", "1000000", "--skip-eval", "--report-to", "none",
+                   "--output-dir", out, *(["--compile"] if args.compile else [])]
+        env = {**MALLOC_ENV, **os.environ, "ACCELERATE_MIXED_PRECISION": args.mixed_precision}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            sys.exit(f"train_{script}.py failed for {model}:\n{result.stderr[-3000:]}")
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            windows = [json.loads(line)["train/samples_per_s"] for line in f if "train/samples_per_s" in line]
+        with open(os.path.join(out, "results.json")) as f:
+            results = json.load(f)
+    timed = windows[1:]  # the first window holds the warm-up
+    return {"samples_per_s": len(timed) / sum(1 / w for w in timed),  # equal windows: harmonic mean
+            "peak_memory_mb": results["peak_memory_mb"]}
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "CPU")
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def main():
+    args = parse_args()
+    if args.measure:
+        print(json.dumps(measure(args)))
+        return
+    print(f"machine: {machine()}; torch {torch.__version__}; data: "
+          f"{args.data_dir or f'synthetic ({args.synthetic_size} train images)'}; {args.samples_per_step} samples/step; "
+          f"precision {args.mixed_precision}{'; compiled' if args.compile else ''}; best of {args.repeats}; "
+          f"{' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())}", flush=True)
+    header = (f"{'script':9} {'model':11} {'limit/s':>9} {'project/s':>9} {'seed/s':>9} {'efficiency':>10} "
+              f"{'seed eff':>8} {'speedup':>7}  peak MB limit/project/seed")
+    print(header, flush=True)
+    rows = []
+    for model in args.models:
+        for script in args.scripts:
+            best = {}
+            for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits all three alike
+                limit = run_measurement(args, "limit", script, model)
+                for kind, result in (("limit", limit), ("project", run_project(args, script, model, limit)),
+                                     ("seed", run_measurement(args, "seed", script, model))):
+                    if result["samples_per_s"] > best.get(kind, {"samples_per_s": 0})["samples_per_s"]:
+                        best[kind] = result
+            limit, project, seed = best["limit"], best["project"], best["seed"]
+            row = {"script": script, "model": model, "limit": limit, "project": project, "seed": seed,
+                   "efficiency": project["samples_per_s"] / limit["samples_per_s"],
+                   "seed_efficiency": seed["samples_per_s"] / limit["samples_per_s"],
+                   "speedup": project["samples_per_s"] / seed["samples_per_s"]}
+            rows.append(row)
+            print(f"{script:9} {model:11} {limit['samples_per_s']:9.0f} {project['samples_per_s']:9.0f} "
+                  f"{seed['samples_per_s']:9.0f} {row['efficiency']:10.2f} {row['seed_efficiency']:8.2f} "
+                  f"{row['speedup']:6.1f}x  {limit['peak_memory_mb']:.0f}/{project['peak_memory_mb']:.0f}/"
+                  f"{seed['peak_memory_mb']:.0f}", flush=True)
+    print("samples = images through the network (rotation: 4 per image; siamese: 2 per pair)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "args": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
