@@ -69,7 +69,7 @@ def main(argv=None):
             run.resume_clock()
 
     # Evaluation of the final encoder, then final/, results.json and the tracker's summary.
-    run.finish(unwrapped.encoder, evaluate(accelerator, unwrapped, dataset, args))
+    run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def main(argv=None):
             run.log(evaluate(accelerator, unwrapped, dataset, args))
             run.resume_clock()
 
-    run.finish(unwrapped.encoder, evaluate(accelerator, unwrapped, dataset, args))
+    run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args))
 
 
 if __name__ == "__main__":

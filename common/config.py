@@ -20,14 +20,18 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, default=32, help="square side images are resized/cropped to")
     data.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ssl-scripts"),
                       help="decoded image folders are cached here so a second run starts in seconds")
-    data.add_argument("--augment", choices=("crop_flip", "simclr"), default=None,
-                      help="crop_flip: RotNet's crop + flip; simclr: + resized crops and color jitter "
+    data.add_argument("--augment", choices=("crop_flip", "simclr", "none"), default=None,
+                      help="crop_flip: RotNet's crop + flip; simclr: + resized crops and color jitter; none "
                            "(default: crop_flip; train_siamese.py --pairs augment: simclr)")
+    data.add_argument("--synthetic-size", type=int, default=1024,
+                      help="train images of --dataset synthetic (test: a quarter); 50000 is CIFAR-10's size")
     data.add_argument("--skip-bad-images", action="store_true",
                       help="drop (and count) unreadable images instead of stopping at the first one")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", default="resnet18", help=f"encoder: one of {', '.join(MODELS)}")
+    model.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (Accelerate's dynamo backend 'inductor'); first steps are slow")
 
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=200)
@@ -46,6 +50,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     opt.add_argument("--max-grad-norm", type=float, default=None,
                      help="clip gradients to this norm (default: no clipping; the norm is logged either way)")
     opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--deterministic", action="store_true",
+                     help="deterministic kernels only (torch.use_deterministic_algorithms): with it, a run stopped "
+                          "and resumed ends with the weights of one that never stopped")
+    opt.add_argument("--nan-policy", choices=("abort", "skip"), default="abort",
+                     help="on a non-finite loss or gradient: abort (keeping the last good checkpoint) or skip the "
+                          "update and count it; every process decides alike. fp16 overflow steps are the "
+                          "GradScaler's and only counted")
 
     run = p.add_argument_group("run")
     run.add_argument("--output-dir", default="./runs/default")
@@ -62,6 +73,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     run.add_argument("--wandb-tags", default=None, help="comma-separated tags (default: $WANDB_TAGS)")
 
     ev = p.add_argument_group("evaluation")
+    ev.add_argument("--skip-eval", action="store_true",
+                    help="no evaluation at all, not even at the end (throughput benchmarks, smoke tests)")
     ev.add_argument("--eval-every", type=int, default=10, help="epochs between evaluations (0: only at the end)")
     ev.add_argument("--eval-at-start", action="store_true",
                     help="also evaluate the untrained encoder, logged as eval/*_init")
@@ -92,6 +105,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.grad_accum > 0, f"--grad-accum must be >= 1 (got {args.grad_accum})"),
         (args.epochs > 0, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.max_steps is None or args.max_steps > 0, f"--max-steps must be >= 1 (got {args.max_steps})"),
+        (not (args.skip_eval and args.eval_at_start), "--skip-eval and --eval-at-start contradict: drop one"),
+        (args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
         (args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})"),
         (args.max_grad_norm is None or args.max_grad_norm > 0,
          f"--max-grad-norm must be > 0 (got {args.max_grad_norm})"),

@@ -4,6 +4,7 @@ logging (tracker + metrics.jsonl), the progress bar and the final outputs.
 Each script keeps its own loop (data, model, loss, step) and calls a Run for everything around it.
 """
 import importlib.util
+import hashlib
 import json
 import math
 import os
@@ -32,7 +33,12 @@ def cli(main):
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()  # ends the progress bar's line, so the error starts a line of its own
+        # One write, so lines of several processes do not interleave; the other ranks start a new line, as rank
+        # 0's progress bar may be mid-line on the same terminal.
+        sys.stderr.write(f"{'' if os.environ.get('RANK', '0') == '0' else chr(10)}error: {e}\n")
+        sys.stderr.flush()
         sys.exit(2)
 
 
@@ -54,9 +60,10 @@ def make_accelerator(args) -> Accelerator:
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, not once per process
         # Shuffling seeded by (seed, epoch): every rank agrees on the order, and a resume replays it.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        dynamo_backend="inductor" if args.compile else None,
     )
     check_output_dir(args.output_dir)
-    set_seed(args.seed)  # same initial weights on every rank
+    set_seed(args.seed, deterministic=args.deterministic)  # same initial weights on every rank
     return accelerator
 
 
@@ -112,14 +119,19 @@ def load_data(args, accelerator):
     return dataset, dataset.train_images.to(accelerator.device)
 
 
-def index_loader(num_samples: int, batch_size: int):
-    """Batches of sample indices; the images stay on the device and are indexed there."""
+def index_loader(num_samples: int, batch_size: int, seed: int = 0):
+    """Batches of sample indices; the images stay on the device and are indexed there.
+
+    The loader gets a generator of its own: without one, every new iterator draws a seed from the global RNG (at
+    the start of an epoch; mid-epoch after a resume), shifting the augmentations a resumed run draws."""
     return torch.utils.data.DataLoader(torch.arange(num_samples), batch_size=batch_size, shuffle=True,
-                                       drop_last=True)
+                                       drop_last=True, generator=torch.Generator().manual_seed(seed))
 
 
 def prepare(args, accelerator, model, optimizer, train_loader, project: str):
     """Accelerate wraps model, optimizer, loader and schedule; then the Run resumes from a checkpoint if any."""
+    if accelerator.device.type == "cuda":
+        model.encoder.use_channels_last()  # faster convolutions under bf16/fp16 (tensor cores)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     run = Run(args, accelerator, train_loader, project)
     scheduler = accelerator.prepare(make_scheduler(args, optimizer, run.total_steps))  # before load_state
@@ -137,7 +149,63 @@ def list_checkpoints(output_dir: str) -> list:
     return [os.path.join(root, n) for n in sorted(names, key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))]
 
 
-def checkpoint_to_resume(args):
+# Options a checkpoint cannot be resumed under when they changed: the weights' or optimizer state's shapes, the
+# data order, or the meaning of the saved position. Others (lr, --max-steps, logging, evaluation) may change.
+MUST_MATCH = ("model", "image_size", "embedding_dim", "pairs", "rotations_per_image", "optimizer", "batch_size",
+              "grad_accum", "dataset", "synthetic_size", "seed", "world_size")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(path: str) -> None:
+    """Size and SHA-256 of every file of a checkpoint, written last: what verify_checkpoint checks."""
+    files = {name: {"bytes": os.path.getsize(os.path.join(path, name)), "sha256": _sha256(os.path.join(path, name))}
+             for name in sorted(os.listdir(path))}
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(files, f, indent=1)
+
+
+def verify_checkpoint(path: str):
+    """None when the checkpoint is complete and intact, else what is wrong with it."""
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            files = json.load(f)
+    except FileNotFoundError:
+        return "it has no manifest.json (written last), so it is incomplete"
+    except ValueError:
+        return "its manifest.json is unreadable"
+    for name, expected in files.items():
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != expected["bytes"]:
+            return f"{name} has {os.path.getsize(file)} bytes instead of {expected['bytes']} (truncated?)"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its checksum (corrupted)"
+    return None
+
+
+def check_compatible(args, checkpoint: str, world_size: int) -> None:
+    """Refuse a checkpoint written with options that change what it holds, naming every field that differs."""
+    with open(os.path.join(checkpoint, "config.json")) as f:
+        saved = json.load(f)
+    now = {**vars(args), "world_size": world_size}
+    differ = [f"{name} {saved[name]!r} in the checkpoint, {now[name]!r} now" for name in MUST_MATCH
+              if name in saved and name in now and saved[name] != now[name]]
+    if differ:
+        raise UserError(f"checkpoint {checkpoint} was written with other options ({'; '.join(differ)}): run with "
+                        f"the checkpoint's options, or start a new training with another --output-dir")
+
+
+def checkpoint_to_resume(args, warn=print):
+    """The checkpoint to start from: with --resume auto the newest intact one (damaged ones are reported and
+    passed over), an explicit path only if intact, or None."""
     existing = list_checkpoints(args.output_dir)
     if args.resume == "never":
         if existing:
@@ -145,9 +213,17 @@ def checkpoint_to_resume(args):
                             f"continue it, or choose a new --output-dir (nothing was overwritten)")
         return None
     if args.resume == "auto":
-        return existing[-1] if existing else None
+        for checkpoint in reversed(existing):
+            problem = verify_checkpoint(checkpoint)
+            if problem is None:
+                return checkpoint
+            warn(f"warning: not resuming from {checkpoint}: {problem}; trying the one before", flush=True)
+        return None
     if not os.path.isdir(args.resume):
         raise UserError(f"checkpoint {args.resume!r} does not exist: pass a folder under OUTPUT_DIR/checkpoints/")
+    problem = verify_checkpoint(args.resume)
+    if problem:
+        raise UserError(f"checkpoint {args.resume} is damaged: {problem}; pass another one or --resume auto")
     return args.resume
 
 
@@ -162,6 +238,8 @@ class TrainState:
         self.samples = 0
         self.train_time_s = 0.0
         self.epoch_start_train_time_s = 0.0
+        self.skipped_steps = 0  # non-finite gradients, --nan-policy skip
+        self.amp_skipped_steps = 0  # fp16: steps the GradScaler skipped on overflow (normal, not errors)
         self.init_metrics = {}
 
     def state_dict(self):
@@ -198,8 +276,9 @@ class Run:
     def start(self) -> None:
         """Resumes from a checkpoint if there is one (call after preparing the scheduler), starts logging."""
         args, accelerator = self.args, self.accelerator
-        checkpoint = checkpoint_to_resume(args)
+        checkpoint = checkpoint_to_resume(args, warn=accelerator.print)
         if checkpoint:
+            check_compatible(args, checkpoint, accelerator.num_processes)
             accelerator.load_state(checkpoint)
             accelerator.print(f"resumed from {checkpoint} at step {self.state.step} "
                               f"(epoch {self.state.epoch}, batch {self.state.batches_in_epoch})")
@@ -265,27 +344,54 @@ class Run:
         self._samples_since_log += samples * n
 
     def gradients_ok(self, model) -> bool:
-        """Call after backward: on the micro-batch that ends an optimizer step, clips the gradients to
-        --max-grad-norm and records their norm (the same on every rank: DDP has averaged them); True then."""
-        if not self.accelerator.sync_gradients:
+        """Call after backward. On the micro-batch that ends an optimizer step: clips the gradients to
+        --max-grad-norm, records their norm, and returns whether to take the step (--nan-policy). False on the
+        other micro-batches (no step is due)."""
+        acc = self.accelerator
+        if not acc.sync_gradients:
             return False
-        norm = self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm or math.inf)
-        self._grad_norms.append(norm.detach().float())
-        return True
+        norm = acc.clip_grad_norm_(model.parameters(), self.args.max_grad_norm or math.inf).detach().float()
+        if _injected_fault("nan", acc.process_index, self.state.step + 1):
+            norm = torch.full_like(norm, math.nan)
+        if acc.scaler is not None:  # fp16: overflow is the GradScaler's to handle (counted in step_done)
+            self._grad_norms.append(norm)
+            return True
+        # Decided by all ranks together: one rank skipping alone would leave the others in DDP's next all-reduce.
+        bad = (~torch.isfinite(norm)).float()
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        if bad.item() == 0:
+            self._grad_norms.append(norm)
+            return True
+        step = self.state.step + 1
+        if self.args.nan_policy == "skip":
+            self.state.skipped_steps += 1
+            acc.print(f"warning: non-finite loss or gradients at step {step}: update skipped "
+                      f"({self.state.skipped_steps} so far, --nan-policy skip)", flush=True)
+            return False
+        last = list_checkpoints(self.args.output_dir)
+        where = f"gradient norm {norm.item()}" if not torch.isfinite(norm) else "on another process"
+        raise UserError(f"non-finite loss or gradients at step {step} ({where}): stopped. "
+                        f"The last good checkpoint is {last[-1] if last else 'none (nothing saved yet)'}. "
+                        f"Try a lower --lr, --warmup-steps, --max-grad-norm 1, or --nan-policy skip")
 
     def step_done(self, scheduler) -> None:
         """After each optimizer step: schedule, time, log, checkpoint."""
+        if self.accelerator.scaler is not None and self.accelerator.optimizer_step_was_skipped:
+            self.state.amp_skipped_steps += 1
         scheduler.step()
         self.state.step += 1
         now = time.perf_counter()
         self.state.train_time_s += now - self._clock
         self._clock = now
         self.progress.update(1)
-        if self.state.step % self.args.log_every == 0 or self.finished:
+        at_log = self.state.step % self.args.log_every == 0 or self.finished
+        if at_log:
             self._log_train(scheduler.get_last_lr()[0])
         if self.state.step % self.args.checkpoint_every == 0 or self.finished:
             self.save_checkpoint()
-        if self._stop_agreed() and not self.finished:
+        # Checked where the log already waits for the device: a check every step would stall a GPU every step.
+        if (at_log or self.accelerator.num_processes == 1) and self._stop_agreed() and not self.finished:
             self.save_checkpoint()
             name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another process"
             self.accelerator.print(f"stopping on {name} at step {self.state.step}: checkpoint saved; "
@@ -300,6 +406,8 @@ class Run:
     def _stop_agreed(self) -> bool:
         """True on every rank when any rank got a stop signal: all stop after the same step (a lone rank
         stopping would leave the others waiting forever in the next all-reduce)."""
+        if self.accelerator.num_processes == 1:
+            return self._stop_signal != 0
         flag = torch.tensor(float(self._stop_signal != 0), device=self.accelerator.device)
         return self.accelerator.reduce(flag, reduction="sum").item() > 0
 
@@ -314,6 +422,10 @@ class Run:
                        "train/samples_per_s": self._samples_since_log / max(elapsed, 1e-9)})
         if self._grad_norms:
             values["train/grad_norm"] = torch.stack(self._grad_norms).mean().item()
+        if self.state.skipped_steps:
+            values["train/skipped_steps"] = self.state.skipped_steps
+        if self.accelerator.scaler is not None:
+            values["train/amp_skipped_steps"] = self.state.amp_skipped_steps
         self.log(values)
         self.progress.set_postfix(loss=f"{values['train/loss']:.4f}",
                                   img_s=f"{values['train/images_per_s']:.0f}")
@@ -321,7 +433,7 @@ class Run:
         self._images_since_log = self._samples_since_log = 0
 
     def should_evaluate(self, epoch: int) -> bool:
-        return self.args.eval_every > 0 and (epoch + 1) % self.args.eval_every == 0 and not self.finished
+        return not self.args.skip_eval and self.args.eval_every > 0 and (epoch + 1) % self.args.eval_every == 0 and not self.finished
 
     def log(self, values: dict) -> None:
         """Scalars to the tracker and OUTPUT_DIR/metrics.jsonl, media (common.media) to the tracker, at the
@@ -368,7 +480,9 @@ class Run:
         acc.wait_for_everyone()
         acc.save_state(tmp)
         if acc.is_main_process:
-            save_config(self.args, os.path.join(tmp, "config.json"), world_size=acc.num_processes)
+            save_config(self.args, os.path.join(tmp, "config.json"), world_size=acc.num_processes,
+                        environment=environment())
+            write_manifest(tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
             os.rename(tmp, final)
@@ -421,7 +535,7 @@ class Run:
                    "images_per_s": self.state.images / max(self.state.train_time_s, 1e-9),
                    "samples_per_s": self.state.samples / max(self.state.train_time_s, 1e-9),
                    "train_time_s": self.state.train_time_s, "wall_time_s": time.time() - self.start_time,
-                   "world_size": self.accelerator.num_processes}
+                   "world_size": self.accelerator.num_processes, "peak_memory_mb": peak_memory_mb()}
         self.progress.close()
         if self.accelerator.is_main_process:
             from common.models import save_encoder
@@ -436,6 +550,24 @@ class Run:
             self.accelerator.get_tracker("wandb", unwrap=True).summary.update(results)
         self.accelerator.end_training()
         return results
+
+
+def _injected_fault(kind: str, rank: int, step: int) -> bool:
+    """Fault injection for the fault tests: SSL_SCRIPTS_FAULT="nan@STEP[:RANK]" makes that step's gradients
+    non-finite on that rank (all ranks without :RANK). Unset in normal use."""
+    spec = os.environ.get("SSL_SCRIPTS_FAULT", "")
+    if not spec.startswith(kind + "@"):
+        return False
+    step_spec, _, rank_spec = spec[len(kind) + 1:].partition(":")
+    return int(step_spec) == step and (not rank_spec or int(rank_spec) == rank)
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated by this process, or without a GPU its peak resident memory."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def scalars(values: dict) -> dict:

@@ -1,0 +1,195 @@
+"""Faults and bad input, on the real scripts: kills, damaged checkpoints, non-finite gradients, incompatible
+resumes, exact resume, one-vs-two-process equivalence, and bad input on both entry points."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, SMALL, accelerate_command, accelerate_launch, run_script
+
+
+def python_script(script, *args, env=None):
+    """One process without the launcher: the quickest real run of a script."""
+    return run_script([sys.executable, os.path.join(REPO, script), *map(str, args)], env=env)
+
+
+def checkpoints(out):
+    return sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+
+
+def weights(checkpoint):
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def errors(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_sigkill_while_checkpointing_every_step_leaves_a_resumable_run(tmp_path):
+    out = tmp_path / "run"
+    command = accelerate_command("train_rotation.py", *SMALL, "--max-steps", "60", "--checkpoint-every", "1",
+                                 "--keep-checkpoints", "2", "--output-dir", out, num_processes=2)
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000008").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.13)  # an arbitrary moment: with a checkpoint every step, most likely inside a write
+    subprocess.run(["pkill", "-KILL", "-f", str(out)])
+    process.wait()
+    assert not (out / "results.json").exists()
+    again = run_script(command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout
+    assert json.loads((out / "results.json").read_text())["steps"] == 60
+
+
+def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path):
+    out = tmp_path / "run"
+    first = python_script("train_rotation.py", *SMALL, "--max-steps", "6", "--checkpoint-every", "2",
+                          "--skip-eval", "--output-dir", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert checkpoints(out) == [2, 4, 6]
+    model = out / "checkpoints" / "step_00000006" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:1000])  # truncated, as a full disk or a kill mid-copy would leave it
+
+    damaged = python_script("train_rotation.py", *SMALL, "--max-steps", "6", "--checkpoint-every", "2",
+                            "--skip-eval", "--output-dir", out, "--resume", str(model.parent))
+    assert damaged.returncode == 2 and len(errors(damaged)) == 1 and "is damaged" in errors(damaged)[0]
+
+    again = python_script("train_rotation.py", *SMALL, "--max-steps", "8", "--checkpoint-every", "2",
+                          "--skip-eval", "--output-dir", out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "not resuming from" in again.stdout and "model.safetensors has 1000 bytes" in again.stdout
+    assert "resumed from" in again.stdout and "step_00000004 at step 4" in again.stdout
+
+
+def test_a_checkpoint_of_other_options_is_refused_naming_the_fields(tmp_path):
+    out = tmp_path / "run"
+    first = python_script("train_siamese.py", *SMALL, "--max-steps", "2", "--skip-eval", "--output-dir", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = sorted(os.listdir(out))
+    other = python_script("train_siamese.py", *SMALL, "--max-steps", "4", "--skip-eval", "--output-dir", out,
+                          "--batch-size", "16", "--embedding-dim", "64")
+    assert other.returncode == 2 and len(errors(other)) == 1
+    message = errors(other)[0]
+    assert "batch_size 32 in the checkpoint, 16 now" in message and "embedding_dim 128" in message
+    assert "Traceback" not in other.stderr and sorted(os.listdir(out)) == before
+    longer = python_script("train_siamese.py", *SMALL, "--max-steps", "4", "--skip-eval", "--output-dir", out,
+                           "--lr", "0.0005")  # a new budget or lr is fine
+    assert longer.returncode == 0, longer.stderr[-3000:]
+
+
+@pytest.mark.parametrize("policy", ["abort", "skip"])
+def test_non_finite_gradients_on_one_rank_are_decided_by_all(tmp_path, policy):
+    out = tmp_path / policy
+    result = accelerate_launch("train_rotation.py", *SMALL, "--max-steps", "8", "--checkpoint-every", "1",
+                               "--keep-checkpoints", "10", "--log-every", "1", "--skip-eval", "--nan-policy", policy, "--output-dir", out,
+                               num_processes=2, env={"SSL_SCRIPTS_FAULT": "nan@5:1"}, timeout=300)  # rank 1 only
+    if policy == "abort":
+        assert result.returncode != 0 and not (out / "results.json").exists()
+        assert errors(result) and "non-finite loss or gradients at step 5" in errors(result)[0]
+        assert "step_00000004" in errors(result)[0] and checkpoints(out) == [1, 2, 3, 4]
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [line.get("train/skipped_steps", 0) for line in lines if "train/loss" in line] == [0] * 4 + [1] * 4
+        assert json.loads((out / "results.json").read_text())["steps"] == 8
+        w4, w5, w6 = (weights(out / "checkpoints" / f"step_0000000{k}") for k in (4, 5, 6))
+        assert all(torch.equal(w4[n], w5[n]) for n in w4)  # step 5 was skipped on both ranks alike...
+        assert not all(torch.equal(w5[n], w6[n]) for n in w5)  # ...and training went on
+
+
+@pytest.mark.parametrize("script, processes", [("train_rotation.py", 1), ("train_rotation.py", 2),
+                                               ("train_siamese.py", 1), ("train_siamese.py", 2)])
+def test_deterministic_resume_ends_bitwise_identical(tmp_path, script, processes):
+    options = [*SMALL, "--max-steps", "12", "--checkpoint-every", "4", "--skip-eval", "--deterministic"]
+    whole = accelerate_launch(script, *options, "--output-dir", tmp_path / "whole", num_processes=processes)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    out = tmp_path / "cut"
+    process = subprocess.Popen(accelerate_command(script, *options, "--output-dir", out, num_processes=processes),
+                               cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000004").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    subprocess.run(["pkill", "-KILL", "-f", str(out)])
+    process.wait()
+    assert not (out / "results.json").exists()
+    resumed = accelerate_launch(script, *options, "--output-dir", out, num_processes=processes)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
+
+    final_whole = weights(tmp_path / "whole" / "checkpoints" / "step_00000012")
+    final_cut = weights(out / "checkpoints" / "step_00000012")
+    assert all(torch.equal(final_whole[name], final_cut[name]) for name in final_whole)
+
+
+@pytest.mark.parametrize("script", ["train_rotation.py", "train_siamese.py"])
+def test_two_processes_and_one_with_the_same_global_batch_take_the_same_first_step(tmp_path, script):
+    # No augmentation (its draws are per process by design); simple_cnn has no batch norm (per-process statistics).
+    i = SMALL.index("--batch-size")
+    options = [*SMALL[:i], *SMALL[i + 2:], "--augment", "none", "--optimizer", "sgd", "--lr", "0.5", "--weight-decay", "0",
+               "--max-steps", "1", "--log-every", "1", "--skip-eval"]
+    runs = {}
+    for processes, batch in ((1, 32), (2, 16)):
+        out = tmp_path / f"p{processes}"
+        result = accelerate_launch(script, *options, "--batch-size", batch,
+                                   "--output-dir", out, num_processes=processes)
+        assert result.returncode == 0, result.stderr[-3000:]
+        loss = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train/loss"]
+        runs[processes] = loss, weights(out / "checkpoints" / "step_00000001")
+    (loss1, w1), (loss2, w2) = runs[1], runs[2]
+    assert loss1 == pytest.approx(loss2, rel=1e-5)
+    # one SGD step from the same initial weights: equal weights <=> equal gradients; and the step moved them
+    from accelerate.utils import set_seed
+    from common import data, models
+    set_seed(0)
+    encoder = models.build_encoder("simple_cnn", 32, *data.make_synthetic().channel_stats())
+    head = models.rotation_head(encoder) if "rotation" in script else models.projection_head(encoder, 128)
+    w0 = models.EncoderWithHead(encoder, head).state_dict()
+    for name in w1:
+        g1, g2 = (w0[name] - w1[name]) / 0.5, (w0[name] - w2[name]) / 0.5
+        assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-6), name
+    assert any(not torch.equal(w0[name], w1[name]) for name in w1)
+
+
+@pytest.mark.parametrize("script, make, options, message", [
+    ("train_rotation.py", "missing", [], "does not exist"),
+    ("train_siamese.py", "empty", [], "no train/ folder"),
+    ("train_rotation.py", "corrupt", [], "cannot read image"),
+    ("train_siamese.py", "test_only_class", [], "have no train/ folder"),
+    ("train_rotation.py", "good", ["--output-dir", "/proc/forbidden"], "cannot write to output dir"),
+    ("train_siamese.py", "good", ["--lr", "0"], "--lr must be > 0"),
+    ("train_rotation.py", "good", ["--batch-size", "0"], "--batch-size must be >= 1"),
+    ("train_siamese.py", "good", ["--knn-k", "500"], "--knn-k 500 is larger than the train split"),
+    ("train_siamese.py", "good", ["--positive-fraction", "-0.1"], "--positive-fraction must be within [0, 1]"),
+    ("train_rotation.py", "good", ["--model", "vgg"], "unknown model"),
+])
+def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, image_folder, script, make, options,
+                                                            message):
+    from PIL import Image
+    root = image_folder
+    if make == "missing":
+        root = tmp_path / "nowhere"
+    elif make == "empty":
+        root = tmp_path / "empty"
+        root.mkdir()
+    elif make == "corrupt":
+        (image_folder / "train" / "cat" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    elif make == "test_only_class":
+        (image_folder / "test" / "bird").mkdir()
+        Image.new("RGB", (8, 8)).save(image_folder / "test" / "bird" / "0.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("keep me")
+    result = python_script(script, "--dataset", "imagefolder", "--data-dir", root, "--cache-dir", tmp_path / "c",
+                           "--model", "simple_cnn", "--report-to", "none", "--output-dir", out, *options)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors(result)) == 1 and message in errors(result)[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert os.listdir(out) == ["results.json"] and (out / "results.json").read_text() == "keep me"
