@@ -17,7 +17,7 @@ import uuid
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from common import UserError, media
@@ -37,7 +37,8 @@ def cli(main):
             bar.close()  # ends the progress bar's line, so the error starts a line of its own
         # One write, so lines of several processes do not interleave; the other ranks start a new line, as rank
         # 0's progress bar may be mid-line on the same terminal.
-        sys.stderr.write(f"{'' if os.environ.get('RANK', '0') == '0' else chr(10)}error: {e}\n")
+        new_line = "" if os.environ.get("RANK", "0") == "0" else "\n"
+        sys.stderr.write(f"{new_line}error: {e}\n")
         sys.stderr.flush()
         sys.exit(2)
 
@@ -119,13 +120,13 @@ def load_data(args, accelerator):
     return dataset, dataset.train_images.to(accelerator.device)
 
 
-def index_loader(num_samples: int, batch_size: int, seed: int = 0):
+def index_loader(num_samples: int, batch_size: int):
     """Batches of sample indices; the images stay on the device and are indexed there.
 
     The loader gets a generator of its own: without one, every new iterator draws a seed from the global RNG (at
     the start of an epoch; mid-epoch after a resume), shifting the augmentations a resumed run draws."""
     return torch.utils.data.DataLoader(torch.arange(num_samples), batch_size=batch_size, shuffle=True,
-                                       drop_last=True, generator=torch.Generator().manual_seed(seed))
+                                       drop_last=True, generator=torch.Generator().manual_seed(0))
 
 
 def prepare(args, accelerator, model, optimizer, train_loader, project: str):
@@ -203,7 +204,7 @@ def check_compatible(args, checkpoint: str, world_size: int) -> None:
                         f"the checkpoint's options, or start a new training with another --output-dir")
 
 
-def checkpoint_to_resume(args, warn=print):
+def checkpoint_to_resume(args):
     """The checkpoint to start from: with --resume auto the newest intact one (damaged ones are reported and
     passed over), an explicit path only if intact, or None."""
     existing = list_checkpoints(args.output_dir)
@@ -217,7 +218,7 @@ def checkpoint_to_resume(args, warn=print):
             problem = verify_checkpoint(checkpoint)
             if problem is None:
                 return checkpoint
-            warn(f"warning: not resuming from {checkpoint}: {problem}; trying the one before", flush=True)
+            print(f"warning: not resuming from {checkpoint}: {problem}; trying the one before", flush=True)
         return None
     if not os.path.isdir(args.resume):
         raise UserError(f"checkpoint {args.resume!r} does not exist: pass a folder under OUTPUT_DIR/checkpoints/")
@@ -269,6 +270,8 @@ class Run:
         self._images_since_log = self._samples_since_log = 0
         self._log_clock = time.perf_counter()
         self.metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+        # Once (it runs git), on the process that writes configs and logs; it goes into every checkpoint.
+        self.environment = environment() if accelerator.is_main_process else {}
         self._stop_signal = 0
         for sig in STOP_SIGNALS:  # preemption (Slurm's --signal, scancel) and time limits
             signal.signal(sig, self._on_stop_signal)
@@ -276,7 +279,7 @@ class Run:
     def start(self) -> None:
         """Resumes from a checkpoint if there is one (call after preparing the scheduler), starts logging."""
         args, accelerator = self.args, self.accelerator
-        checkpoint = checkpoint_to_resume(args, warn=accelerator.print)
+        checkpoint = self._checkpoint_to_resume()
         if checkpoint:
             check_compatible(args, checkpoint, accelerator.num_processes)
             accelerator.load_state(checkpoint)
@@ -290,6 +293,23 @@ class Run:
         self.progress = tqdm(total=self.total_steps, initial=self.state.step, dynamic_ncols=True,
                              mininterval=1 if sys.stderr.isatty() else 30,
                              disable=not accelerator.is_local_main_process, desc="train")
+
+    def _checkpoint_to_resume(self):
+        """checkpoint_to_resume on the main process only (verifying a checkpoint reads all of its files: once, not
+        once per process on a shared file system); every process gets its answer, or its error."""
+        acc = self.accelerator
+        answer = [None]
+        if acc.is_main_process:
+            try:
+                answer = [("checkpoint", checkpoint_to_resume(self.args))]
+            except UserError as e:
+                answer = [("error", str(e))]
+        if acc.num_processes > 1:
+            broadcast_object_list(answer)
+        kind, value = answer[0]
+        if kind == "error":
+            raise UserError(value)
+        return value
 
     def _truncate_metrics(self) -> None:
         """Drop lines logged after the checkpoint we start from: they will be logged again."""
@@ -433,7 +453,8 @@ class Run:
         self._images_since_log = self._samples_since_log = 0
 
     def should_evaluate(self, epoch: int) -> bool:
-        return not self.args.skip_eval and self.args.eval_every > 0 and (epoch + 1) % self.args.eval_every == 0 and not self.finished
+        every = self.args.eval_every
+        return not self.args.skip_eval and every > 0 and (epoch + 1) % every == 0 and not self.finished
 
     def log(self, values: dict) -> None:
         """Scalars to the tracker and OUTPUT_DIR/metrics.jsonl, media (common.media) to the tracker, at the
@@ -481,7 +502,7 @@ class Run:
         acc.save_state(tmp)
         if acc.is_main_process:
             save_config(self.args, os.path.join(tmp, "config.json"), world_size=acc.num_processes,
-                        environment=environment())
+                        environment=self.environment)
             write_manifest(tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -498,7 +519,7 @@ class Run:
         args = self.args
         config = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in vars(args).items()}
         config.update(world_size=self.accelerator.num_processes,
-                      mixed_precision=str(self.accelerator.mixed_precision), **environment())
+                      mixed_precision=str(self.accelerator.mixed_precision), **self.environment)
         init_kwargs = {}
         if args.report_to == "wandb":
             # Options win over WANDB_* variables; wandb itself reads WANDB_ENTITY, WANDB_TAGS, WANDB_MODE, ...
