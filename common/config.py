@@ -13,20 +13,10 @@ MODELS = ("simple_cnn", "resnet18", "nin")
 def build_parser(description: str) -> argparse.ArgumentParser:
     """Options every script takes. Defaults follow RotNet's CIFAR-10 recipe (Gidaris et al. 2018)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=("cifar10", "imagefolder", "synthetic"), default="cifar10")
-    data.add_argument("--data-dir", default="./data",
-                      help="cifar10: downloaded here when missing; imagefolder: holds train/<class>/* and test/<class>/*")
-    data.add_argument("--image-size", type=int, default=32, help="square side images are resized/cropped to")
-    data.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ssl-scripts"),
-                      help="decoded image folders are cached here so a second run starts in seconds")
+    data = add_data_arguments(p)
     data.add_argument("--augment", choices=("crop_flip", "simclr", "none"), default=None,
                       help="crop_flip: RotNet's crop + flip; simclr: + resized crops and color jitter; none "
                            "(default: crop_flip; train_siamese.py --pairs augment: simclr)")
-    data.add_argument("--synthetic-size", type=int, default=1024,
-                      help="train images of --dataset synthetic (test: a quarter); 50000 is CIFAR-10's size")
-    data.add_argument("--skip-bad-images", action="store_true",
-                      help="drop (and count) unreadable images instead of stopping at the first one")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", default="resnet18", help=f"encoder: one of {', '.join(MODELS)}")
@@ -83,6 +73,23 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     ev.add_argument("--knn-temperature", type=float, default=0.07)
     ev.add_argument("--probe-epochs", type=int, default=30, help="epochs of the linear probe on frozen features")
     return p
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, image_size=32):
+    """Where the images come from: the same options for the training scripts and evaluate.py."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=("cifar10", "imagefolder", "synthetic"), default="cifar10")
+    data.add_argument("--data-dir", default="./data",
+                      help="cifar10: downloaded here when missing; "
+                           "imagefolder: holds train/<class>/* and test/<class>/*")
+    data.add_argument("--image-size", type=int, default=image_size, help="square side images are resized/cropped to")
+    data.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ssl-scripts"),
+                      help="decoded image folders are cached here so a second run starts in seconds")
+    data.add_argument("--synthetic-size", type=int, default=1024,
+                      help="train images of --dataset synthetic (test: a quarter); 50000 is CIFAR-10's size")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="drop (and count) unreadable images instead of stopping at the first one")
+    return data
 
 
 # Optimizer defaults by model. RotNet's recipe (SGD Nesterov, lr 0.1, step schedule) needs batch norm; the seed's

@@ -21,9 +21,10 @@ CIFAR_STD = [63.0 / 255, 62.1 / 255, 66.7 / 255]
 class Encoder(nn.Module):
     """Normalization, then conv blocks (kept separate so per-block features can be probed), then pooling."""
 
-    def __init__(self, name: str, blocks: list, pool: str, image_size: int, mean=None, std=None):
+    def __init__(self, name: str, blocks: list, pool: str, image_size: int, mean=None, std=None, block_names=None):
         super().__init__()
         self.name, self.pool, self.image_size = name, pool, image_size
+        self.block_names = block_names or [f"block{i}" for i in range(1, len(blocks) + 1)]
         self.register_buffer("mean", torch.tensor(mean or CIFAR_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or CIFAR_STD).view(1, 3, 1, 1))
         self.blocks = nn.ModuleList(blocks)
@@ -33,7 +34,7 @@ class Encoder(nn.Module):
         self.train()
 
     def block_features(self, x: torch.Tensor) -> list:
-        """Feature maps after each conv block."""
+        """Feature maps after each conv block (named in self.block_names)."""
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -89,12 +90,13 @@ def simple_cnn_blocks() -> list:
 
 
 def build_encoder(model: str, image_size: int = 32, mean=None, std=None) -> Encoder:
-    builders = {"simple_cnn": (simple_cnn_blocks, "flatten"), "resnet18": (resnet18_blocks, "avg"),
-                "nin": (nin_blocks, "avg")}
+    builders = {"simple_cnn": (simple_cnn_blocks, "flatten", None),
+                "resnet18": (resnet18_blocks, "avg", ["stem", "layer1", "layer2", "layer3", "layer4"]),
+                "nin": (nin_blocks, "avg", None)}  # NIN's block1..block4 are the paper's conv blocks 1-4
     if model not in builders:
         raise UserError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
-    blocks, pool = builders[model]
-    return Encoder(model, blocks(), pool, image_size, mean, std)
+    blocks, pool, names = builders[model]
+    return Encoder(model, blocks(), pool, image_size, mean, std, names)
 
 
 def mlp(dims: list) -> nn.Sequential:
