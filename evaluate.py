@@ -1,0 +1,122 @@
+"""RotNet's evaluation protocol (Gidaris et al. 2018, Table 1) for an exported encoder.
+
+The encoder is frozen; the features after each of its conv blocks are computed once and cached on the device; a
+non-linear classifier (3 fully connected layers with batch norm) and a linear one are trained on each block's
+features and scored on the test split. The same network, untrained, is probed alike and reported next to it.
+
+    accelerate launch evaluate.py --encoder runs/rotation/final --dataset cifar10
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+from accelerate import Accelerator
+
+from common import UserError, config, data, models, probes, training
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--encoder", required=True, help="an exported encoder: the final/ folder of a training run")
+    config.add_data_arguments(parser, image_size=None)  # --image-size defaults to the encoder's
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--blocks", default=None,
+                          help="comma-separated blocks to probe (default: all; nin: block1..block4, "
+                               "resnet18: stem, layer1..layer4)")
+    protocol.add_argument("--classifiers", default="nonlinear,linear", help="any of: nonlinear, linear")
+    protocol.add_argument("--probe-epochs", type=int, default=50, help="RotNet: 50")
+    protocol.add_argument("--probe-batch-size", type=int, default=128, help="RotNet: 128")
+    protocol.add_argument("--probe-lr", type=float, default=0.1, help="x0.2 at 40%%, 80%% and 90%% of the epochs")
+    protocol.add_argument("--weight-decay", type=float, default=5e-4)
+    protocol.add_argument("--train-subset", type=int, default=None,
+                          help="probe on this many train images (seeded random choice; default: all), for quick runs")
+    protocol.add_argument("--max-feature-dim", type=int, default=probes.MAX_FEATURE_DIM,
+                          help="larger block maps are 2x2 average-pooled until they fit (NIN's largest: 24576)")
+    protocol.add_argument("--skip-untrained", action="store_true", help="do not probe the untrained network")
+    protocol.add_argument("--eval-batch-size", type=int, default=512, help="images per forward pass")
+    protocol.add_argument("--seed", type=int, default=0, help="of the untrained network, subset and probes")
+    parser.add_argument("--output", default=None,
+                        help="JSON of the results (default: probes.json next to the encoder's folder); "
+                             "the table also goes to the same name with .md")
+    args = parser.parse_args(argv)
+    args.blocks = args.blocks.split(",") if args.blocks else None
+    args.classifiers = args.classifiers.split(",")
+    checks = [
+        (all(c in probes.CLASSIFIERS for c in args.classifiers),
+         f"--classifiers takes nonlinear and/or linear (got {','.join(args.classifiers)})"),
+        (args.probe_epochs > 0, f"--probe-epochs must be >= 1 (got {args.probe_epochs})"),
+        (args.probe_batch_size > 1, f"--probe-batch-size must be >= 2 for batch norm (got {args.probe_batch_size})"),
+        (args.probe_lr > 0, f"--probe-lr must be > 0 (got {args.probe_lr})"),
+        (args.train_subset is None or args.train_subset > 1, f"--train-subset must be >= 2 (got {args.train_subset})"),
+        (args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    args.output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.encoder)), "probes.json")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # mixed precision from `accelerate launch`
+    start = time.time()
+
+    # Model: the exported encoder, and the same architecture untrained (seeded), both frozen.
+    trained = models.load_encoder(args.encoder, accelerator.device)
+    if args.image_size not in (None, trained.image_size):
+        raise UserError(f"--image-size {args.image_size} differs from the encoder's {trained.image_size}: drop it")
+    args.image_size = trained.image_size
+    torch.manual_seed(args.seed)
+    mean, std = trained.mean.flatten().tolist(), trained.std.flatten().tolist()
+    untrained = models.build_encoder(trained.name, trained.image_size, mean, std).to(accelerator.device).eval()
+    encoders = {"trained": trained} if args.skip_untrained else {"trained": trained, "untrained": untrained}
+    if accelerator.device.type == "cuda":
+        for encoder in encoders.values():
+            encoder.use_channels_last()
+    blocks = probes.check_blocks(trained, args.blocks)
+    dims = dict(zip(blocks, probes.feature_dims(trained, blocks, args.max_feature_dim)))
+
+    # Data: decoded once (main process first), uint8 until each batch is encoded.
+    with accelerator.main_process_first():
+        dataset = data.load_dataset(args)
+    subset = None
+    if args.train_subset is not None and args.train_subset < len(dataset.train_labels):
+        subset = torch.randperm(len(dataset.train_labels), generator=torch.Generator().manual_seed(args.seed))
+        subset = subset[:args.train_subset].sort().values
+
+    # Probes: per encoder, block features cached once, then every classifier of every block trained together.
+    results = {}
+    for name, encoder in encoders.items():
+        began = time.time()
+        results[name] = probes.probe_encoder(
+            accelerator, encoder, dataset, blocks, args.classifiers, subset, args.eval_batch_size,
+            args.max_feature_dim, epochs=args.probe_epochs, batch_size=args.probe_batch_size, lr=args.probe_lr,
+            weight_decay=args.weight_decay, seed=args.seed)
+        accelerator.print(f"{name}: probed {len(blocks)} blocks in {time.time() - began:.0f} s")
+
+    # Report: the table (with RotNet's figures for NIN), and a JSON of everything needed to compare runs.
+    if accelerator.is_main_process:
+        paper = probes.PAPER_NIN_NONLINEAR if trained.name == "nin" else None
+        table = probes.format_table(results["trained"], results.get("untrained"), dims, paper)
+        report = {"encoder": os.path.abspath(args.encoder), "model": trained.name, "feature_dims": dims,
+                  **results, "paper_nonlinear": paper, "train_images": len(subset) if subset is not None
+                  else len(dataset.train_labels), "test_images": len(dataset.test_labels),
+                  "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+                  "time_s": time.time() - start, "options": vars(args), **config.environment()}
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
+            f.write(table + "\n")
+        print(f"top-1 (%) on {report['test_images']} test images, classifiers trained on "
+              f"{report['train_images']} images for {args.probe_epochs} epochs:\n{table}\n"
+              f"written: {args.output}; {time.time() - start:.0f} s in all")
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    training.cli(main)
