@@ -51,11 +51,9 @@ def parse_args(argv=None):
         (args.probe_batch_size > 1, f"--probe-batch-size must be >= 2 for batch norm (got {args.probe_batch_size})"),
         (args.probe_lr > 0, f"--probe-lr must be > 0 (got {args.probe_lr})"),
         (args.train_subset is None or args.train_subset > 1, f"--train-subset must be >= 2 (got {args.train_subset})"),
-        (args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
+        *config.data_checks(args),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    config.require(checks)
     args.output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.encoder)), "probes.json")
     return args
 

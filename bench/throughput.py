@@ -45,7 +45,7 @@ def parse_args():
     p.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"], choices=config.MODELS)
     p.add_argument("--samples-per-step", type=int, default=None,
                    help="images through the network per step (default: 512 on a GPU, RotNet's 128 x 4; 256 on CPU)")
-    p.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default: GPU 5, CPU 15)")
+    p.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default: GPU 5, CPU 10)")
     p.add_argument("--repeats", type=int, default=None,
                    help="measure each this many times, interleaved, and keep the best (default: GPU 1, CPU 3; "
                         "shared VMs vary by 15%% from minute to minute)")
@@ -71,11 +71,16 @@ def data_options(args) -> list:
     return ["--dataset", "synthetic", "--synthetic-size", str(args.synthetic_size)]
 
 
-def script_args(args, script: str, model: str, extra=()) -> argparse.Namespace:
-    """The training script's own options, as its parser fills them."""
+def script_argv(args, script: str, model: str) -> list:
+    """The training script's command-line options for this measurement."""
     images = args.samples_per_step // (4 if script == "rotation" else 2)
-    argv = [*data_options(args), "--model", model, "--batch-size", str(images), "--report-to", "none", *extra]
-    return config.validate(config.build_parser("bench").parse_args(argv + (["--compile"] if args.compile else [])))
+    return [*data_options(args), "--model", model, "--batch-size", str(images), "--report-to", "none",
+            *(["--compile"] if args.compile else [])]
+
+
+def script_args(args, script: str, model: str) -> argparse.Namespace:
+    """The training script's own options, as its parser fills them."""
+    return config.validate(config.build_parser("bench").parse_args(script_argv(args, script, model)))
 
 
 # -------------------------------------------------------------------------------------------- the seed's data
@@ -203,11 +208,9 @@ def run_project(args, script: str, model: str, limit: dict) -> dict:
     expected_steps = args.seconds * limit["samples_per_s"] / args.samples_per_step
     log_every = max(1, math.ceil(expected_steps / 4))
     with tempfile.TemporaryDirectory() as out:
-        opts = script_args(args, script, model)
-        command = [sys.executable, os.path.join(REPO, f"train_{script}.py"), *data_options(args), "--model", model,
-                   "--batch-size", str(opts.batch_size), "--max-steps", str(5 * log_every), "--log-every",
-                   str(log_every), "--checkpoint-every", "1000000", "--skip-eval", "--report-to", "none",
-                   "--output-dir", out, *(["--compile"] if args.compile else [])]
+        command = [sys.executable, os.path.join(REPO, f"train_{script}.py"), *script_argv(args, script, model),
+                   "--max-steps", str(5 * log_every), "--log-every", str(log_every), "--checkpoint-every", "1000000",
+                   "--skip-eval", "--output-dir", out]
         env = {**MALLOC_ENV, **os.environ, "ACCELERATE_MIXED_PRECISION": args.mixed_precision}
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:

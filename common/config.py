@@ -113,8 +113,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.epochs > 0, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.max_steps is None or args.max_steps > 0, f"--max-steps must be >= 1 (got {args.max_steps})"),
         (not (args.skip_eval and args.eval_at_start), "--skip-eval and --eval-at-start contradict: drop one"),
-        (args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
-        (args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})"),
+        *data_checks(args),
         (args.max_grad_norm is None or args.max_grad_norm > 0,
          f"--max-grad-norm must be > 0 (got {args.max_grad_norm})"),
         (args.weight_decay >= 0, f"--weight-decay must be >= 0 (got {args.weight_decay})"),
@@ -126,10 +125,21 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.knn_temperature > 0, f"--knn-temperature must be > 0 (got {args.knn_temperature})"),
         (args.probe_epochs > 0, f"--probe-epochs must be >= 1 (got {args.probe_epochs})"),
     ]
+    require(checks)
+    return args
+
+
+def data_checks(args: argparse.Namespace) -> list:
+    """(ok, message) checks of the options add_data_arguments made (an unset --image-size is not checked)."""
+    return [(args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
+            (args.image_size is None or args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})")]
+
+
+def require(checks: list) -> None:
+    """Stops at the first (ok, message) that is not ok, with its message: the fix, said to the user."""
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    return args
 
 
 def environment() -> dict:

@@ -39,6 +39,11 @@ def run_script(args, cwd=REPO, timeout=600, env=None):
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def python_script(script, *args, env=None):
+    """One process without the launcher: the quickest real run of a script."""
+    return run_script([sys.executable, os.path.join(REPO, script), *map(str, args)], env=env)
+
+
 def accelerate_command(script, *args, num_processes=1):
     return ["accelerate", "launch", "--config_file", os.path.join(REPO, "accelerate_configs", "cpu.yaml"),
             "--num_processes", str(num_processes), "--num_cpu_threads_per_process", "1",

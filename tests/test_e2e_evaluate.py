@@ -1,9 +1,7 @@
 """evaluate.py run for real through `accelerate launch`, on an encoder train_rotation.py exported."""
 import json
-import os
-import sys
 
-from conftest import REPO, accelerate_launch, run_script
+from conftest import accelerate_launch, python_script
 
 
 def test_rotnet_protocol_on_a_trained_nin_reports_every_block_trained_and_untrained(tmp_path):
@@ -36,8 +34,7 @@ def test_rotnet_protocol_on_a_trained_nin_reports_every_block_trained_and_untrai
 
 
 def test_evaluate_refuses_what_is_not_an_exported_encoder(tmp_path):
-    result = run_script([sys.executable, os.path.join(REPO, "evaluate.py"), "--encoder", str(tmp_path),
-                         "--dataset", "synthetic"])
+    result = python_script("evaluate.py", "--encoder", tmp_path, "--dataset", "synthetic")
     assert result.returncode == 2
     assert "has no config.json: pass the final/ folder a training run wrote" in result.stderr
     assert "Traceback" not in result.stderr

@@ -3,19 +3,13 @@ resumes, exact resume, one-vs-two-process equivalence, and bad input on both ent
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, SMALL, accelerate_command, accelerate_launch, run_script
-
-
-def python_script(script, *args, env=None):
-    """One process without the launcher: the quickest real run of a script."""
-    return run_script([sys.executable, os.path.join(REPO, script), *map(str, args)], env=env)
+from conftest import REPO, SMALL, accelerate_command, accelerate_launch, python_script, run_script
 
 
 def checkpoints(out):
