@@ -156,6 +156,7 @@ def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: b
         except Exception:
             pass  # a damaged cache is rebuilt below
     tensors, skipped = {}, 0
+    print(f"decoding {len(stats)} images of {data_dir} (cached afterwards in {cache_dir})", flush=True)
     workers = min(8, decode_workers())
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
         for split in ("train", "test"):

@@ -320,7 +320,7 @@ class Run:
             accelerator.print(f"resumed from {checkpoint} at step {self.state.step} "
                               f"(epoch {self.state.epoch}, batch {self.state.batches_in_epoch})")
         accelerator.print(f"global batch {args.batch_size} = {accelerator.num_processes} process(es) x "
-                          f"{args.batch_size // (accelerator.num_processes * args.grad_accum)} images x "
+                          f"{micro_batch_size(args, accelerator.num_processes)} images x "
                           f"{args.grad_accum} accumulation step(s); lr {args.lr}; {self.total_steps} steps of "
                           f"{self.steps_per_epoch} per epoch", flush=True)
         if accelerator.is_main_process:

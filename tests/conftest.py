@@ -50,6 +50,13 @@ def accelerate_command(script, *args, num_processes=1):
             os.path.join(REPO, script), *map(str, args)]
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def accelerate_launch(script, *args, num_processes=1, **kw):
     return run_script(accelerate_command(script, *args, num_processes=num_processes), **kw)
 

@@ -1,7 +1,9 @@
 """common/distributed.py under a real two-process launch (gloo): what every process must agree on."""
 import json
+import os
+import subprocess
 
-from conftest import REPO, run_script, wandb_runs
+from conftest import REPO, SMALL, accelerate_command, free_port, run_script, wandb_runs
 
 
 def probe(*args):
@@ -39,3 +41,23 @@ def test_a_rank_whose_view_of_the_output_dir_lags_still_stops_and_resumes_with_t
     assert json.loads((out / "results.json").read_text())["steps"] == 8
     run_id = (out / "wandb_run_id").read_text().strip()
     assert [run.name.endswith(run_id) for run in wandb_runs(out)] == [True, True]
+
+
+def test_each_node_decodes_an_image_folder_once_into_its_own_cache(tmp_path, image_folder):
+    # Two "nodes" of two processes each on this machine, with node-local caches (their own $HOME): the first
+    # process of each node decodes, its node's other process reads that cache.
+    out, port = tmp_path / "out", free_port()
+    options = [*SMALL, "--dataset", "imagefolder", "--data-dir", image_folder, "--image-size", "16",
+               "--batch-size", "4", "--knn-k", "3", "--max-steps", "2", "--skip-eval", "--output-dir", out]
+    nodes = []
+    for node in (0, 1):
+        command = accelerate_command("train_rotation.py", *options, num_processes=4)
+        command[2:2] = ["--num_machines", "2", "--machine_rank", str(node), "--main_process_ip", "127.0.0.1",
+                        "--main_process_port", str(port)]
+        env = {**os.environ, "HOME": str(tmp_path / f"node{node}"), "PYTHONUNBUFFERED": "1"}
+        nodes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)[-4000:]
+    assert [log.count("decoding 18 images") for log in logs] == [1, 1]
+    assert json.loads((out / "results.json").read_text())["world_size"] == 4
