@@ -25,8 +25,11 @@ if [ -z "$output_dir" ]; then
     args+=(--output-dir "$output_dir")
 fi
 
-MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-MAIN_PROCESS_PORT=$((20000 + SLURM_JOB_ID % 20000))  # jobs sharing a node get different ports
+MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)  # rendezvous on the first node
+# 10000-29499: below Linux's ephemeral ports (32768-60999 by default, /proc/sys/net/ipv4/ip_local_port_range),
+# which outgoing connections take at random, and below torchrun's default 29500; derived from the job id, so
+# two jobs sharing a node get different ports (unless their ids differ by a multiple of 19500).
+MAIN_PROCESS_PORT=$((10000 + SLURM_JOB_ID % 19500))
 export MAIN_PROCESS_IP MAIN_PROCESS_PORT
 echo "job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s) ($SLURM_JOB_NODELIST), SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}," \
      "main process $MAIN_PROCESS_IP:$MAIN_PROCESS_PORT, output dir $output_dir"
