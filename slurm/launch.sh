@@ -1,6 +1,7 @@
 # Shared by slurm/rotation.sh and slurm/siamese.sh (sourced: `source slurm/launch.sh SCRIPT [training options]`).
 #
-# One srun task per node runs slurm/node.sh, which starts `accelerate launch` for that node's processes.
+# One srun task per node, with all the job's CPUs on that node, runs slurm/node.sh, which starts
+# `accelerate launch` for that node's processes (DRY_RUN=1: prints that command instead).
 # Preemption and time limits: Slurm sends USR1 to this batch shell (--signal=B:USR1@...); we pass it to the
 # training processes (scancel --signal=USR1 to the job steps), they checkpoint at the next step boundary and
 # exit, and this script requeues the job, which resumes from that checkpoint in the same output dir (and the
@@ -25,11 +26,21 @@ if [ -z "$output_dir" ]; then
     args+=(--output-dir "$output_dir")
 fi
 
-MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-MAIN_PROCESS_PORT=$((20000 + SLURM_JOB_ID % 20000))  # jobs sharing a node get different ports
+MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)  # rendezvous on the first node
+# 10000-29499: below Linux's ephemeral ports (32768-60999 by default, /proc/sys/net/ipv4/ip_local_port_range),
+# which outgoing connections take at random, and below torchrun's default 29500; derived from the job id, so
+# two jobs sharing a node get different ports (unless their ids differ by a multiple of 19500).
+MAIN_PROCESS_PORT=$((10000 + SLURM_JOB_ID % 19500))
 export MAIN_PROCESS_IP MAIN_PROCESS_PORT
 echo "job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s) ($SLURM_JOB_NODELIST), SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}," \
      "main process $MAIN_PROCESS_IP:$MAIN_PROCESS_PORT, output dir $output_dir"
+
+# srun does not inherit the job's --cpus-per-task (Slurm 22.05+): without it, a step task gets one CPU, and all
+# the processes of a node share it where Slurm binds tasks to CPUs. Give the one task per node every CPU the
+# job has on a node: SLURM_JOB_CPUS_PER_NODE is e.g. "64(x2)" or "64,32(x3)"; the smallest fits every node.
+cpus_per_node=$(tr , '\n' <<<"${SLURM_JOB_CPUS_PER_NODE:-1}" | sed 's/(.*//' | sort -n | head -n 1)
+srun_command=(srun --ntasks-per-node=1 --cpus-per-task="$cpus_per_node" bash slurm/node.sh "$script" "${args[@]}")
+echo "${srun_command[*]}"
 
 stop_signal=""
 forward_stop() {
@@ -40,7 +51,7 @@ forward_stop() {
 trap 'forward_stop USR1' USR1
 trap 'forward_stop TERM' TERM
 
-srun --ntasks-per-node=1 bash slurm/node.sh "$script" "${args[@]}" &
+"${srun_command[@]}" &
 step=$!
 while :; do
     wait "$step"

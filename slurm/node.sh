@@ -1,24 +1,55 @@
 #!/usr/bin/env bash
 # Runs once on every node of the job (an srun task started by slurm/launch.sh): `accelerate launch` of this
 # node's processes. Reads SLURM_NNODES, SLURM_NODEID (here, on the node itself: accelerate issue #2816 is
-# evaluating it in the batch shell, where every node would get 0), SLURM_GPUS_ON_NODE, and
-# MAIN_PROCESS_IP / MAIN_PROCESS_PORT from launch.sh.
+# evaluating it in the batch shell, where every node would get 0), SLURM_GPUS_ON_NODE, SLURM_CPUS_PER_TASK
+# (the CPUs srun gave this task: shared out as threads per process), and MAIN_PROCESS_IP / MAIN_PROCESS_PORT
+# from launch.sh (required with several nodes).
 #   bash slurm/node.sh train_rotation.py [training options]
+# It prints what this node got from Slurm and the `accelerate launch` command it runs. DRY_RUN=1 (e.g.
+# `DRY_RUN=1 sbatch ... slurm/rotation.sh ...`; sbatch passes the environment on): exit there, train nothing.
 set -euo pipefail
 script=$1
 shift
+nnodes=${SLURM_NNODES:-1}
+node_rank=${SLURM_NODEID:-0}
 gpus=${SLURM_GPUS_ON_NODE:-0}
 if [ "$gpus" -gt 0 ]; then
-    config=accelerate_configs/multi_gpu.yaml  # NCCL, bf16
     per_node=$gpus
+    if [ "$nnodes" -gt 1 ]; then
+        config=accelerate_configs/multi_node.yaml  # NCCL, bf16, no default main process address
+    else
+        config=accelerate_configs/multi_gpu.yaml  # NCCL, bf16
+    fi
 else
     config=accelerate_configs/cpu.yaml  # no GPU on this node: gloo, on the CPU
     per_node=${PROCESSES_PER_NODE:-1}
 fi
+command=(accelerate launch --config_file "$config" --num_machines "$nnodes" --machine_rank "$node_rank"
+         --num_processes $((nnodes * per_node)))
+if [ "$nnodes" -gt 1 ] && { [ -z "${MAIN_PROCESS_IP:-}" ] || [ -z "${MAIN_PROCESS_PORT:-}" ]; }; then
+    # accelerate launch 1.15 does not check this: without --main_process_ip it hands torchrun the host "None"
+    # and retries it for many minutes; a 127.0.0.1 default made every node rendezvous with itself and hang.
+    echo "slurm/node.sh: a $nnodes-node launch needs MAIN_PROCESS_IP and MAIN_PROCESS_PORT (the first node's" \
+         "address and a free port; slurm/launch.sh sets both): not starting" >&2
+    exit 2
+fi
+[ -z "${MAIN_PROCESS_IP:-}" ] || command+=(--main_process_ip "$MAIN_PROCESS_IP")
+[ -z "${MAIN_PROCESS_PORT:-}" ] || command+=(--main_process_port "$MAIN_PROCESS_PORT")
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then  # OMP threads: this node's CPUs shared out (accelerate would count
+    threads=$((SLURM_CPUS_PER_TASK / per_node))  # the whole machine's cores on CPU nodes, and use 1 on GPU ones)
+    command+=(--num_cpu_threads_per_process $((threads > 0 ? threads : 1)))
+fi
+command+=("$script" "$@")
+
+node=${SLURMD_NODENAME:-$(hostname -s)}
+echo "node $node (SLURM_NODEID=$node_rank SLURM_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-}" \
+     "SLURM_GPUS_ON_NODE=${SLURM_GPUS_ON_NODE:-} CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}" \
+     "SLURM_MEM_PER_NODE=${SLURM_MEM_PER_NODE:-} SLURM_MEM_PER_GPU=${SLURM_MEM_PER_GPU:-}): ${command[*]}"
+if [ "${DRY_RUN:-0}" != 0 ]; then
+    echo "node $node: dry run (DRY_RUN=$DRY_RUN), not started"
+    exit 0
+fi
 # accelerate launch and torchrun do not forward USR1 and would die of it: they inherit "ignore" from here,
 # while the training processes install their own handler (checkpoint at the next step, then exit).
 trap '' USR1
-exec accelerate launch --config_file "$config" \
-    --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
-    --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" \
-    --num_processes $((SLURM_NNODES * per_node)) "$script" "$@"
+exec "${command[@]}"

@@ -1,21 +1,36 @@
-"""The Slurm templates, submitted to a real one-node Slurm cluster (slurm/local_cluster.sh brings it up)."""
+"""The Slurm templates, submitted to a real local Slurm cluster (slurm/local_cluster.sh up: partition `debug`
+with CPU nodes n0 and n1, partition `fakegpu` with g0 and g1 declared as 8-GPU nodes, for dry runs only)."""
 import json
 import os
+import re
 import socket
 import subprocess
 import time
 
 import pytest
+import yaml
 
-from conftest import REPO, SMALL, run_script
+from conftest import REPO, SMALL
+
+# The templates ask for 64 CPUs and 480 GB a node (8 GPUs); a CPU-only job says what it needs instead. The
+# cluster's CPU nodes have one CPU each (two on a 2-core machine).
+CPU_ONLY = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G"]
+
+
+def _cluster_ready():
+    if not _has("sinfo"):
+        return False
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %P %T"], capture_output=True, text=True)
+    up = {(n, p.rstrip("*")) for n, p, t in (line.split() for line in out.stdout.splitlines())
+          if t.startswith(("idle", "mixed", "alloc"))}
+    return out.returncode == 0 and {("n0", "debug"), ("n1", "debug"), ("g0", "fakegpu"), ("g1", "fakegpu")} <= up
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A running cluster: this machine's if one answers, else one started here (root and apt-get needed)."""
-    ok = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True) if _has("sinfo") else None
-    if not ok or ok.returncode != 0 or not ok.stdout.strip().startswith(("idle", "mixed", "alloc")):
-        up = subprocess.run(["bash", os.path.join(REPO, "slurm", "local_cluster.sh"), "up"],
+    """The local cluster, running: started here (root and apt-get needed) unless one with its nodes answers."""
+    if not _cluster_ready():
+        up = subprocess.run(["bash", os.path.join(REPO, "slurm", "local_cluster.sh"), "up", "2"],
                             capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, f"could not start a local Slurm cluster:\n{up.stdout}\n{up.stderr}"
 
@@ -24,34 +39,101 @@ def _has(command):
     return subprocess.run(["bash", "-c", f"command -v {command}"], capture_output=True).returncode == 0
 
 
-def sbatch(*args, wait=True):
-    result = subprocess.run(["sbatch", "--parsable", *(["--wait"] if wait else []), *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=900)
+def sbatch(*args, wait=True, env=None):
+    """Submits a job; with wait, returns once it has ended (polled here: `sbatch --wait` checks at 2, 10 and 42 s
+    and every 32 s after, which a few seconds' job would spend mostly waiting) with returncode = its exit code."""
+    result = subprocess.run(["sbatch", "--parsable", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, **(env or {})})
+    if wait and result.returncode == 0:
+        job_id = result.stdout.strip().split(";")[0]
+        deadline = time.time() + 900
+        while job_fields(job_id).get("JobState") not in ENDED:
+            assert time.time() < deadline, f"job {job_id} still {job_fields(job_id).get('JobState')}"
+            time.sleep(0.5)
+        fields = job_fields(job_id)
+        result.returncode = 0 if fields["JobState"] == "COMPLETED" else int(fields["ExitCode"].split(":")[0]) or 1
+        result.stderr += f"job {job_id}: {fields['JobState']} {fields['ExitCode']}\n"
     return result
 
 
-def job_state(job_id):
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+         "PREEMPTED"}
+
+
+def job_fields(job_id):
     out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
-    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def job_state(job_id):
+    fields = job_fields(job_id)
     return fields.get("JobState"), int(fields.get("Restarts", 0))
+
+
+def node_lines(text):
+    """slurm/node.sh's line per node: {node name: (its SLURM_* values, its accelerate launch arguments)}."""
+    nodes = {}
+    for name, values, command in re.findall(r"^node (\S+) \(([^)]*)\): accelerate launch (.*)$", text, re.M):
+        env = dict(v.split("=", 1) for v in values.split())
+        words = command.split()
+        options = {w: words[i + 1] for i, w in enumerate(words) if w.startswith("--") and i + 1 < len(words)}
+        nodes[name] = (env, options)
+    return nodes
+
+
+def assert_launched_as_two_nodes(text, processes_per_node):
+    """Each node read its own SLURM_NODEID; all agree on 2 machines and the first node as main process."""
+    first = re.search(r"^job \d+ on 2 node\(s\) \((\S+)\), .* main process (\S+):(\d+),", text, re.M)
+    assert first, text
+    nodelist, main_ip, port = first.groups()
+    first_node = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                                text=True, check=True).stdout.split()[0]
+    assert main_ip == first_node
+    nodes = node_lines(text)
+    assert len(nodes) == 2, text
+    ranks = {}
+    for name, (env, options) in nodes.items():
+        assert options["--machine_rank"] == env["SLURM_NODEID"], (name, env, options)
+        ranks[env["SLURM_NODEID"]] = name
+        assert options["--num_machines"] == "2"
+        assert options["--num_processes"] == str(2 * processes_per_node)
+        assert (options["--main_process_ip"], options["--main_process_port"]) == (main_ip, port)
+    assert ranks == {"0": first_node, "1": next(n for n in nodes if n != first_node)}  # rank 0 = main process
+    return nodes, int(port)
 
 
 @pytest.mark.parametrize("template", ["rotation", "siamese"])
 def test_template_runs_on_a_cpu_only_cluster(cluster, tmp_path, template):
     out, log = tmp_path / "out", tmp_path / "slurm-%j.out"
-    result = sbatch("--gpus-per-node=0", f"--output={log}", f"slurm/{template}.sh", *SMALL, "--max-steps", "30",
+    result = sbatch(*CPU_ONLY, f"--output={log}", f"slurm/{template}.sh", *SMALL, "--max-steps", "30",
                     "--output-dir", out)
     logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert result.returncode == 0, result.stderr + logs
     assert json.loads((out / "results.json").read_text())["steps"] == 30
     assert "SLURM_RESTART_COUNT=0" in logs
+    assert "srun --ntasks-per-node=1 --cpus-per-task=1 " in logs  # the job's CPUs on the node, explicitly
 
 
-def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
+def test_template_trains_on_two_nodes(cluster, tmp_path):
+    """sbatch --nodes=2: one srun task per node, ranks from srun, rendezvous on the first node, world size 2."""
     out, log = tmp_path / "out", tmp_path / "slurm.out"
-    total = 300
-    submitted = sbatch("--gpus-per-node=0", f"--output={log}", "slurm/rotation.sh", *SMALL, "--max-steps", total,
-                       "--log-every", "5", "--checkpoint-every", "100000", "--output-dir", out, wait=False)
+    result = sbatch("--nodes=2", *CPU_ONLY, f"--output={log}", "slurm/rotation.sh", *SMALL, "--max-steps", "8",
+                    "--output-dir", out)
+    text = log.read_text(errors="replace") if log.exists() else "no log"
+    assert result.returncode == 0, result.stderr + text
+    nodes, _ = assert_launched_as_two_nodes(text, processes_per_node=1)
+    assert set(nodes) == {"n0", "n1"}
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["steps"] == 8
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path, nodes):
+    out, log = tmp_path / "out", tmp_path / "slurm.out"
+    total = 160
+    submitted = sbatch(f"--nodes={nodes}", *CPU_ONLY, f"--output={log}", "slurm/rotation.sh", *SMALL,
+                       "--max-steps", total, "--log-every", "5", "--checkpoint-every", "100000",
+                       "--output-dir", out, wait=False)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
     metrics = out / "metrics.jsonl"
@@ -63,15 +145,64 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
 
     deadline = time.time() + 600
     while time.time() < deadline and job_state(job_id)[0] != "COMPLETED":
-        assert job_state(job_id)[0] not in ("FAILED", "CANCELLED", "TIMEOUT"), log.read_text(errors="replace")
-        time.sleep(2)
+        assert job_state(job_id)[0] not in ENDED, log.read_text(errors="replace")
+        time.sleep(0.5)
     text = log.read_text(errors="replace")
     assert job_state(job_id) == ("COMPLETED", 1), text
     assert "SLURM_RESTART_COUNT=1" in text and "stopping on SIGUSR1 at step" in text
     stopped = int(text.split("stopping on SIGUSR1 at step ")[1].split(":")[0])
     assert 0 < stopped < total
-    assert f"at step {stopped} " in text.split("SLURM_RESTART_COUNT=1")[1]  # the second run resumed right there
-    assert json.loads((out / "results.json").read_text())["steps"] == total  # as many steps as uninterrupted
+    runs = re.split(r"(?m)^(?=job \d+ on )", text)[1:]  # launch.sh's first line starts each run's log
+    assert len(runs) == 2 and "SLURM_RESTART_COUNT=1" in runs[1], text
+    assert f"at step {stopped} " in runs[1]  # the second run resumed right there
+    if nodes == 2:  # both runs on both nodes, each node with its own rank
+        for run in runs:
+            assert_launched_as_two_nodes(run, processes_per_node=1)
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == total and results["world_size"] == nodes  # as many steps as uninterrupted
+
+
+@pytest.mark.parametrize("gpu_options, gpus, cpus, mem", [
+    ((), 8, 64, "480G"),  # the templates' defaults
+    (("--gpus-per-node=4", "--cpus-per-task=32", "--mem=240G"), 4, 32, "240G"),
+])
+def test_dry_run_of_a_two_node_gpu_job(cluster, tmp_path, gpu_options, gpus, cpus, mem):
+    """What a 2-node GPU job gets from Slurm (nodes declared with 8 GPUs) and the command each node would run."""
+    log = tmp_path / "slurm.out"
+    result = sbatch("--partition=fakegpu", "--nodes=2", *gpu_options, f"--output={log}", "slurm/rotation.sh",
+                    "--model", "resnet18", "--output-dir", tmp_path / "out", env={"DRY_RUN": "1"})
+    text = log.read_text(errors="replace") if log.exists() else "no log"
+    assert result.returncode == 0, result.stderr + text
+    job_id = result.stdout.strip().split(";")[0]
+
+    job = job_fields(job_id)  # what sbatch asked for and Slurm allocated
+    assert (job["NumNodes"], job["NumCPUs"], job["CPUs/Task"]) == ("2", str(2 * cpus), str(cpus))
+    assert job["MinMemoryNode"] == mem and job["TresPerNode"] == f"gres:gpu:{gpus}"
+
+    assert f"srun --ntasks-per-node=1 --cpus-per-task={cpus} bash slurm/node.sh train_rotation.py" in text
+    nodes, port = assert_launched_as_two_nodes(text, processes_per_node=gpus)
+    low_ephemeral = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    assert port == 10000 + int(job_id) % 19500 and 10000 <= port < min(29500, low_ephemeral)
+    for env, options in nodes.values():
+        assert env["SLURM_GPUS_ON_NODE"] == str(gpus) and env["SLURM_CPUS_PER_TASK"] == str(cpus)
+        assert options["--config_file"] == "accelerate_configs/multi_node.yaml"
+        assert options["--num_cpu_threads_per_process"] == str(cpus // gpus)
+    assert text.count("dry run (DRY_RUN=1), not started") == 2 and "train:" not in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_multi_node_launch_without_main_process_ip_fails_fast(tmp_path):
+    """multi_node.yaml has no default address; slurm/node.sh refuses a multi-node launch without one."""
+    config = yaml.safe_load(open(os.path.join(REPO, "accelerate_configs", "multi_node.yaml")))
+    assert "main_process_ip" not in config
+    env = {k: v for k, v in os.environ.items() if k not in ("MAIN_PROCESS_IP", "MAIN_PROCESS_PORT")}
+    env.update(SLURM_NNODES="2", SLURM_NODEID="1", SLURM_GPUS_ON_NODE="8", MAIN_PROCESS_PORT="12345")
+    start = time.time()
+    result = subprocess.run(["bash", "slurm/node.sh", "train_rotation.py", "--output-dir", str(tmp_path)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert time.time() - start < 10
+    assert result.returncode == 2 and "needs MAIN_PROCESS_IP and MAIN_PROCESS_PORT" in result.stderr
+    assert "accelerate launch" not in result.stdout  # refused before anything started
 
 
 def free_port():
