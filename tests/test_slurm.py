@@ -3,14 +3,13 @@ with CPU nodes n0 and n1, partition `fakegpu` with g0 and g1 declared as 8-GPU n
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 
 import pytest
 import yaml
 
-from conftest import REPO, SMALL
+from conftest import REPO, SMALL, free_port
 
 # The templates ask for 64 CPUs and 480 GB a node (8 GPUs); a CPU-only job says what it needs instead. The
 # cluster's CPU nodes have one CPU each (two on a 2-core machine).
@@ -203,12 +202,6 @@ def test_multi_node_launch_without_main_process_ip_fails_fast(tmp_path):
     assert time.time() - start < 10
     assert result.returncode == 2 and "needs MAIN_PROCESS_IP and MAIN_PROCESS_PORT" in result.stderr
     assert "accelerate launch" not in result.stdout  # refused before anything started
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_node_launch_command_trains_with_world_size_two(tmp_path):
