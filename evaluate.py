@@ -12,9 +12,7 @@ import os
 import time
 
 import torch
-from accelerate import Accelerator
-
-from common import UserError, config, data, models, probes, training
+from common import UserError, config, data, distributed, models, probes, training
 
 
 def parse_args(argv=None):
@@ -22,6 +20,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--encoder", required=True, help="an exported encoder: the final/ folder of a training run")
     config.add_data_arguments(parser, image_size=None)  # --image-size defaults to the encoder's
+    distributed.add_distributed_arguments(parser)
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--blocks", default=None,
                           help="comma-separated blocks to probe (default: all; nin: block1..block4, "
@@ -60,7 +59,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # mixed precision from `accelerate launch`
+    accelerator = distributed.make_accelerator(args)  # mixed precision from `accelerate launch`
     start = time.time()
 
     # Model: the exported encoder, and the same architecture untrained (seeded), both frozen.
@@ -72,14 +71,11 @@ def main(argv=None):
     mean, std = trained.mean.flatten().tolist(), trained.std.flatten().tolist()
     untrained = models.build_encoder(trained.name, trained.image_size, mean, std).to(accelerator.device).eval()
     encoders = {"trained": trained} if args.skip_untrained else {"trained": trained, "untrained": untrained}
-    if accelerator.device.type == "cuda":
-        for encoder in encoders.values():
-            encoder.use_channels_last()
     blocks = probes.check_blocks(trained, args.blocks)
     dims = dict(zip(blocks, probes.feature_dims(trained, blocks, args.max_feature_dim)))
 
     # Data: decoded once (main process first), uint8 until each batch is encoded.
-    with accelerator.main_process_first():
+    with accelerator.local_main_process_first():  # the others then read its cache, which may be node-local
         dataset = data.load_dataset(args)
     subset = None
     if args.train_subset is not None and args.train_subset < len(dataset.train_labels):
@@ -113,7 +109,7 @@ def main(argv=None):
         print(f"top-1 (%) on {report['test_images']} test images, classifiers trained on "
               f"{report['train_images']} images for {args.probe_epochs} epochs:\n{table}\n"
               f"written: {args.output}; {time.time() - start:.0f} s in all")
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # the others wait for the main process's classifiers: see --dist-timeout
 
 
 if __name__ == "__main__":

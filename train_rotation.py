@@ -31,7 +31,7 @@ def main(argv=None):
 
     # Data: decoded once (main process first, so the others read its cache), then kept on the device as uint8.
     dataset, train_images = training.load_data(args, accelerator)
-    train_loader = training.index_loader(len(train_images), args.batch_size)
+    train_loader = training.index_loader(accelerator, args, len(train_images))
 
     # Model: encoder (the product) + a 4-way rotation head (discarded after training).
     mean, std = dataset.channel_stats()

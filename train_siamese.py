@@ -43,7 +43,7 @@ def main(argv=None):
 
     # Data: uint8 images on the device; the loader yields anchor indices, sharded by Accelerate.
     dataset, train_images = training.load_data(args, accelerator)
-    train_loader = training.index_loader(len(train_images), args.batch_size)
+    train_loader = training.index_loader(accelerator, args, len(train_images))
     pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed).to(accelerator.device)
 
     # Model: the shared encoder (the product) + a projection to the embedding compared by the loss.

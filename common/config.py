@@ -6,6 +6,7 @@ import platform
 import subprocess
 
 from common import UserError
+from common.distributed import add_distributed_arguments
 
 MODELS = ("simple_cnn", "resnet18", "nin")
 
@@ -27,7 +28,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     opt.add_argument("--epochs", type=int, default=200)
     opt.add_argument("--max-steps", type=int, default=None,
                      help="stop after this many optimizer steps (overrides --epochs)")
-    opt.add_argument("--batch-size", type=int, default=128, help="images per process per step")
+    opt.add_argument("--batch-size", type=int, default=128,
+                     help="images per optimizer step over all processes (RotNet: 128), split evenly over the "
+                          "processes and --grad-accum micro-batches: the same recipe on any number of GPUs")
     opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     opt.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                      help="sgd is Nesterov, momentum 0.9; default: see RECIPES (sgd, simple_cnn: adamw)")
@@ -61,6 +64,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     run.add_argument("--run-name", default=None,
                      help="display name of the run (default: $WANDB_NAME, else the output dir's name)")
     run.add_argument("--wandb-tags", default=None, help="comma-separated tags (default: $WANDB_TAGS)")
+
+    run.add_argument("--count-host-syncs", action="store_true",
+                     help="CUDA only: count the operations per step that make the CPU wait for the GPU "
+                          "(torch.cuda.set_sync_debug_mode), reported in results.json; for the GPU check")
+    add_distributed_arguments(p)
 
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--skip-eval", action="store_true",

@@ -6,6 +6,7 @@ on the device (airbench's way); crops, flips and rotations are tensor ops on who
 import hashlib
 import math
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -30,7 +31,10 @@ class ImageData:
 
     def channel_stats(self):
         """Per-channel mean and std of the train split in [0, 1], for the encoder's built-in normalization."""
-        x = self.train_images[:20000].float().div_(255)  # a large sample is exact to 3 decimals, and quick
+        # A seeded sample of the whole split (exact to 3 decimals, and quick): image folders are sorted by class,
+        # so their first images are a few classes only.
+        sample = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(0))[:20000]
+        x = self.train_images[sample.sort().values].float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
 
 
@@ -97,6 +101,11 @@ def decode_image(path: str, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
+def decode_workers() -> int:
+    """The CPUs this process may run on (Slurm and taskset restrict them), not all of the machine's."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def _decode_or_none(job):
     path, size = job
     try:
@@ -147,7 +156,8 @@ def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: b
         except Exception:
             pass  # a damaged cache is rebuilt below
     tensors, skipped = {}, 0
-    workers = max(1, min(8, os.cpu_count() or 1))
+    print(f"decoding {len(stats)} images of {data_dir} (cached afterwards in {cache_dir})", flush=True)
+    workers = min(8, decode_workers())
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
         for split in ("train", "test"):
             decoded = list(pool.map(_decode_or_none, [(p, image_size) for p, _ in files[split]], chunksize=256))
@@ -163,12 +173,17 @@ def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: b
             tensors[f"{split}_images"] = tensors[f"{split}_images"].contiguous()
             tensors[f"{split}_labels"] = torch.tensor([files[split][i][1] for i in keep], dtype=torch.int64)
     data = ImageData(**tensors, classes=classes, skipped_files=skipped)
+    tmp = None
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{cache_path}.tmp{os.getpid()}"
-        torch.save(vars(data), tmp)
+        # A name no other writer holds (nodes sharing the cache dir may run processes with the same pid).
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=os.path.basename(cache_path) + ".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            torch.save(vars(data), f)
         os.replace(tmp, cache_path)  # atomic: a concurrent reader never sees half a file
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
         print(f"warning: could not cache decoded images in {cache_dir!r} ({e}); next start decodes again")
     return data
 
@@ -257,8 +272,7 @@ def rotate(images: torch.Tensor, rotations_per_image: int = 4):
         labels = torch.arange(4, device=images.device).repeat_interleave(n)
         return rotated, labels
     labels = torch.randint(0, 4, (n,), device=images.device)
-    rotated = images.clone()
-    for k in range(1, 4):
-        mask = labels == k
-        rotated[mask] = torch.rot90(images[mask], k, dims=(2, 3))
-    return rotated, labels
+    # All four rotations, then each image's own picked by index: a boolean mask would make the host wait for
+    # the device to count its elements.
+    every = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
+    return every[labels, torch.arange(n, device=images.device)], labels

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import media
+from common import distributed, media
 from common.data import to_float
 
 
@@ -17,9 +17,11 @@ from common.data import to_float
 def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int, dtype=torch.float32) -> torch.Tensor:
     """fn(float batch in [0, 1]) for every image, sharded over processes; returns all outputs in image order,
     as dtype (bf16 halves the memory of large cached features)."""
-    all_indices = torch.arange(len(images))
-    with accelerator.split_between_processes(all_indices, apply_padding=True) as mine:
-        outputs = [fn(to_float(images[chunk].to(accelerator.device))).to(dtype)
+    # A list, not a tensor: Accelerate moves a padded tensor split to the device, and a CPU tensor cannot be
+    # indexed with CUDA indices. The images stay where they are (host or device) until each batch is encoded.
+    with accelerator.split_between_processes(list(range(len(images))), apply_padding=True) as mine:
+        mine = torch.tensor(mine, dtype=torch.int64)
+        outputs = [fn(to_float(images[chunk.to(images.device)].to(accelerator.device))).to(dtype)
                    for chunk in mine.split(batch_size)]
         local = torch.cat(outputs), mine.to(accelerator.device)
     values, indices = accelerator.gather(local)
@@ -30,7 +32,9 @@ def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int, dtype=to
 
 @contextmanager
 def evaluating(accelerator, module):
-    """module in eval mode under the run's autocast, restored to its previous mode afterwards."""
+    """module in eval mode under the run's autocast, restored to its previous mode afterwards; every process
+    evaluates with the main process's batch norm statistics (those of the exported encoder)."""
+    distributed.sync_buffers_from_main(accelerator, module)
     was_training = module.training
     module.eval()
     try:

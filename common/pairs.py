@@ -8,8 +8,8 @@ import torch
 _MASK = 0xFFFFFFFF
 
 
-def _hash(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mixer (int64 arithmetic that never overflows: factor < 2^27)."""
+def _hash(x):
+    """A 32-bit integer mixer, of a Python int or an int64 tensor (arithmetic that never overflows: factor < 2^27)."""
     x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK
     x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK
     return (x >> 16) ^ x
@@ -17,7 +17,7 @@ def _hash(x: torch.Tensor) -> torch.Tensor:
 
 def uniforms(seed: int, epoch: int, anchors: torch.Tensor, stream: int) -> torch.Tensor:
     """Uniform [0, 1) numbers determined by (seed, epoch, anchor, stream) alone."""
-    key = _hash(torch.tensor([(seed * 1_000_003 + epoch) & _MASK], dtype=torch.int64, device=anchors.device))
+    key = _hash((seed * 1_000_003 + epoch) & _MASK)  # a Python int: no tensor copied to the device per call
     x = _hash(_hash(anchors.long() ^ key) ^ (stream * 0x9E3779B1 & _MASK))
     return x.double() / 2 ** 32
 

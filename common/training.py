@@ -14,18 +14,22 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from common import UserError, media
+from common import UserError, distributed, media
 from common.config import environment, save_config
 
 CHECKPOINT_PREFIX = "step_"
 EXIT_PREEMPTED = 3  # stopped on SIGUSR1/SIGTERM with a checkpoint saved: run the same command again to resume
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# fp16: the GradScaler skips a step whose gradients overflow and halves its scale. A few skips at the start are
+# normal; this many in a row (scale divided by 2^50) means the run diverged and would skip every step forever.
+MAX_CONSECUTIVE_AMP_SKIPS = 50
 
 
 def cli(main):
@@ -51,19 +55,19 @@ def make_accelerator(args) -> Accelerator:
         tracker = None
     if tracker == "wandb" and not os.environ.get("WANDB_MODE") and not _wandb_credentials():
         os.environ["WANDB_MODE"] = "offline"  # nodes without credentials still get a run, synced later
-    accelerator = Accelerator(
-        # Without a GPU, processes started by torchrun (accelerate_configs/cpu.yaml) must still find each other:
-        # cpu=True makes Accelerate pick gloo (MULTI_CPU) instead of running each process alone.
-        cpu=not torch.cuda.is_available(),
+    accelerator = distributed.make_accelerator(
+        args,
         gradient_accumulation_steps=args.grad_accum,
         log_with=tracker,
         project_dir=args.output_dir,
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, not once per process
-        # Shuffling seeded by (seed, epoch): every rank agrees on the order, and a resume replays it.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # Shuffling seeded by (seed, epoch): every rank agrees on the order, and a resume replays it. Index
+        # batches are copied to the GPU from pinned memory without waiting (index_loader pins them).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=True),
         dynamo_backend="inductor" if args.compile else None,
     )
     check_output_dir(args.output_dir)
+    distributed.check_same_directory(accelerator, args.output_dir)
     set_seed(args.seed, deterministic=args.deterministic)  # same initial weights on every rank
     return accelerator
 
@@ -108,11 +112,12 @@ def make_scheduler(args, optimizer, total_steps: int):
 
 
 def load_data(args, accelerator):
-    """The dataset, decoded by the main process first (the others then read its cache), and its train images
-    moved to the device as uint8, where the batches are indexed and augmented."""
+    """The dataset, decoded by each node's first process first (the node's other processes then read its cache,
+    which may be node-local), and its train images moved to the device as uint8, where the batches are indexed
+    and augmented."""
     from common.data import load_dataset
 
-    with accelerator.main_process_first():
+    with accelerator.local_main_process_first():
         dataset = load_dataset(args)
     if args.knn_k > len(dataset.train_images):
         raise UserError(f"--knn-k {args.knn_k} is larger than the train split "
@@ -120,21 +125,35 @@ def load_data(args, accelerator):
     return dataset, dataset.train_images.to(accelerator.device)
 
 
-def index_loader(num_samples: int, batch_size: int):
-    """Batches of sample indices; the images stay on the device and are indexed there.
+def micro_batch_size(args, num_processes: int) -> int:
+    """Images per process per micro-batch: --batch-size is the global batch of one optimizer step, so a recipe
+    means the same (samples per step, steps per epoch, lr) on any number of processes."""
+    parts = num_processes * args.grad_accum
+    if args.batch_size % parts:
+        raise UserError(f"--batch-size {args.batch_size} (images per optimizer step, over all processes) does not "
+                        f"divide into {num_processes} processes x {args.grad_accum} accumulation steps: "
+                        f"use a multiple of {parts}")
+    return args.batch_size // parts
+
+
+def index_loader(accelerator, args, num_samples: int):
+    """Batches of sample indices for this process's micro-batches; the images stay on the device and are indexed
+    there. Pinned on a GPU, so Accelerate's copy of each batch to the device does not make the host wait.
 
     The loader gets a generator of its own: without one, every new iterator draws a seed from the global RNG (at
     the start of an epoch; mid-epoch after a resume), shifting the augmentations a resumed run draws."""
-    return torch.utils.data.DataLoader(torch.arange(num_samples), batch_size=batch_size, shuffle=True,
-                                       drop_last=True, generator=torch.Generator().manual_seed(0))
+    batch = micro_batch_size(args, accelerator.num_processes)
+    # Per process: Accelerate's prepare shards the sampler, each process taking every num_processes-th batch.
+    return torch.utils.data.DataLoader(torch.arange(num_samples), batch_size=batch, shuffle=True, drop_last=True,
+                                       generator=torch.Generator().manual_seed(0),
+                                       pin_memory=accelerator.device.type == "cuda")
 
 
 def prepare(args, accelerator, model, optimizer, train_loader, project: str):
     """Accelerate wraps model, optimizer, loader and schedule; then the Run resumes from a checkpoint if any."""
-    if accelerator.device.type == "cuda":
-        model.encoder.use_channels_last()  # faster convolutions under bf16/fp16 (tensor cores)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     run = Run(args, accelerator, train_loader, project)
+    _inject_faults(accelerator.unwrap_model(model), run)
     scheduler = accelerator.prepare(make_scheduler(args, optimizer, run.total_steps))  # before load_state
     run.start()
     return model, optimizer, scheduler, run
@@ -204,9 +223,16 @@ def check_compatible(args, checkpoint: str, world_size: int) -> None:
                         f"the checkpoint's options, or start a new training with another --output-dir")
 
 
-def checkpoint_to_resume(args):
+def checkpoint_to_resume(args, world_size: int):
     """The checkpoint to start from: with --resume auto the newest intact one (damaged ones are reported and
-    passed over), an explicit path only if intact, or None."""
+    passed over), an explicit path only if intact, or None; refused if written with incompatible options."""
+    checkpoint = _intact_checkpoint(args)
+    if checkpoint:
+        check_compatible(args, checkpoint, world_size)
+    return checkpoint
+
+
+def _intact_checkpoint(args):
     existing = list_checkpoints(args.output_dir)
     if args.resume == "never":
         if existing:
@@ -257,8 +283,8 @@ class Run:
         self.args, self.accelerator, self.loader, self.project = args, accelerator, train_loader, project
         self.steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
         if self.steps_per_epoch == 0:
-            raise UserError(f"the train split is smaller than one batch: lower --batch-size "
-                            f"(now {args.batch_size} per process x {accelerator.num_processes} processes)")
+            raise UserError(f"the train split ({len(train_loader.dataset)} images) is smaller than one --batch-size "
+                            f"({args.batch_size}): lower it")
         self.total_steps = args.max_steps or args.epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.state = TrainState()
@@ -273,18 +299,30 @@ class Run:
         # Once (it runs git), on the process that writes configs and logs; it goes into every checkpoint.
         self.environment = environment() if accelerator.is_main_process else {}
         self._stop_signal = 0
+        self._saved_step = None  # the step whose checkpoint this process last saved or resumed from
+        # Non-finite gradients under --nan-policy abort: the first such step, kept on the device and read where the
+        # host waits anyway (log and checkpoint steps, epoch ends), so that steps do not each wait for the GPU.
+        self._first_bad_step = None
+        self._amp_skips_in_a_row = 0
+        self.sync_counter = HostSyncCounter() if args.count_host_syncs and accelerator.device.type == "cuda" else None
         for sig in STOP_SIGNALS:  # preemption (Slurm's --signal, scancel) and time limits
             signal.signal(sig, self._on_stop_signal)
 
     def start(self) -> None:
         """Resumes from a checkpoint if there is one (call after preparing the scheduler), starts logging."""
         args, accelerator = self.args, self.accelerator
-        checkpoint = self._checkpoint_to_resume()
+        # Verifying a checkpoint reads all of its files: once, on the main process, not once per process.
+        checkpoint = distributed.decided_by_main(
+            accelerator, lambda: checkpoint_to_resume(args, accelerator.num_processes))
         if checkpoint:
-            check_compatible(args, checkpoint, accelerator.num_processes)
             accelerator.load_state(checkpoint)
+            self._saved_step = self.state.step
             accelerator.print(f"resumed from {checkpoint} at step {self.state.step} "
                               f"(epoch {self.state.epoch}, batch {self.state.batches_in_epoch})")
+        accelerator.print(f"global batch {args.batch_size} = {accelerator.num_processes} process(es) x "
+                          f"{micro_batch_size(args, accelerator.num_processes)} images x "
+                          f"{args.grad_accum} accumulation step(s); lr {args.lr}; {self.total_steps} steps of "
+                          f"{self.steps_per_epoch} per epoch", flush=True)
         if accelerator.is_main_process:
             save_config(args, os.path.join(args.output_dir, "config.json"), world_size=accelerator.num_processes)
             self._truncate_metrics()
@@ -293,23 +331,6 @@ class Run:
         self.progress = tqdm(total=self.total_steps, initial=self.state.step, dynamic_ncols=True,
                              mininterval=1 if sys.stderr.isatty() else 30,
                              disable=not accelerator.is_local_main_process, desc="train")
-
-    def _checkpoint_to_resume(self):
-        """checkpoint_to_resume on the main process only (verifying a checkpoint reads all of its files: once, not
-        once per process on a shared file system); every process gets its answer, or its error."""
-        acc = self.accelerator
-        answer = [None]
-        if acc.is_main_process:
-            try:
-                answer = [("checkpoint", checkpoint_to_resume(self.args))]
-            except UserError as e:
-                answer = [("error", str(e))]
-        if acc.num_processes > 1:
-            broadcast_object_list(answer)
-        kind, value = answer[0]
-        if kind == "error":
-            raise UserError(value)
-        return value
 
     def _truncate_metrics(self) -> None:
         """Drop lines logged after the checkpoint we start from: they will be logged again."""
@@ -350,6 +371,9 @@ class Run:
         for indices in loader:
             self.state.batches_in_epoch += 1
             yield indices
+        self.check_finite()  # before the epoch's evaluation
+        if self.sync_counter:
+            self.sync_counter.epoch_done()
 
     def track(self, images: int, samples: int, **values) -> None:
         """Per micro-batch: local sums of the train metrics, reduced over processes only when logged."""
@@ -366,39 +390,56 @@ class Run:
     def gradients_ok(self, model) -> bool:
         """Call after backward. On the micro-batch that ends an optimizer step: clips the gradients to
         --max-grad-norm, records their norm, and returns whether to take the step (--nan-policy). False on the
-        other micro-batches (no step is due)."""
+        other micro-batches (no step is due).
+
+        After DDP's all-reduce every process holds the same gradients, so each decides alike on its own."""
         acc = self.accelerator
         if not acc.sync_gradients:
             return False
         norm = acc.clip_grad_norm_(model.parameters(), self.args.max_grad_norm or math.inf).detach().float()
-        if _injected_fault("nan", acc.process_index, self.state.step + 1):
-            norm = torch.full_like(norm, math.nan)
         if acc.scaler is not None:  # fp16: overflow is the GradScaler's to handle (counted in step_done)
             self._grad_norms.append(norm)
             return True
-        # Decided by all ranks together: one rank skipping alone would leave the others in DDP's next all-reduce.
-        bad = (~torch.isfinite(norm)).float()
-        if acc.num_processes > 1:
-            bad = acc.reduce(bad, reduction="sum")
-        if bad.item() == 0:
+        if self.args.nan_policy == "abort":
+            # Recorded on the device, read in step_done where the host waits anyway: no wait in this step.
+            bad_step = (~torch.isfinite(norm)).long() * (self.state.step + 1)  # 0 when finite
+            first = self._first_bad_step
+            self._first_bad_step = bad_step if first is None else torch.where(first > 0, first, bad_step)
             self._grad_norms.append(norm)
             return True
-        step = self.state.step + 1
-        if self.args.nan_policy == "skip":
-            self.state.skipped_steps += 1
-            acc.print(f"warning: non-finite loss or gradients at step {step}: update skipped "
-                      f"({self.state.skipped_steps} so far, --nan-policy skip)", flush=True)
-            return False
-        last = list_checkpoints(self.args.output_dir)
-        where = f"gradient norm {norm.item()}" if not torch.isfinite(norm) else "on another process"
-        raise UserError(f"non-finite loss or gradients at step {step} ({where}): stopped. "
-                        f"The last good checkpoint is {last[-1] if last else 'none (nothing saved yet)'}. "
-                        f"Try a lower --lr, --warmup-steps, --max-grad-norm 1, or --nan-policy skip")
+        if torch.isfinite(norm).item():  # skip: deciding this step's update makes the host wait for the device
+            self._grad_norms.append(norm)
+            return True
+        self.state.skipped_steps += 1
+        acc.print(f"warning: non-finite loss or gradients at step {self.state.step + 1}: update skipped "
+                  f"({self.state.skipped_steps} so far, --nan-policy skip)", flush=True)
+        return False
+
+    def check_finite(self) -> None:
+        """--nan-policy abort: raises if any step so far had non-finite gradients (reads one number from the
+        device). The checkpoints are checked before they are written, so the newest one is always good."""
+        bad_step = 0 if self._first_bad_step is None else int(self._first_bad_step.item())
+        if bad_step:
+            self._stop_on(f"non-finite loss or gradients at step {bad_step}",
+                          "Try a lower --lr, --warmup-steps, --max-grad-norm 1, or --nan-policy skip")
+
+    def _stop_on(self, problem: str, advice: str) -> None:
+        last = self._saved_step and os.path.join(self.args.output_dir, "checkpoints",
+                                                 f"{CHECKPOINT_PREFIX}{self._saved_step:08d}")
+        raise UserError(f"{problem}: stopped. The last good checkpoint is {last or 'none (nothing saved yet)'}. "
+                        f"{advice}")
 
     def step_done(self, scheduler) -> None:
         """After each optimizer step: schedule, time, log, checkpoint."""
-        if self.accelerator.scaler is not None and self.accelerator.optimizer_step_was_skipped:
-            self.state.amp_skipped_steps += 1
+        acc = self.accelerator
+        if acc.scaler is not None:  # fp16 (the GradScaler reads its scale from the device each step anyway)
+            skipped = acc.optimizer_step_was_skipped
+            self.state.amp_skipped_steps += skipped
+            self._amp_skips_in_a_row = self._amp_skips_in_a_row + 1 if skipped else 0
+            if self._amp_skips_in_a_row >= MAX_CONSECUTIVE_AMP_SKIPS:
+                self._stop_on(f"fp16: the last {self._amp_skips_in_a_row} steps (to step {self.state.step + 1}) "
+                              f"all overflowed and were skipped, so the run has diverged",
+                              "Try --mixed_precision bf16, a lower --lr, --warmup-steps or --max-grad-norm 1")
         scheduler.step()
         self.state.step += 1
         now = time.perf_counter()
@@ -406,18 +447,23 @@ class Run:
         self._clock = now
         self.progress.update(1)
         at_log = self.state.step % self.args.log_every == 0 or self.finished
+        at_checkpoint = self.state.step % self.args.checkpoint_every == 0 or self.finished
+        if at_log or at_checkpoint:
+            self.check_finite()
         if at_log:
             self._log_train(scheduler.get_last_lr()[0])
-        if self.state.step % self.args.checkpoint_every == 0 or self.finished:
+        if at_checkpoint:
             self.save_checkpoint()
+        if self.sync_counter:
+            self.sync_counter.step_done(self.state.step, quiet=not (at_log or at_checkpoint))
         # Checked where the log already waits for the device: a check every step would stall a GPU every step.
-        if (at_log or self.accelerator.num_processes == 1) and self._stop_agreed() and not self.finished:
+        if (at_log or acc.num_processes == 1) and self._stop_agreed() and not self.finished:
             self.save_checkpoint()
             name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another process"
-            self.accelerator.print(f"stopping on {name} at step {self.state.step}: checkpoint saved; "
-                                   f"the same command resumes from it (exit code {EXIT_PREEMPTED})", flush=True)
+            acc.print(f"stopping on {name} at step {self.state.step}: checkpoint saved; "
+                      f"the same command resumes from it (exit code {EXIT_PREEMPTED})", flush=True)
             self.progress.close()
-            self.accelerator.end_training()
+            acc.end_training()
             sys.exit(EXIT_PREEMPTED)
 
     def _on_stop_signal(self, signum, frame) -> None:
@@ -490,12 +536,15 @@ class Run:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
-        """save_state into a temporary folder, renamed once every rank has written: complete or invisible."""
+        """save_state into a temporary folder, renamed once every rank has written: complete or invisible.
+
+        Every process takes the same path through here whatever it sees on the file system; only the main process
+        looks there (ranks that branch on what their node sees enter different barriers and hang)."""
         acc, root = self.accelerator, os.path.join(self.args.output_dir, "checkpoints")
-        name = f"{CHECKPOINT_PREFIX}{self.state.step:08d}"
-        final, tmp = os.path.join(root, name), os.path.join(root, f".tmp-{name}")
-        if os.path.isdir(final):  # this step was saved before a resume
+        if self._saved_step == self.state.step:  # e.g. a stop signal on a checkpoint step: saved once
             return
+        name = f"{CHECKPOINT_PREFIX}{self.state.step:08d}"
+        final, tmp, old = (os.path.join(root, prefix + name) for prefix in ("", ".tmp-", ".old-"))
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
@@ -506,15 +555,20 @@ class Run:
             write_manifest(tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            os.rename(tmp, final)
-            for old in list_checkpoints(self.args.output_dir)[:-self.args.keep_checkpoints]:
+            if os.path.isdir(final):  # saved before a resume from an older checkpoint (maybe damaged): replaced
                 shutil.rmtree(old, ignore_errors=True)
+                os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            for stale in list_checkpoints(self.args.output_dir)[:-self.args.keep_checkpoints]:
+                shutil.rmtree(stale, ignore_errors=True)
         acc.wait_for_everyone()
+        self._saved_step = self.state.step
         self.resume_clock()
 
     # ----------------------------------------------------------------------------------------- tracker
     def _init_tracker(self, project: str) -> None:
-        if not self.accelerator.log_with:
+        if not self.accelerator.log_with or not self.accelerator.is_main_process:  # trackers live on the main one
             return
         args = self.args
         config = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in vars(args).items()}
@@ -530,7 +584,7 @@ class Run:
                     os.path.abspath(args.output_dir)),
                 "entity": args.wandb_entity, "tags": args.wandb_tags.split(",") if args.wandb_tags else None}
         self.accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
-        if args.report_to == "wandb" and self.accelerator.is_main_process:
+        if args.report_to == "wandb":
             run = self.accelerator.get_tracker("wandb", unwrap=True)
             if run.settings.mode == "offline":
                 # Each (re)start writes its own offline folder; synced together they become one run again.
@@ -539,12 +593,12 @@ class Run:
                       f"upload it (all its resumed parts as one run) with: wandb sync {parts}", flush=True)
 
     def _wandb_run_id(self) -> str:
-        """One training is one W&B run: the id is kept in OUTPUT_DIR and reused on resume and requeue."""
+        """One training is one W&B run: the id is kept in OUTPUT_DIR and reused on resume and requeue. Main process
+        only (trackers live there), so no other process depends on what its node sees of the file."""
         path = os.path.join(self.args.output_dir, "wandb_run_id")
-        if not os.path.exists(path) and self.accelerator.is_main_process:
+        if not os.path.exists(path):
             with open(path, "w") as f:  # W&B's own id format: 8 lowercase alphanumerics
                 f.write(os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8])
-        self.accelerator.wait_for_everyone()
         with open(path) as f:
             return f.read().strip()
 
@@ -556,7 +610,8 @@ class Run:
                    "images_per_s": self.state.images / max(self.state.train_time_s, 1e-9),
                    "samples_per_s": self.state.samples / max(self.state.train_time_s, 1e-9),
                    "train_time_s": self.state.train_time_s, "wall_time_s": time.time() - self.start_time,
-                   "world_size": self.accelerator.num_processes, "peak_memory_mb": peak_memory_mb()}
+                   "world_size": self.accelerator.num_processes, "peak_memory_mb": peak_memory_mb(),
+                   "global_batch": self.args.batch_size, **(self.sync_counter.results() if self.sync_counter else {})}
         self.progress.close()
         if self.accelerator.is_main_process:
             from common.models import save_encoder
@@ -566,6 +621,12 @@ class Run:
                 json.dump(results, f, indent=2)
             summary = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("eval/"))
             print(f"done: {self.state.step} steps, {results['images_per_s']:.0f} images/s; {summary}")
+            if self.sync_counter:
+                print(f"host syncs per steady step: {results['host_syncs_per_step']:.2f} on average, "
+                      f"{results['host_syncs_max_step']} at most, over {results['host_syncs_steady_steps']} steps "
+                      f"({results['host_syncs_other_steps_total']} in all other steps)", flush=True)
+            elif self.args.count_host_syncs:
+                print("host syncs: not counted (--count-host-syncs needs a GPU)", flush=True)
         self.log(metrics)
         if self.accelerator.is_main_process and "wandb" in [t.name for t in self.accelerator.trackers]:
             self.accelerator.get_tracker("wandb", unwrap=True).summary.update(results)
@@ -573,14 +634,54 @@ class Run:
         return results
 
 
-def _injected_fault(kind: str, rank: int, step: int) -> bool:
-    """Fault injection for the fault tests: SSL_SCRIPTS_FAULT="nan@STEP[:RANK]" makes that step's gradients
-    non-finite on that rank (all ranks without :RANK). Unset in normal use."""
+def _inject_faults(model, run) -> None:
+    """Fault injection for the fault tests: SSL_SCRIPTS_FAULT="nan@STEP[:RANK]" makes the model's output, hence
+    the loss, non-finite at that step on that rank (all ranks without :RANK), and DDP's all-reduce carries it to
+    every rank's gradients, as a real NaN would. Unset in normal use."""
     spec = os.environ.get("SSL_SCRIPTS_FAULT", "")
-    if not spec.startswith(kind + "@"):
-        return False
-    step_spec, _, rank_spec = spec[len(kind) + 1:].partition(":")
-    return int(step_spec) == step and (not rank_spec or int(rank_spec) == rank)
+    if not spec.startswith("nan@"):
+        return
+    step_spec, _, rank_spec = spec[len("nan@"):].partition(":")
+    if rank_spec and int(rank_spec) != run.accelerator.process_index:
+        return
+
+    def poison(module, inputs, output):
+        return output * math.nan if module.training and run.state.step + 1 == int(step_spec) else output
+    model.register_forward_hook(poison)
+
+
+class HostSyncCounter:
+    """--count-host-syncs: CUDA's sync debug mode warns at every operation that makes the host wait for the GPU;
+    the warnings are counted per optimizer step. Steady steps are those after a warm-up (cuDNN autotuning) that
+    neither log, checkpoint nor start an epoch (evaluation): where the GPU should never wait for the host."""
+    WARMUP_STEPS = 5
+
+    def __init__(self):
+        self.steady, self.other = [], []
+        self._count, self._epoch_start = 0, True
+        self._show = warnings.showwarning
+        warnings.filterwarnings("always", message=".*synchronizing CUDA operation")
+        warnings.showwarning = self._seen
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def _seen(self, message, category, filename, lineno, file=None, line=None):
+        if "synchronizing CUDA operation" in str(message):
+            self._count += 1
+        else:
+            self._show(message, category, filename, lineno, file, line)
+
+    def step_done(self, step: int, quiet: bool) -> None:
+        steady = quiet and step > self.WARMUP_STEPS and not self._epoch_start
+        (self.steady if steady else self.other).append(self._count)
+        self._count, self._epoch_start = 0, False
+
+    def epoch_done(self) -> None:
+        self._epoch_start = True
+
+    def results(self) -> dict:
+        steady = self.steady or [math.nan]
+        return {"host_syncs_per_step": sum(steady) / len(steady), "host_syncs_max_step": max(steady),
+                "host_syncs_steady_steps": len(self.steady), "host_syncs_other_steps_total": sum(self.other)}
 
 
 def peak_memory_mb() -> float:

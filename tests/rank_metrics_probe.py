@@ -13,7 +13,7 @@ args = config.validate(config.build_parser("rank metrics probe").parse_args(sys.
 accelerator = training.make_accelerator(args)
 model = torch.nn.Linear(2, 1)
 model, optimizer, scheduler, run = training.prepare(args, accelerator, model, training.make_optimizer(args, model),
-                                                    training.index_loader(64, args.batch_size), "probe")
+                                                    training.index_loader(accelerator, args, 64), "probe")
 generator = torch.Generator().manual_seed(accelerator.process_index)
 fed = []
 for epoch in run.epochs():

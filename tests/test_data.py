@@ -167,3 +167,60 @@ def test_simclr_views_of_one_image_differ():
     x = make_synthetic(n_train=16, n_test=4).train_images
     a, b = augment(x, "simclr"), augment(x, "simclr")
     assert a.shape == x.shape and a.dtype == torch.float32 and not torch.allclose(a, b)
+
+
+def test_batched_augmentations_and_rotations_never_make_the_host_wait():
+    # On `meta` tensors (a stand-in for a GPU): a value read by the host or a mask's size would show up here.
+    from conftest import HostWaits
+    images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8, device="meta")
+    with HostWaits() as waits:
+        for kind in ("crop_flip", "simclr", "none"):
+            x = augment(images, kind)
+        for per_image in (4, 1):
+            rotated, labels = rotate(x, per_image)
+    assert waits.seen == [] and rotated.shape == (8, 3, 16, 16) and rotated.device.type == "meta"
+
+
+def test_one_rotation_per_image_rotates_each_by_its_label():
+    x = asymmetric_images(n=64)
+    rotated, labels = rotate(x, rotations_per_image=1)
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+    for image, turned, k in zip(x, rotated, labels.tolist()):
+        assert torch.equal(turned, torch.rot90(image, k, dims=(1, 2)))
+
+
+def test_channel_statistics_sample_the_whole_split():
+    # An image folder is sorted by class: here 15,000 black images, then 15,000 white ones.
+    from common.data import ImageData
+    images = torch.cat([torch.zeros(15000, 3, 4, 4), torch.full((15000, 3, 4, 4), 255.0)]).to(torch.uint8)
+    labels = torch.cat([torch.zeros(15000), torch.ones(15000)]).long()
+    mean, std = ImageData(images, labels, images[:2], labels[:2], ["black", "white"]).channel_stats()
+    assert all(abs(m - 0.5) < 0.02 for m in mean) and all(abs(s - 0.5) < 0.02 for s in std)
+
+
+def test_decoding_uses_the_cpus_this_process_may_run_on(image_folder, tmp_path, monkeypatch):
+    # Under Slurm (or taskset) a process may run on 1 of the machine's 64 CPUs: 64 decoders would share it.
+    import common.data
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    workers = []
+    real_pool = common.data.ProcessPoolExecutor
+
+    def counting_pool(max_workers, **kw):
+        workers.append(max_workers)
+        return real_pool(max_workers, **kw)
+    monkeypatch.setattr(common.data, "ProcessPoolExecutor", counting_pool)
+    load_imagefolder(str(image_folder), 16, str(tmp_path / "cache"))
+    assert workers == [1]
+
+
+def test_the_cache_is_written_under_a_name_no_other_writer_holds(image_folder, tmp_path):
+    # Two nodes sharing the cache dir can run processes with the same pid: a pid-named temporary file of another
+    # writer (here: one that is a directory) must not be reused.
+    cache = tmp_path / "cache"
+    load_imagefolder(str(image_folder), 16, str(cache))
+    [cached] = list(cache.iterdir())
+    cached.unlink()
+    (cache / f"{cached.name}.tmp{os.getpid()}").mkdir()
+    load_imagefolder(str(image_folder), 16, str(cache))
+    assert cached.exists() and not [p for p in cache.iterdir() if ".tmp-" in p.name]

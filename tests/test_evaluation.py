@@ -1,3 +1,5 @@
+from contextlib import contextmanager
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -50,6 +52,30 @@ def test_linear_probe_leaves_the_global_random_stream_alone():
 def test_map_batches_keeps_image_order():
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(cpu=True)
+    images = torch.arange(37, dtype=torch.uint8).view(37, 1, 1, 1).expand(37, 3, 2, 2).contiguous()
+    out = map_batches(accelerator, lambda x: x.mean(dim=(1, 2, 3)) * 255, images, batch_size=8)
+    assert out.round().tolist() == pytest.approx(list(range(37)))
+
+
+class SplitsOnAnotherDevice:
+    """The real Accelerator, except that its padded tensor splits come back on `meta`, as Accelerate returns them
+    on the GPU (state.py, _split_values: send_to_device) where the images may be host tensors."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+
+    def __getattr__(self, name):
+        return getattr(self.accelerator, name)
+
+    @contextmanager
+    def split_between_processes(self, inputs, apply_padding=False):
+        with self.accelerator.split_between_processes(inputs, apply_padding=apply_padding) as mine:
+            yield mine.to("meta") if torch.is_tensor(mine) and apply_padding else mine
+
+
+def test_map_batches_indexes_host_images_with_host_indices():
+    AcceleratorState._reset_state(True)
+    accelerator = SplitsOnAnotherDevice(Accelerator(cpu=True))
     images = torch.arange(37, dtype=torch.uint8).view(37, 1, 1, 1).expand(37, 3, 2, 2).contiguous()
     out = map_batches(accelerator, lambda x: x.mean(dim=(1, 2, 3)) * 255, images, batch_size=8)
     assert out.round().tolist() == pytest.approx(list(range(37)))

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
@@ -52,7 +54,9 @@ def test_partners_cover_all_classes_uniformly():
 
 
 def epoch_anchors(num_processes, rank, epoch, skip=0):
-    loader = prepare_data_loader(index_loader(1000, 40 // num_processes), num_processes=num_processes,
+    one_process = SimpleNamespace(num_processes=num_processes, device=torch.device("cpu"))
+    global_batch = SimpleNamespace(batch_size=40, grad_accum=1)
+    loader = prepare_data_loader(index_loader(one_process, global_batch, 1000), num_processes=num_processes,
                                  process_index=rank, put_on_device=False, use_seedable_sampler=True, data_seed=7)
     loader.set_epoch(epoch)
     if skip:
@@ -85,3 +89,13 @@ def test_balanced_test_pairs():
     assert similar.sum() == 200
     assert torch.equal(LABELS[anchors] == LABELS[partners], similar.bool())
     assert torch.equal(balanced_test_pairs(LABELS, num_pairs=400)[1], partners)
+
+
+@pytest.mark.parametrize("mode", ["label", "augment"])
+def test_drawing_partners_never_makes_the_host_wait(mode):
+    # On `meta` tensors (a stand-in for a GPU): no tensor made from host data, no value read back, per call.
+    from conftest import HostWaits
+    sampler = PairSampler(LABELS, mode).to("meta")
+    with HostWaits() as waits:
+        partners, similar = sampler(torch.arange(64, device="meta"), epoch=3)
+    assert waits.seen == [] and partners.device.type == "meta" and partners.shape == (64,)

@@ -1,5 +1,6 @@
 """The training machinery of common/training.py, in-process on one CPU process."""
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ def start_run(output_dir, *extra):
     accelerator = make_accelerator(args)
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    model, optimizer, scheduler, run = prepare(args, accelerator, model, optimizer, index_loader(64, args.batch_size),
+    model, optimizer, scheduler, run = prepare(args, accelerator, model, optimizer, index_loader(accelerator, args, 64),
                                                project="test")
     return run, model, optimizer, scheduler
 
@@ -108,7 +109,7 @@ def test_invalid_options_are_user_errors(option, value):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
-    run, model, optimizer, scheduler = start_run(tmp_path, "--grad-accum", "2", "--epochs", "1")
+    run, model, optimizer, scheduler = start_run(tmp_path, "--grad-accum", "2", "--batch-size", "16", "--epochs", "1")
     accelerator, updates = run.accelerator, 0
     for _ in run.epochs():
         for indices in run.batches():
@@ -122,3 +123,120 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
             if accelerator.sync_gradients:
                 run.step_done(scheduler)
     assert run.total_steps == 4 and run.state.step == 4 and updates == 4  # 8 micro-batches, 2 per update
+
+
+def test_steps_between_log_and_checkpoint_steps_never_make_the_host_wait(tmp_path):
+    # The scripts' loop. On a GPU any value read back (.item(), bool(), ...) stalls the device until it is idle;
+    # here on the CPU every such read is recorded, step by step.
+    from conftest import HostWaits
+    run, model, optimizer, scheduler = start_run(tmp_path, "--log-every", "4", "--checkpoint-every", "6")
+    accelerator, per_step = run.accelerator, {}
+    with HostWaits(device_only=False) as waits:
+        for _ in run.epochs():
+            for indices in run.batches():
+                with accelerator.accumulate(model):
+                    loss = model(torch.ones(len(indices), 2)).mean()
+                    accelerator.backward(loss)
+                    if run.gradients_ok(model):
+                        optimizer.step()
+                    optimizer.zero_grad()
+                run.track(images=len(indices), samples=len(indices), loss=loss)
+                if accelerator.sync_gradients:
+                    run.step_done(scheduler)
+                    per_step[run.state.step], waits.seen = waits.seen, []
+    assert run.state.step == 16
+    # Epochs of 8 steps. Waits are allowed where the host reads anyway: at the first step of an epoch (the
+    # sampler's order), at log (4, 8, 12, 16) and checkpoint (6, 12, 16) steps and at the end of an epoch (8, 16).
+    quiet = [2, 3, 5, 7, 10, 11, 13, 14, 15]
+    assert {step: per_step[step] for step in quiet} == {step: [] for step in quiet}
+
+
+def test_index_batches_are_pinned_on_a_gpu_and_copied_without_waiting(tmp_path):
+    args = validate(build_parser("t").parse_args(["--batch-size", "8"]))
+    gpu = SimpleNamespace(num_processes=1, device=torch.device("cuda"))
+    assert index_loader(gpu, args, 64).pin_memory
+    AcceleratorState._reset_state(True)
+    accelerator = make_accelerator(validate(build_parser("t").parse_args(
+        ["--output-dir", str(tmp_path), "--report-to", "none"])))
+    assert accelerator.dataloader_config.non_blocking
+
+
+def test_the_batch_size_is_the_global_batch_of_an_optimizer_step():
+    from common.training import micro_batch_size
+    args = validate(build_parser("t").parse_args(["--batch-size", "128", "--grad-accum", "2"]))
+    assert [micro_batch_size(args, n) for n in (1, 2, 4, 8)] == [64, 32, 16, 8]
+    with pytest.raises(UserError, match=r"--batch-size 128 .* does not divide into 3 processes x 2 .* multiple of 6"):
+        micro_batch_size(args, 3)
+
+
+def test_the_accelerator_has_the_process_group_options_and_tuned_convolutions(tmp_path, monkeypatch):
+    from datetime import timedelta
+    from common.distributed import process_group_options
+    AcceleratorState._reset_state(True)
+    args = validate(build_parser("t").parse_args(["--output-dir", str(tmp_path), "--report-to", "none"]))
+    accelerator = make_accelerator(args)
+    # NCCL's default of 600 s is shorter than rank 0 decoding a large image folder while the others wait.
+    assert accelerator.init_handler.timeout == timedelta(seconds=3600) and accelerator.init_handler.backend is None
+    assert torch.backends.cudnn.benchmark
+    AcceleratorState._reset_state(True)
+    args = validate(build_parser("t").parse_args(["--output-dir", str(tmp_path), "--report-to", "none",
+                                                  "--dist-backend", "gloo", "--dist-timeout", "90", "--deterministic"]))
+    accelerator = make_accelerator(args)  # one process, not launched as one of several: no process group
+    assert accelerator.init_handler.timeout == timedelta(seconds=90) and not torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for each of its processes
+    assert process_group_options(args).backend == "gloo"
+
+
+class ReportsCuda:
+    """The real (CPU) Accelerator, except that it says its device is a GPU: what a CUDA-only branch sees."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+
+    def __getattr__(self, name):
+        return getattr(self.accelerator, name)
+
+    @property
+    def device(self):
+        return torch.device("cuda")
+
+
+def test_prepare_accepts_any_model_on_a_gpu(tmp_path):
+    AcceleratorState._reset_state(True)
+    args = validate(build_parser("t").parse_args(["--output-dir", str(tmp_path), "--report-to", "none",
+                                                  "--batch-size", "8"]))
+    accelerator = make_accelerator(args)
+    model = torch.nn.Linear(2, 1)  # no .encoder: nothing in the training machinery may assume one
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = index_loader(SimpleNamespace(num_processes=1, device=torch.device("cpu")), args, 64)
+    model, optimizer, scheduler, run = prepare(args, ReportsCuda(accelerator), model, optimizer, loader, "test")
+    assert run.total_steps > 0
+
+
+def test_an_fp16_run_whose_every_step_overflows_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+    # fp16 needs a GPU; here the GradScaler's answer is given: from step 5 on, every step overflowed.
+    from accelerate import Accelerator
+    from common.training import MAX_CONSECUTIVE_AMP_SKIPS
+    run, model, optimizer, scheduler = start_run(tmp_path, "--epochs", "20", "--checkpoint-every", "4")
+    monkeypatch.setattr(run.accelerator, "scaler", torch.amp.GradScaler("cpu"), raising=False)
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: run.state.step >= 4))
+    with pytest.raises(UserError) as stopped:
+        for _ in run.epochs():
+            for indices in run.batches():
+                run.track(images=len(indices), samples=len(indices), loss=torch.tensor(1.0))
+                run.step_done(scheduler)
+    assert run.state.step == 4 + MAX_CONSECUTIVE_AMP_SKIPS - 1
+    assert f"the last {MAX_CONSECUTIVE_AMP_SKIPS} steps" in str(stopped.value)
+    assert f"step_{4 + MAX_CONSECUTIVE_AMP_SKIPS - 1 - (4 + MAX_CONSECUTIVE_AMP_SKIPS - 1) % 4:08d}" \
+        in str(stopped.value)
+
+
+def test_a_damaged_checkpoint_is_replaced_when_its_step_is_trained_again(tmp_path):
+    from common.training import verify_checkpoint
+    train(tmp_path, stop_after=7)  # checkpoints at 3 and 6
+    damaged = tmp_path / "checkpoints" / "step_00000006" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    train(tmp_path, stop_after=7)  # resumes from 3 (6 is damaged) and trains step 6 again
+    assert verify_checkpoint(str(damaged.parent)) is None
+    assert not list((tmp_path / "checkpoints").glob(".old-*"))

@@ -1,0 +1,92 @@
+"""The Accelerator every entry point builds, and what all processes must agree on.
+
+Every decision that depends on the file system is taken by one process and broadcast: on a shared file system
+(NFS, Lustre) two nodes can see different answers for a while, and ranks that branch differently enter different
+collectives and hang.
+"""
+import os
+import socket
+import uuid
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, broadcast, broadcast_object_list, gather_object
+
+from common import UserError
+
+
+def add_distributed_arguments(parser) -> None:
+    group = parser.add_argument_group("distributed")
+    group.add_argument("--dist-backend", choices=("nccl", "gloo"), default=None,
+                       help="process-group backend (default: Accelerate's choice, nccl on GPUs, gloo on CPUs); gloo "
+                            "lets several processes share one GPU, e.g. to test the multi-process path on one GPU")
+    group.add_argument("--dist-timeout", type=int, default=3600,
+                       help="seconds a collective may wait before the run is stopped: while rank 0 decodes an image "
+                            "folder or trains probe classifiers, the others wait (NCCL's own default is 600)")
+
+
+def make_accelerator(args, **options) -> Accelerator:
+    """An Accelerator on the GPU when there is one, else on the CPU (gloo between processes), with the process
+    group's backend and timeout from the options; `options` go to Accelerator (trackers, accumulation, ...)."""
+    # cpu=True without a GPU: processes started by torchrun (accelerate_configs/cpu.yaml) still find each other,
+    # since Accelerate then picks gloo (MULTI_CPU) instead of running each process alone.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[process_group_options(args)],
+                              **options)
+    # cuDNN picks the fastest convolution for each input shape once; our shapes never change within a run.
+    torch.backends.cudnn.benchmark = not getattr(args, "deterministic", False)
+    return accelerator
+
+
+def process_group_options(args) -> InitProcessGroupKwargs:
+    if args.dist_timeout <= 0:
+        raise UserError(f"--dist-timeout must be > 0 seconds (got {args.dist_timeout})")
+    # A backend given to a process that was not launched as one of several would make Accelerate look for a
+    # process group that does not exist.
+    launched = "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return InitProcessGroupKwargs(backend=args.dist_backend if launched else None,
+                                  timeout=timedelta(seconds=args.dist_timeout))
+
+
+def decided_by_main(accelerator, decide):
+    """decide() run on the main process only; every process gets its answer, or the UserError it raised."""
+    answer = [None]
+    if accelerator.is_main_process:
+        try:
+            answer = [("value", decide())]
+        except UserError as e:
+            answer = [("error", str(e))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(answer)
+    kind, value = answer[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def check_same_directory(accelerator, path: str) -> None:
+    """Raises on every process unless `path` is one directory for all of them (a shared file system): a file rank
+    0 writes there must be visible to every rank. Node-local output dirs would give a run in pieces."""
+    if accelerator.num_processes == 1:
+        return
+    token = broadcast_object_list([uuid.uuid4().hex])[0]
+    marker = os.path.join(path, f".same-dir-{token}")
+    if accelerator.is_main_process:
+        open(marker, "w").close()
+    accelerator.wait_for_everyone()
+    views = gather_object([(os.path.exists(marker), socket.gethostname(), accelerator.process_index)])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.remove(marker)
+    blind = [f"rank {rank} on {host}" for sees, host, rank in views if not sees]
+    if blind:
+        raise UserError(f"{path!r} is not the same directory on every node ({', '.join(blind)} cannot see what rank "
+                        f"0 wrote there): put --output-dir on a file system all nodes share")
+
+
+def sync_buffers_from_main(accelerator, module: torch.nn.Module) -> None:
+    """Every process gets the main process's buffers (batch norm statistics). Each rank updated its own with its
+    own batches since DDP last broadcast them; rank 0's are the ones the exported encoder holds."""
+    buffers = list(module.buffers())
+    if accelerator.num_processes > 1 and buffers:
+        broadcast(buffers, from_process=0)  # in place (torch.distributed.broadcast)

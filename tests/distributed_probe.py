@@ -1,0 +1,88 @@
+"""Not a test: launched by test_distributed.py with two processes. `checks OUT`: the helpers of common/distributed.py
+and evaluation's use of them, each rank writing what it saw to OUT/rank<N>.json. `lagging OUT [options]`: the real Run
+and the scripts' loop around a small encoder, while rank 1's view of OUTPUT_DIR lags behind rank 0's writes (as on NFS:
+rank 1 does not see checkpoint folders or wandb_run_id exist); rank 0 receives SIGUSR1 at step 4, a checkpoint step."""
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import UserError, config, distributed, evaluation, models, training  # noqa: E402
+
+
+def checks(out):
+    args = config.validate(config.build_parser("probe").parse_args(["--report-to", "none"]))
+    accelerator = distributed.make_accelerator(args)
+    rank, seen = accelerator.process_index, {}
+
+    # Batch norm statistics differ between ranks after training (each updated them with its own batches).
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+    encoder[1].running_mean += 5.0 * rank
+    images = torch.randint(0, 256, (10, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    features = evaluation.features(accelerator, encoder, images, batch_size=4)
+    with torch.no_grad():
+        rank0 = encoder.eval()(images.float() / 255)  # rank 0's statistics, which the exported encoder holds
+    seen["features_use_rank0_statistics"] = torch.allclose(features, rank0, atol=1e-5)
+
+    for name, path in (("same", out), ("per_rank", os.path.join(out, f"node{rank}"))):
+        os.makedirs(path, exist_ok=True)
+        try:
+            distributed.check_same_directory(accelerator, path)
+            seen[name] = "ok"
+        except UserError as e:
+            seen[name] = str(e)
+    seen["decided"] = distributed.decided_by_main(accelerator, lambda: f"rank {accelerator.process_index}")
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(seen, f)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def lag_behind(output_dir):
+    """This process's os.path.isdir/exists do not see checkpoint folders, or output_dir/wandb_run_id, that others
+    created after it started (NFS caches attributes and directory entries for a while)."""
+    steps, run_id = os.path.join(output_dir, "checkpoints", "step_"), os.path.join(output_dir, "wandb_run_id")
+    started, isdir, exists = time.time(), os.path.isdir, os.path.exists
+
+    def fresh(path):
+        path = str(path)
+        return (path.startswith(steps) or path == run_id) and exists(path) and os.stat(path).st_mtime > started
+    os.path.isdir = lambda p: False if fresh(p) else isdir(p)
+    os.path.exists = lambda p: False if fresh(p) else exists(p)
+
+
+def lagging(argv):
+    args = config.validate(config.build_parser("probe").parse_args(argv))
+    accelerator = training.make_accelerator(args)
+    if accelerator.process_index == 1:
+        lag_behind(os.path.abspath(args.output_dir))
+    model = models.build_encoder("simple_cnn", image_size=8)
+    model, optimizer, scheduler, run = training.prepare(args, accelerator, model, training.make_optimizer(args, model),
+                                                        training.index_loader(accelerator, args, 64), "probe")
+    for _ in run.epochs():
+        for indices in run.batches():
+            with accelerator.accumulate(model):
+                loss = model(torch.ones(len(indices), 3, 8, 8)).pow(2).mean()
+                accelerator.backward(loss)
+                if run.gradients_ok(model):
+                    optimizer.step()
+                optimizer.zero_grad()
+            run.track(images=len(indices), samples=len(indices), loss=loss)
+            if run.state.step == 3 and accelerator.is_main_process:
+                os.kill(os.getpid(), signal.SIGUSR1)  # a preemption notice, arriving during step 4
+            run.step_done(scheduler)
+            if run.finished:
+                break
+    run.finish(accelerator.unwrap_model(model), {})
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "checks":
+        checks(sys.argv[2])
+    else:
+        training.cli(lambda: lagging(sys.argv[2:]))

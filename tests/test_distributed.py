@@ -1,0 +1,63 @@
+"""common/distributed.py under a real two-process launch (gloo): what every process must agree on."""
+import json
+import os
+import subprocess
+
+from conftest import REPO, SMALL, accelerate_command, free_port, run_script, wandb_runs
+
+
+def probe(*args):
+    return run_script(["accelerate", "launch", "--config_file", f"{REPO}/accelerate_configs/cpu.yaml",
+                       "--num_processes", "2", "--num_cpu_threads_per_process", "1",
+                       f"{REPO}/tests/distributed_probe.py", *map(str, args)], timeout=300)
+
+
+def test_evaluation_and_directory_checks_agree_over_processes(tmp_path):
+    result = probe("checks", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for seen in ranks:
+        # evaluation on rank 1 used rank 0's batch norm statistics, not its own
+        assert seen["features_use_rank0_statistics"]
+        assert seen["same"] == "ok" and seen["decided"] == "rank 0"
+        # each rank's own folder: every rank refuses, naming the one that cannot see rank 0's file
+        assert "is not the same directory on every node (rank 1 on " in seen["per_rank"]
+        assert "put --output-dir on a file system all nodes share" in seen["per_rank"]
+    assert not list(tmp_path.glob(".same-dir-*"))
+
+
+def test_a_rank_whose_view_of_the_output_dir_lags_still_stops_and_resumes_with_the_others(tmp_path):
+    # Rank 1 sees no checkpoint and no wandb_run_id (NFS attribute caches); rank 0 gets SIGUSR1 on a checkpoint
+    # step. Ranks that decided from their own view would enter different barriers (a hang) or fail to read.
+    out = tmp_path / "run"
+    options = ["lagging", "--batch-size", "8", "--max-steps", "8", "--log-every", "2", "--checkpoint-every", "2",
+               "--report-to", "wandb", "--output-dir", out]
+    stopped = probe(*options)
+    assert stopped.returncode != 0 and "stopping on SIGUSR1 at step 4" in stopped.stdout, stopped.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    resumed = probe(*options)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at step 4 " in resumed.stdout
+    assert json.loads((out / "results.json").read_text())["steps"] == 8
+    run_id = (out / "wandb_run_id").read_text().strip()
+    assert [run.name.endswith(run_id) for run in wandb_runs(out)] == [True, True]
+
+
+def test_each_node_decodes_an_image_folder_once_into_its_own_cache(tmp_path, image_folder):
+    # Two "nodes" of two processes each on this machine, with node-local caches (their own $HOME): the first
+    # process of each node decodes, its node's other process reads that cache.
+    out, port = tmp_path / "out", free_port()
+    options = [*SMALL, "--dataset", "imagefolder", "--data-dir", image_folder, "--image-size", "16",
+               "--batch-size", "4", "--knn-k", "3", "--max-steps", "2", "--skip-eval", "--output-dir", out]
+    nodes = []
+    for node in (0, 1):
+        command = accelerate_command("train_rotation.py", *options, num_processes=4)
+        command[2:2] = ["--num_machines", "2", "--machine_rank", str(node), "--main_process_ip", "127.0.0.1",
+                        "--main_process_port", str(port)]
+        env = {**os.environ, "HOME": str(tmp_path / f"node{node}"), "PYTHONUNBUFFERED": "1"}
+        nodes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)[-4000:]
+    assert [log.count("decoding 18 images") for log in logs] == [1, 1]
+    assert json.loads((out / "results.json").read_text())["world_size"] == 4
