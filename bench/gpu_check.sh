@@ -26,7 +26,6 @@
 # time is process start-up; PARALLEL=0 runs them one after the other), step 7 alone at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-REPO=$PWD
 out=${1:-${OUT:-runs/gpu_check}}
 mkdir -p "$out/logs" || exit 2
 out=$(cd "$out" && pwd)
