@@ -123,11 +123,11 @@ def measure(args) -> dict:
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
                               dynamo_backend="inductor" if args.compile else None)
     dataset = data.load_dataset(opts)
-    encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
+    # limit: the layout the encoder trains in (models.MEMORY_FORMATS); seed: the tutorial's NCHW.
+    layout = torch.contiguous_format if args.measure == "seed" else None
+    encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats(), memory_format=layout)
     head = models.rotation_head(encoder) if args.script == "rotation" else models.projection_head(encoder, 128)
     model = models.EncoderWithHead(encoder, head)
-    if accelerator.device.type == "cuda":
-        model.encoder.use_channels_last()
     optimizer = training.make_optimizer(opts, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     n, dev = args.samples_per_step, accelerator.device
