@@ -4,12 +4,13 @@
     python bench/throughput.py --models simple_cnn                      # CIFAR-sized synthetic data
 
 For each script (rotation, siamese) and model, at the same samples per step (images through the network):
-  limit    forward, backward and optimizer step on batches already on the device: the model's own limit;
+  limit    forward, backward and optimizer step on batches already on the device, in the memory format the
+           encoder trains in (models.MEMORY_FORMATS): the model's own limit;
   project  `python train_<script>.py ... --skip-eval`: the scripts' real code path (uint8 data on the device,
            batched augmentation, rotations or pairs, step, logging), timed over its steady-state log windows;
   seed     the tutorial's RotatedCIFAR10 / SiameseCIFAR10 (per-image PIL, ToTensor, Normalize, rotate) in a
            DataLoader with no workers over in-memory CIFAR arrays (as torchvision's CIFAR10 holds them),
-           feeding the same model the way the tutorial did (siamese: one forward call per side of the pairs).
+           feeding the same model the way the tutorial did (NCHW; siamese: one forward call per side of the pairs).
 efficiency = project / limit, speedup = project / seed. Every measurement runs in a process of its own, so
 its peak memory (GPU: allocated; CPU: resident) is its own.
 """
