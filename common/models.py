@@ -8,6 +8,7 @@ import os
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torchvision.models import resnet18
 
@@ -16,24 +17,6 @@ from common.config import MODELS
 
 CIFAR_MEAN = [125.3 / 255, 123.0 / 255, 113.9 / 255]  # RotNet's normalization, the default without data stats
 CIFAR_STD = [63.0 / 255, 62.1 / 255, 66.7 / 255]
-
-
-class FlattenMap(torch.autograd.Function):
-    """x.flatten(1) (features in (C, H, W) order, whatever the map's layout), whose gradient comes back in the map's
-    memory format. Autograd's own flatten hands a channels_last map an NCHW gradient, and the relu and max-pool
-    backward before it then run on mixed layouts (simple_cnn's head gradient: ~3% of a CPU step)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.shape = x.shape
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last)
-        return x.flatten(1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.reshape(ctx.shape)
-        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
 
 
 class Encoder(nn.Module):
@@ -64,7 +47,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block_features(x)[-1]
-        return FlattenMap.apply(x) if self.pool == "flatten" else x.mean(dim=(2, 3))
+        return x.flatten(1) if self.pool == "flatten" else x.mean(dim=(2, 3))
 
     def set_memory_format(self, memory_format) -> "Encoder":
         """The layout of the conv weights and of the maps (NCHW: torch.contiguous_format; NHWC:
@@ -135,10 +118,22 @@ def build_encoder(model: str, image_size: int = 32, mean=None, std=None, memory_
     return Encoder(model, blocks(), pool, image_size, mean, std, names, memory_format or MEMORY_FORMATS[model])
 
 
+class FeatureLinear(nn.Linear):
+    """nn.Linear (the same parameters) that also takes a flattening encoder's last map as it is: Linear on
+    map.flatten(1) is one convolution whose kernel covers the whole map, the same sums in another order. On CPU
+    oneDNN runs that convolution ~2x faster than Linear's BLAS matmul (simple_cnn's 4096->128: 2.6 against 4.8 ms
+    forward + backward at batch 256), and a channels_last map needs no copy into (C, H, W) order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return F.conv2d(x, self.weight.view(self.out_features, *x.shape[1:]), self.bias).flatten(1)
+        return super().forward(x)
+
+
 def mlp(dims: list) -> nn.Sequential:
     layers = []
-    for d_in, d_out in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(d_in, d_out), nn.ReLU(inplace=True)]
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers += [(FeatureLinear if i == 0 else nn.Linear)(d_in, d_out), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers[:-1])
 
 
@@ -159,8 +154,13 @@ class EncoderWithHead(nn.Module):
     def __init__(self, encoder: Encoder, head: nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
+        first = head[0] if isinstance(head, nn.Sequential) else head
+        # The encoder's features are its last map flattened: a FeatureLinear takes the map itself.
+        self.head_takes_map = encoder.pool == "flatten" and isinstance(first, FeatureLinear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_takes_map:
+            return self.head(self.encoder.block_features(x)[-1])
         return self.head(self.encoder(x))
 
 
