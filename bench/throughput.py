@@ -114,6 +114,18 @@ class SeedSiameseCIFAR10(SeedRotatedCIFAR10):
         return img1, img2, torch.tensor(int(label1 == label2), dtype=torch.float32)
 
 
+def as_the_tutorial_ran_it(model: models.EncoderWithHead) -> models.EncoderWithHead:
+    """The same network and parameters, computed as the seed tutorial computed it: NCHW, and simple_cnn in its
+    SimpleCNN's order (conv, relu, max-pool; flatten, fc). The project's own ways of computing the same function
+    (channels_last, max-pool before relu, the first fc as a convolution over the map) are not the seed's."""
+    model.encoder.set_memory_format(torch.contiguous_format)
+    if model.encoder.name == "simple_cnn":
+        for i, (conv, pool, _) in enumerate(model.encoder.blocks):
+            model.encoder.blocks[i] = torch.nn.Sequential(conv, torch.nn.ReLU(), pool)
+        model.head_takes_map = False  # head(features): the flattened map through a plain Linear
+    return model
+
+
 # ----------------------------------------------------------------------------------------- one measurement
 def measure(args) -> dict:
     """limit or seed for one (script, model): samples/s over >= args.seconds after warm-up, and peak memory."""
@@ -124,11 +136,11 @@ def measure(args) -> dict:
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
                               dynamo_backend="inductor" if args.compile else None)
     dataset = data.load_dataset(opts)
-    # limit: the layout the encoder trains in (models.MEMORY_FORMATS); seed: the tutorial's NCHW.
-    layout = torch.contiguous_format if args.measure == "seed" else None
-    encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats(), memory_format=layout)
+    encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
     head = models.rotation_head(encoder) if args.script == "rotation" else models.projection_head(encoder, 128)
     model = models.EncoderWithHead(encoder, head)
+    if args.measure == "seed":
+        model = as_the_tutorial_ran_it(model)
     optimizer = training.make_optimizer(opts, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     n, dev = args.samples_per_step, accelerator.device
