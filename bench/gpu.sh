@@ -1,7 +1,7 @@
 #!/bin/bash
 # The whole GPU throughput measurement, one table, in under 5 minutes on one H100. The device machine has no
 # dataset, no internet and no wandb: CIFAR-sized synthetic data, --report-to none (the scripts import wandb
-# only when they log to it). bf16 and channels_last are the GPU defaults of bench/throughput.py.
+# only when they log to it). bf16 is bench/throughput.py's GPU default; the encoders build in channels_last themselves.
 #   bash bench/gpu.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

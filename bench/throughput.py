@@ -4,12 +4,13 @@
     python bench/throughput.py --models simple_cnn                      # CIFAR-sized synthetic data
 
 For each script (rotation, siamese) and model, at the same samples per step (images through the network):
-  limit    forward, backward and optimizer step on batches already on the device: the model's own limit;
+  limit    forward, backward and optimizer step on batches already on the device, in the memory format the
+           encoder trains in (models.MEMORY_FORMATS): the model's own limit;
   project  `python train_<script>.py ... --skip-eval`: the scripts' real code path (uint8 data on the device,
            batched augmentation, rotations or pairs, step, logging), timed over its steady-state log windows;
   seed     the tutorial's RotatedCIFAR10 / SiameseCIFAR10 (per-image PIL, ToTensor, Normalize, rotate) in a
            DataLoader with no workers over in-memory CIFAR arrays (as torchvision's CIFAR10 holds them),
-           feeding the same model the way the tutorial did (siamese: one forward call per side of the pairs).
+           feeding the same model the way the tutorial did (NCHW; siamese: one forward call per side of the pairs).
 efficiency = project / limit, speedup = project / seed. Every measurement runs in a process of its own, so
 its peak memory (GPU: allocated; CPU: resident) is its own.
 """
@@ -113,6 +114,18 @@ class SeedSiameseCIFAR10(SeedRotatedCIFAR10):
         return img1, img2, torch.tensor(int(label1 == label2), dtype=torch.float32)
 
 
+def as_the_tutorial_ran_it(model: models.EncoderWithHead) -> models.EncoderWithHead:
+    """The same network and parameters, computed as the seed tutorial computed it: NCHW, and simple_cnn in its
+    SimpleCNN's order (conv, relu, max-pool; flatten, fc). The project's own ways of computing the same function
+    (channels_last, max-pool before relu, the first fc as a convolution over the map) are not the seed's."""
+    model.encoder.set_memory_format(torch.contiguous_format)
+    if model.encoder.name == "simple_cnn":
+        for i, (conv, pool, _) in enumerate(model.encoder.blocks):
+            model.encoder.blocks[i] = torch.nn.Sequential(conv, torch.nn.ReLU(), pool)
+        model.head_takes_map = False  # head(features): the flattened map through a plain Linear
+    return model
+
+
 # ----------------------------------------------------------------------------------------- one measurement
 def measure(args) -> dict:
     """limit or seed for one (script, model): samples/s over >= args.seconds after warm-up, and peak memory."""
@@ -126,8 +139,8 @@ def measure(args) -> dict:
     encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
     head = models.rotation_head(encoder) if args.script == "rotation" else models.projection_head(encoder, 128)
     model = models.EncoderWithHead(encoder, head)
-    if accelerator.device.type == "cuda":
-        model.encoder.use_channels_last()
+    if args.measure == "seed":
+        model = as_the_tutorial_ran_it(model)
     optimizer = training.make_optimizer(opts, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     n, dev = args.samples_per_step, accelerator.device
