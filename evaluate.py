@@ -51,6 +51,7 @@ def parse_args(argv=None):
         (args.probe_lr > 0, f"--probe-lr must be > 0 (got {args.probe_lr})"),
         (args.train_subset is None or args.train_subset > 1, f"--train-subset must be >= 2 (got {args.train_subset})"),
         *config.data_checks(args),
+        *distributed.distributed_checks(args),
     ]
     config.require(checks)
     args.output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.encoder)), "probes.json")

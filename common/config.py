@@ -6,7 +6,7 @@ import platform
 import subprocess
 
 from common import UserError
-from common.distributed import add_distributed_arguments
+from common.distributed import add_distributed_arguments, distributed_checks
 
 MODELS = ("simple_cnn", "resnet18", "nin")
 
@@ -122,6 +122,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.max_steps is None or args.max_steps > 0, f"--max-steps must be >= 1 (got {args.max_steps})"),
         (not (args.skip_eval and args.eval_at_start), "--skip-eval and --eval-at-start contradict: drop one"),
         *data_checks(args),
+        *distributed_checks(args),
         (args.max_grad_norm is None or args.max_grad_norm > 0,
          f"--max-grad-norm must be > 0 (got {args.max_grad_norm})"),
         (args.weight_decay >= 0, f"--weight-decay must be >= 0 (got {args.weight_decay})"),

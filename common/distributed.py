@@ -38,9 +38,12 @@ def make_accelerator(args, **options) -> Accelerator:
     return accelerator
 
 
+def distributed_checks(args) -> list:
+    """(ok, message) checks of the options add_distributed_arguments made (see config.require)."""
+    return [(args.dist_timeout > 0, f"--dist-timeout must be > 0 seconds (got {args.dist_timeout})")]
+
+
 def process_group_options(args) -> InitProcessGroupKwargs:
-    if args.dist_timeout <= 0:
-        raise UserError(f"--dist-timeout must be > 0 seconds (got {args.dist_timeout})")
     # A backend given to a process that was not launched as one of several would make Accelerate look for a
     # process group that does not exist.
     launched = "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -64,9 +67,10 @@ def decided_by_main(accelerator, decide):
     return value
 
 
-def check_same_directory(accelerator, path: str) -> None:
+def probe_shared_directory(accelerator, path: str) -> None:
     """Raises on every process unless `path` is one directory for all of them (a shared file system): a file rank
-    0 writes there must be visible to every rank. Node-local output dirs would give a run in pieces."""
+    0 writes there must be visible to every rank. Node-local output dirs would give a run in pieces. The probe
+    writes a marker file into `path` and removes it before returning."""
     if accelerator.num_processes == 1:
         return
     token = broadcast_object_list([uuid.uuid4().hex])[0]

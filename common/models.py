@@ -56,11 +56,6 @@ class Encoder(nn.Module):
         self.memory_format = memory_format
         return self
 
-    def use_channels_last(self) -> "Encoder":
-        """Kept only while common/training.py and evaluate.py still call it on CUDA (their calls are being
-        deleted: build_encoder already chose the layout); delete with the last caller."""
-        return self.set_memory_format(torch.channels_last)
-
     def config(self) -> dict:
         return {"model": self.name, "image_size": self.image_size, "feature_dim": self.feature_dim,
                 "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}

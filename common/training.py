@@ -67,7 +67,7 @@ def make_accelerator(args) -> Accelerator:
         dynamo_backend="inductor" if args.compile else None,
     )
     check_output_dir(args.output_dir)
-    distributed.check_same_directory(accelerator, args.output_dir)
+    distributed.probe_shared_directory(accelerator, args.output_dir)
     set_seed(args.seed, deterministic=args.deterministic)  # same initial weights on every rank
     return accelerator
 

@@ -32,7 +32,7 @@ def checks(out):
     for name, path in (("same", out), ("per_rank", os.path.join(out, f"node{rank}"))):
         os.makedirs(path, exist_ok=True)
         try:
-            distributed.check_same_directory(accelerator, path)
+            distributed.probe_shared_directory(accelerator, path)
             seen[name] = "ok"
         except UserError as e:
             seen[name] = str(e)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from common import UserError
-from common.models import EncoderWithHead, build_encoder, load_encoder, rotation_head, save_encoder
+from common.models import (MEMORY_FORMATS, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
+                           projection_head, rotation_head, save_encoder, simple_cnn_blocks)
 
 EXPECTED = {  # model: (feature dim, channels of each block's map, spatial side of each block's map) at 32 px
     "simple_cnn": (4096, [32, 64], [16, 8]),
@@ -45,3 +46,53 @@ def test_load_encoder_round_trip(tmp_path, name):
 def test_load_encoder_names_a_wrong_path(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         load_encoder(str(tmp_path))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_feature_linear_on_a_map_is_linear_on_the_flattened_map(memory_format):
+    torch.manual_seed(0)
+    layer = FeatureLinear(64 * 8 * 8, 16)
+    feature_map = torch.randn(5, 64, 8, 8).contiguous(memory_format=memory_format).requires_grad_()
+    flat = feature_map.detach().flatten(1).requires_grad_()  # flatten(1) of (C, H, W): the encoder's feature order
+    out_map, out_flat = layer(feature_map), layer(flat)
+    torch.testing.assert_close(out_map, out_flat, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(out_map)
+    (w_map,) = torch.autograd.grad(out_map, layer.weight, grad)
+    (w_flat,) = torch.autograd.grad(out_flat, layer.weight, grad)
+    torch.testing.assert_close(w_map, w_flat, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make_head", [rotation_head, lambda encoder: projection_head(encoder, 32)])
+def test_a_head_that_takes_the_map_gives_what_it_gives_on_features(make_head):
+    torch.manual_seed(0)
+    encoder = build_encoder("simple_cnn", 32)
+    model = EncoderWithHead(encoder, make_head(encoder))
+    assert model.head_takes_map  # otherwise this test would compare the same path twice
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(model(x), model.head(encoder(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_max_pool_before_relu_gives_the_seeds_maps_and_gradients():
+    """simple_cnn runs conv, max-pool, relu; the seed ran conv, relu, max-pool: same values and gradients."""
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(*simple_cnn_blocks())
+    seeds = torch.nn.Sequential(*[torch.nn.Sequential(block[0], block[2], block[1]) for block in ours])
+    x = torch.randn(4, 3, 32, 32)
+    out_ours, out_seeds = ours(x), seeds(x)
+    assert torch.equal(out_ours, out_seeds)
+    grads_ours = torch.autograd.grad(out_ours.square().sum(), list(ours.parameters()))
+    grads_seeds = torch.autograd.grad(out_seeds.square().sum(), list(ours.parameters()))
+    for a, b in zip(grads_ours, grads_seeds):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_encoders_are_built_in_their_memory_format_and_it_changes_no_value(name):
+    torch.manual_seed(0)
+    encoder = build_encoder(name, 32).eval()
+    conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=MEMORY_FORMATS[name])
+    x = torch.rand(2, 3, 32, 32)
+    nchw = build_encoder(name, 32, memory_format=torch.contiguous_format).eval()
+    nchw.load_state_dict(encoder.state_dict())
+    torch.testing.assert_close(encoder(x), nchw(x), rtol=1e-4, atol=1e-5)

@@ -102,10 +102,17 @@ def test_unwritable_output_dir_is_refused(tmp_path):
         make_accelerator(args)
 
 
-@pytest.mark.parametrize("option, value", [("--lr", "0"), ("--batch-size", "0"), ("--model", "vgg")])
+@pytest.mark.parametrize("option, value", [("--lr", "0"), ("--batch-size", "0"), ("--model", "vgg"),
+                                           ("--dist-timeout", "0")])
 def test_invalid_options_are_user_errors(option, value):
     with pytest.raises(UserError, match=option.lstrip("-").split("-")[0]):
         validate(build_parser("t").parse_args([option, value]))
+
+
+def test_evaluate_checks_the_distributed_options_with_its_others():
+    import evaluate
+    with pytest.raises(UserError, match="--dist-timeout must be > 0"):
+        evaluate.parse_args(["--encoder", "some/final", "--dist-timeout", "0"])
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
