@@ -12,7 +12,7 @@ import os
 import time
 
 import torch
-from common import UserError, config, data, distributed, models, probes, training
+from common import UserError, cli, config, data, distributed, models, probes
 
 
 def parse_args(argv=None):
@@ -26,9 +26,9 @@ def parse_args(argv=None):
                           help="comma-separated blocks to probe (default: all; nin: block1..block4, "
                                "resnet18: stem, layer1..layer4)")
     protocol.add_argument("--classifiers", default="nonlinear,linear", help="any of: nonlinear, linear")
-    protocol.add_argument("--probe-epochs", type=int, default=50, help="RotNet: 50")
-    protocol.add_argument("--probe-batch-size", type=int, default=128, help="RotNet: 128")
-    protocol.add_argument("--probe-lr", type=float, default=0.1, help="x0.2 at 40%%, 80%% and 90%% of the epochs")
+    protocol.add_argument("--classifier-epochs", type=int, default=50, help="RotNet: 50")
+    protocol.add_argument("--classifier-batch-size", type=int, default=128, help="RotNet: 128")
+    protocol.add_argument("--classifier-lr", type=float, default=0.1, help="x0.2 at 40%%, 80%% and 90%% of the epochs")
     protocol.add_argument("--weight-decay", type=float, default=5e-4)
     protocol.add_argument("--train-subset", type=int, default=None,
                           help="probe on this many train images (seeded random choice; default: all), for quick runs")
@@ -46,9 +46,10 @@ def parse_args(argv=None):
     checks = [
         (all(c in probes.CLASSIFIERS for c in args.classifiers),
          f"--classifiers takes nonlinear and/or linear (got {','.join(args.classifiers)})"),
-        (args.probe_epochs > 0, f"--probe-epochs must be >= 1 (got {args.probe_epochs})"),
-        (args.probe_batch_size > 1, f"--probe-batch-size must be >= 2 for batch norm (got {args.probe_batch_size})"),
-        (args.probe_lr > 0, f"--probe-lr must be > 0 (got {args.probe_lr})"),
+        (args.classifier_epochs > 0, f"--classifier-epochs must be >= 1 (got {args.classifier_epochs})"),
+        (args.classifier_batch_size > 1,
+         f"--classifier-batch-size must be >= 2 for batch norm (got {args.classifier_batch_size})"),
+        (args.classifier_lr > 0, f"--classifier-lr must be > 0 (got {args.classifier_lr})"),
         (args.train_subset is None or args.train_subset > 1, f"--train-subset must be >= 2 (got {args.train_subset})"),
         *config.data_checks(args),
         *distributed.distributed_checks(args),
@@ -89,8 +90,8 @@ def main(argv=None):
         began = time.time()
         results[name] = probes.probe_encoder(
             accelerator, encoder, dataset, blocks, args.classifiers, subset, args.eval_batch_size,
-            args.max_feature_dim, epochs=args.probe_epochs, batch_size=args.probe_batch_size, lr=args.probe_lr,
-            weight_decay=args.weight_decay, seed=args.seed)
+            args.max_feature_dim, epochs=args.classifier_epochs, batch_size=args.classifier_batch_size,
+            lr=args.classifier_lr, weight_decay=args.weight_decay, seed=args.seed)
         accelerator.print(f"{name}: probed {len(blocks)} blocks in {time.time() - began:.0f} s")
 
     # Report: the table (with RotNet's figures for NIN), and a JSON of everything needed to compare runs.
@@ -108,10 +109,10 @@ def main(argv=None):
         with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
             f.write(table + "\n")
         print(f"top-1 (%) on {report['test_images']} test images, classifiers trained on "
-              f"{report['train_images']} images for {args.probe_epochs} epochs:\n{table}\n"
+              f"{report['train_images']} images for {args.classifier_epochs} epochs:\n{table}\n"
               f"written: {args.output}; {time.time() - start:.0f} s in all")
     accelerator.wait_for_everyone()  # the others wait for the main process's classifiers: see --dist-timeout
 
 
 if __name__ == "__main__":
-    training.cli(main)
+    cli.run(main)

@@ -3,17 +3,21 @@
 Every image is rotated by 0/90/180/270 degrees and the network learns to tell the angle; the encoder it
 leaves behind is judged by how well its frozen features classify the dataset (k-NN and linear probe).
 
-    accelerate launch --config_file accelerate_configs/cpu.yaml train_rotation.py --dataset synthetic --max-steps 20
+    accelerate launch --cpu train_rotation.py --dataset synthetic --model simple_cnn --max-steps 100
 """
 import torch.nn.functional as F
 
-from common import config, data, evaluation, models, training
+from common import augment, cli, config, data, evaluation, models, training
+
+# Options a checkpoint of this script cannot be resumed under when changed (besides the shared ones).
+MUST_MATCH = ("rotations_per_image",)
 
 
 def parse_args(argv=None):
     parser = config.build_parser(__doc__.strip().splitlines()[0])
     parser.add_argument("--rotations-per-image", type=int, choices=(1, 4), default=4,
-                        help="4: all rotations of each image in one batch (RotNet); 1: one random rotation (the seed)")
+                        help="4: all rotations of each image in one batch (RotNet); 1: one random rotation (the "
+                             "original tutorial's)")
     args = config.validate(parser.parse_args(argv))
     args.augment = args.augment or "crop_flip"
     return args
@@ -27,11 +31,13 @@ def evaluate(accelerator, model, dataset, args, suffix=""):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator = training.make_accelerator(args)
+    accelerator = training.make_accelerator(args)  # also seeds: the run's one seeding point
 
-    # Data: decoded once (main process first, so the others read its cache), then kept on the device as uint8.
-    dataset, train_images = training.load_data(args, accelerator)
-    train_loader = training.index_loader(accelerator, args, len(train_images))
+    # Data: decoded once (each node's first process first, the others read its cache), then kept on the device
+    # as uint8; the loader yields index batches, sharded over the processes by Accelerate.
+    dataset, train_images = data.load_data(args, accelerator)
+    config.require(config.dataset_checks(args, len(train_images)))
+    train_loader = data.index_loader(accelerator, args, len(train_images))
 
     # Model: encoder (the product) + a 4-way rotation head (discarded after training).
     mean, std = dataset.channel_stats()
@@ -40,37 +46,34 @@ def main(argv=None):
 
     # Optimizer and schedule; Accelerate handles devices, DDP, mixed precision and sharding of the loader.
     optimizer = training.make_optimizer(args, model)
-    model, optimizer, scheduler, run = training.prepare(args, accelerator, model, optimizer, train_loader, "rotation")
+    scheduler = training.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 
+    # The run: resumes from OUTPUT_DIR's newest checkpoint if there is one; logs, checkpoints, stops on signals.
+    run = training.Run(args, accelerator, model, optimizer, scheduler, train_loader, "rotation", MUST_MATCH)
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
-        run.record_init_metrics(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))
+        run.log_initial_evaluation(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))
 
     # Loop: each step sees all four rotations of every image in the batch (4x batch-size samples).
     for epoch in run.epochs():
         for indices in run.batches():
             with accelerator.accumulate(model):
-                images = data.augment(train_images[indices], args.augment)
-                inputs, labels = data.rotate(images, args.rotations_per_image)
+                images = augment.augment(train_images[indices], args.augment)
+                inputs, labels = augment.rotate(images, args.rotations_per_image)
                 logits = model(inputs)
                 loss = F.cross_entropy(logits, labels)
                 accelerator.backward(loss)
-                if run.gradients_ok(model):  # on optimizer steps: gradient norm logged, clipped if asked
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            run.track(images=len(indices), samples=len(inputs), loss=loss,
-                      acc=(logits.argmax(1) == labels).float().mean())
-            if accelerator.sync_gradients:
-                run.step_done(scheduler)
-                if run.finished:
-                    break
-        if run.should_evaluate(epoch):
-            run.log(evaluate(accelerator, unwrapped, dataset, args))
-            run.resume_clock()
+                run.optimizer_step()  # on a step's last micro-batch: clip, log the norm, update; zero the grads
+            # After a step's last micro-batch: lr schedule, logs, checkpoint, stop on a preemption signal.
+            run.end_batch(images=len(indices), samples=len(inputs), loss=loss,
+                          acc=(logits.argmax(1) == labels).float().mean())
+        if run.evaluation_due(epoch):
+            run.log_evaluation(evaluate(accelerator, unwrapped, dataset, args))
 
     # Evaluation of the final encoder, then final/, results.json and the tracker's summary.
     run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args))
 
 
 if __name__ == "__main__":
-    training.cli(main)
+    cli.run(main)

@@ -5,13 +5,16 @@ beyond a margin. Pairs come from labels (same class = similar) or, self-supervis
 views of one image = similar). The encoder is judged like the rotation script's (k-NN and linear probe), plus
 the ROC-AUC of embedding distances on balanced test pairs.
 
-    accelerate launch --config_file accelerate_configs/cpu.yaml train_siamese.py --dataset synthetic --max-steps 20
+    accelerate launch --cpu train_siamese.py --dataset synthetic --model simple_cnn --max-steps 100
 """
 import torch
 
-from common import UserError, config, data, evaluation, models, training
-from common.losses import contrastive_loss
+from common import UserError, augment, cli, config, data, evaluation, models, training
+from common.losses import PAIR_LOSSES
 from common.pairs import PairSampler
+
+# Options a checkpoint of this script cannot be resumed under when changed (besides the shared ones).
+MUST_MATCH = ("pairs", "embedding_dim")
 
 
 def parse_args(argv=None):
@@ -19,6 +22,7 @@ def parse_args(argv=None):
     parser.add_argument("--pairs", choices=("label", "augment"), default="label",
                         help="label: same class = similar; augment: two views of one image = similar (no labels)")
     parser.add_argument("--positive-fraction", type=float, default=0.5, help="share of similar pairs")
+    parser.add_argument("--loss", choices=tuple(PAIR_LOSSES), default="contrastive", help="see common/losses.py")
     parser.add_argument("--margin", type=float, default=1.0, help="dissimilar pairs are pushed this far apart")
     parser.add_argument("--embedding-dim", type=int, default=128)
     args = config.validate(parser.parse_args(argv))
@@ -39,48 +43,49 @@ def evaluate(accelerator, model, dataset, args, suffix=""):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator = training.make_accelerator(args)
+    accelerator = training.make_accelerator(args)  # also seeds: the run's one seeding point
 
-    # Data: uint8 images on the device; the loader yields anchor indices, sharded by Accelerate.
-    dataset, train_images = training.load_data(args, accelerator)
-    train_loader = training.index_loader(accelerator, args, len(train_images))
+    # Data: uint8 images on the device; the loader yields anchor indices, sharded by Accelerate; each anchor's
+    # partner is a pure function of (seed, epoch, index).
+    dataset, train_images = data.load_data(args, accelerator)
+    config.require(config.dataset_checks(args, len(train_images)))
+    train_loader = data.index_loader(accelerator, args, len(train_images))
     pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed).to(accelerator.device)
 
     # Model: the shared encoder (the product) + a projection to the embedding compared by the loss.
     mean, std = dataset.channel_stats()
     encoder = models.build_encoder(args.model, args.image_size, mean, std)
     model = models.EncoderWithHead(encoder, models.projection_head(encoder, args.embedding_dim))
+    loss_fn = PAIR_LOSSES[args.loss]
 
+    # Optimizer and schedule; Accelerate handles devices, DDP, mixed precision and sharding of the loader.
     optimizer = training.make_optimizer(args, model)
-    model, optimizer, scheduler, run = training.prepare(args, accelerator, model, optimizer, train_loader, "siamese")
+    scheduler = training.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 
+    # The run: resumes from OUTPUT_DIR's newest checkpoint if there is one; logs, checkpoints, stops on signals.
+    run = training.Run(args, accelerator, model, optimizer, scheduler, train_loader, "siamese", MUST_MATCH)
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
-        run.record_init_metrics(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))
+        run.log_initial_evaluation(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))
 
     # Loop: both images of every pair go through the encoder in one forward pass (one DDP call per step).
     for epoch in run.epochs():
         for anchors in run.batches():
             with accelerator.accumulate(model):
                 partners, similar = pairs(anchors, epoch)
-                views = data.augment(torch.cat([train_images[anchors], train_images[partners]]), args.augment)
+                views = augment.augment(torch.cat([train_images[anchors], train_images[partners]]), args.augment)
                 emb_anchor, emb_partner = model(views).chunk(2)
-                loss = contrastive_loss(emb_anchor, emb_partner, similar, args.margin)
+                loss = loss_fn(emb_anchor, emb_partner, similar, args.margin)
                 accelerator.backward(loss)
-                if run.gradients_ok(model):  # on optimizer steps: gradient norm logged, clipped if asked
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            run.track(images=len(anchors), samples=2 * len(anchors), loss=loss, positive_fraction=similar.mean())
-            if accelerator.sync_gradients:
-                run.step_done(scheduler)
-                if run.finished:
-                    break
-        if run.should_evaluate(epoch):
-            run.log(evaluate(accelerator, unwrapped, dataset, args))
-            run.resume_clock()
+                run.optimizer_step()  # on a step's last micro-batch: clip, log the norm, update; zero the grads
+            # After a step's last micro-batch: lr schedule, logs, checkpoint, stop on a preemption signal.
+            run.end_batch(images=len(anchors), samples=2 * len(anchors), loss=loss, positive_fraction=similar.mean())
+        if run.evaluation_due(epoch):
+            run.log_evaluation(evaluate(accelerator, unwrapped, dataset, args))
 
     run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args))
 
 
 if __name__ == "__main__":
-    training.cli(main)
+    cli.run(main)

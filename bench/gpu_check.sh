@@ -153,7 +153,7 @@ train_and_eval() {  # train_and_eval DIR SCRIPT PRECISION
   local dir=$1 script=$2 prec=$3 run=$1/run
   launcher 2 "$prec"
   run_cmd "${L[@]}" "train_$script.py" "${DATA[@]}" --model "$BN_MODEL" --batch-size "$BATCH" --epochs 2 \
-    --eval-at-start --eval-every 1 --eval-batch-size "$EVAL_BATCH" --probe-epochs "$PROBE_EPOCHS" \
+    --eval-at-start --eval-every 1 --eval-batch-size "$EVAL_BATCH" --linear-probe-epochs "$PROBE_EPOCHS" \
     --log-every 4 --checkpoint-every 1000 --output-dir "$run" "${DIST[@]}" || die "the run $(failed $?)"
   keep "$run"
   python - "$run" "$script" "$prec" "$dir/extra.json" "$dir/detail" <<'EOF' || exit 1
@@ -164,7 +164,7 @@ lines = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()]
 task = "eval/rotation_acc" if script == "rotation" else "eval/pair_auc"
 number = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
 problems, values = [], {}
-for key in ("eval/knn_acc", "eval/linear_acc", task):
+for key in ("eval/knn_acc", "eval/linear_probe_acc", task):
     for name in (key + "_init", key):
         values[name] = r.get(name)
         if not number(values[name]):
@@ -186,7 +186,7 @@ if prec != "fp16" and scaler:
     problems.append(f"{prec} but a GradScaler ran (train/amp_skipped_steps logged)")
 f = lambda k: "%.3f" % values[k] if number(values.get(k)) else str(values.get(k))
 detail = (f"{r.get('steps')} steps, evaluated at steps {evals}; knn {f('eval/knn_acc')} (init {f('eval/knn_acc_init')}), "
-          f"linear {f('eval/linear_acc')} (init {f('eval/linear_acc_init')}), {task[5:]} {f(task)} "
+          f"linear {f('eval/linear_probe_acc')} (init {f('eval/linear_probe_acc_init')}), {task[5:]} {f(task)} "
           f"(init {f(task + '_init')})"
           + (f"; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "")
           + (f"; fp16 overflow steps {scaler[-1]}" if scaler else "")
@@ -319,7 +319,7 @@ step_evaluate() {
       --skip-eval --output-dir "$dir/pretrain" "${DIST[@]}" || die "training an encoder $(failed $?)"
   fi
   run_cmd "${L[@]}" evaluate.py --encoder "$encoder" --dataset synthetic --synthetic-size "$SIZE" \
-    --probe-epochs 2 --eval-batch-size "$EVAL_BATCH" --output "$dir/probes.json" "${DIST[@]}" \
+    --classifier-epochs 2 --eval-batch-size "$EVAL_BATCH" --output "$dir/probes.json" "${DIST[@]}" \
     || die "evaluate.py $(failed $?)"
   keep "$dir"
   python - "$dir/probes.json" "$dir/extra.json" "$dir/detail" <<'EOF' || exit 1
@@ -387,7 +387,7 @@ rows = json.load(open(os.path.join(sys.argv[1], "throughput_gpu.json")))["rows"]
 compiled = os.path.join(sys.argv[1], "throughput_gpu_compiled.json")
 rows += [dict(r, model=r["model"] + "+compile") for r in json.load(open(compiled))["rows"]] if os.path.exists(compiled) else []
 parts = [f"{r['script']} {r['model']}: {r['project']['samples_per_s']:.0f} samples/s, efficiency {r['efficiency']:.2f}, "
-         f"{r['project']['samples_per_s'] / r['seed']['samples_per_s']:.1f}x seed" for r in rows]
+         f"{r['project']['samples_per_s'] / r['tutorial']['samples_per_s']:.1f}x tutorial" for r in rows]
 json.dump({"rows": rows}, open(sys.argv[2], "w"))
 open(sys.argv[3], "a").write("; ".join(parts))
 print("; ".join(parts))

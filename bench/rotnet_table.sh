@@ -50,7 +50,7 @@ start=$SECONDS
   ${PRETRAIN_ARGS:-} 2>&1 | tee "$out/pretrain.log"
 pretrain_s=$((SECONDS - start))
 
-"${launch[@]}" evaluate.py --encoder "$out/pretrain/final" "${data[@]}" --probe-epochs "${PROBE_EPOCHS:-50}" \
+"${launch[@]}" evaluate.py --encoder "$out/pretrain/final" "${data[@]}" --classifier-epochs "${PROBE_EPOCHS:-50}" \
   "${subset[@]}" --output "$out/rotnet_table.json" 2>&1 | tee "$out/evaluate.log"
 echo "pretrain: ${pretrain_s} s, probes: $((SECONDS - start - pretrain_s)) s, total: $((SECONDS - start)) s" \
   | tee "$out/time.txt"

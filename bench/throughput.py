@@ -1,4 +1,4 @@
-"""Throughput: the model's own limit, this project's training end to end, and the seed tutorial's pipeline.
+"""Throughput: the model's own limit, this project's training end to end, and the original tutorial's pipeline.
 
     python bench/throughput.py --data-dir ../shared/data/cifar10-jpeg   # real CIFAR-10 (ImageFolder copy)
     python bench/throughput.py --models simple_cnn                      # CIFAR-sized synthetic data
@@ -8,10 +8,10 @@ For each script (rotation, siamese) and model, at the same samples per step (ima
            encoder trains in (models.MEMORY_FORMATS): the model's own limit;
   project  `python train_<script>.py ... --skip-eval`: the scripts' real code path (uint8 data on the device,
            batched augmentation, rotations or pairs, step, logging), timed over its steady-state log windows;
-  seed     the tutorial's RotatedCIFAR10 / SiameseCIFAR10 (per-image PIL, ToTensor, Normalize, rotate) in a
+  tutorial the tutorial's RotatedCIFAR10 / SiameseCIFAR10 (per-image PIL, ToTensor, Normalize, rotate) in a
            DataLoader with no workers over in-memory CIFAR arrays (as torchvision's CIFAR10 holds them),
            feeding the same model the way the tutorial did (NCHW; siamese: one forward call per side of the pairs).
-efficiency = project / limit, speedup = project / seed. Every measurement runs in a process of its own, so
+efficiency = project / limit, speedup = project / tutorial. Every measurement runs in a process of its own, so
 its peak memory (GPU: allocated; CPU: resident) is its own.
 """
 import argparse
@@ -30,11 +30,11 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # glibc hands large blocks (activations) back to the OS after every step and page-faults them in again on the
 # next; on this project's CPU VM that costs ~40% of a simple_cnn step and makes timings noisy. Every measurement
-# (limit, project and seed alike) runs with the allocator keeping its memory. No effect on GPU memory.
+# (limit, project and tutorial alike) runs with the allocator keeping its memory. No effect on GPU memory.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 32),
               "MALLOC_TOP_PAD_": str(2 ** 29)}
 sys.path.insert(0, REPO)
-from common import config, data, models, training  # noqa: E402
+from common import augment, config, data, distributed, models, training  # noqa: E402
 from common.losses import contrastive_loss  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def parse_args():
     p.add_argument("--data-dir", help="ImageFolder copy of CIFAR-10 (train/, test/); default: synthetic, 50k")
     p.add_argument("--synthetic-size", type=int, default=50000, help="train images of the synthetic data")
     p.add_argument("--scripts", nargs="+", default=["rotation", "siamese"], choices=("rotation", "siamese"))
-    p.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"], choices=config.MODELS)
+    p.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"], choices=tuple(models.MODELS))
     p.add_argument("--samples-per-step", type=int, default=None,
                    help="images through the network per step (default: 512 on a GPU, RotNet's 128 x 4; 256 on CPU)")
     p.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default: GPU 5, CPU 10)")
@@ -54,7 +54,7 @@ def parse_args():
                    help="default: bf16 on a GPU, no on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in all three")
     p.add_argument("--json", help="also write the rows here")
-    p.add_argument("--measure", choices=("limit", "seed"), help=argparse.SUPPRESS)  # one measurement, internal
+    p.add_argument("--measure", choices=("limit", "tutorial"), help=argparse.SUPPRESS)  # one measurement, internal
     p.add_argument("--script", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -84,8 +84,8 @@ def script_args(args, script: str, model: str) -> argparse.Namespace:
     return config.validate(config.build_parser("bench").parse_args(script_argv(args, script, model)))
 
 
-# -------------------------------------------------------------------------------------------- the seed's data
-class SeedRotatedCIFAR10(torch.utils.data.Dataset):
+# ---------------------------------------------------------------------------------------- the tutorial's data
+class TutorialRotatedCIFAR10(torch.utils.data.Dataset):
     """The tutorial's RotatedCIFAR10: CIFAR10.__getitem__ (PIL image, transform), then one random rotation."""
 
     def __init__(self, images, labels, transform):
@@ -105,8 +105,8 @@ class SeedRotatedCIFAR10(torch.utils.data.Dataset):
         return transforms.functional.rotate(img, rotation), rotation // 90
 
 
-class SeedSiameseCIFAR10(SeedRotatedCIFAR10):
-    """The tutorial's SiameseCIFAR10: a random partner (label = same class; ~90% negative, as the seed had it)."""
+class TutorialSiameseCIFAR10(TutorialRotatedCIFAR10):
+    """The tutorial's SiameseCIFAR10: a random partner (label = same class; ~90% negative, as the tutorial had it)."""
 
     def __getitem__(self, index):
         img1, label1 = self.item(index)
@@ -115,9 +115,9 @@ class SeedSiameseCIFAR10(SeedRotatedCIFAR10):
 
 
 def as_the_tutorial_ran_it(model: models.EncoderWithHead) -> models.EncoderWithHead:
-    """The same network and parameters, computed as the seed tutorial computed it: NCHW, and simple_cnn in its
+    """The same network and parameters, computed as the tutorial computed it: NCHW, and simple_cnn in its
     SimpleCNN's order (conv, relu, max-pool; flatten, fc). The project's own ways of computing the same function
-    (channels_last, max-pool before relu, the first fc as a convolution over the map) are not the seed's."""
+    (channels_last, max-pool before relu, the first fc as a convolution over the map) are not the tutorial's."""
     model.encoder.set_memory_format(torch.contiguous_format)
     if model.encoder.name == "simple_cnn":
         for i, (conv, pool, _) in enumerate(model.encoder.blocks):
@@ -128,18 +128,17 @@ def as_the_tutorial_ran_it(model: models.EncoderWithHead) -> models.EncoderWithH
 
 # ----------------------------------------------------------------------------------------- one measurement
 def measure(args) -> dict:
-    """limit or seed for one (script, model): samples/s over >= args.seconds after warm-up, and peak memory."""
-    from accelerate import Accelerator
+    """limit or tutorial for one (script, model): samples/s over >= args.seconds after warm-up, and peak memory."""
     from torchvision import transforms
 
     opts = script_args(args, args.script, args.model)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
-                              dynamo_backend="inductor" if args.compile else None)
+    accelerator = distributed.make_accelerator(opts, mixed_precision=args.mixed_precision,
+                                               dynamo_backend="inductor" if args.compile else None)
     dataset = data.load_dataset(opts)
     encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
     head = models.rotation_head(encoder) if args.script == "rotation" else models.projection_head(encoder, 128)
     model = models.EncoderWithHead(encoder, head)
-    if args.measure == "seed":
+    if args.measure == "tutorial":
         model = as_the_tutorial_ran_it(model)
     optimizer = training.make_optimizer(opts, model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -149,7 +148,7 @@ def measure(args) -> dict:
         with accelerator.autocast():
             if args.script == "rotation":
                 loss = F.cross_entropy(model(inputs), targets)
-            elif args.measure == "seed":  # the seed's SiameseNetwork: forward_once(img1), forward_once(img2)
+            elif args.measure == "tutorial":  # the tutorial's SiameseNetwork: forward_once(img1), forward_once(img2)
                 loss = contrastive_loss(model(inputs[0]), model(inputs[1]), targets, 1.0)
             else:  # the project's: both images of every pair in one forward pass
                 a, b = model(inputs).chunk(2)
@@ -165,30 +164,30 @@ def measure(args) -> dict:
         for i in range(16):
             chunk = images[(torch.arange(opts.batch_size) + i * opts.batch_size) % len(images)]
             if args.script == "rotation":
-                pool.append(data.rotate(data.augment(chunk.to(dev), opts.augment or "crop_flip"), 4))
+                pool.append(augment.rotate(augment.augment(chunk.to(dev), opts.augment or "crop_flip"), 4))
             else:
                 partners = images[torch.randint(0, len(images), (len(chunk),))]
                 similar = (torch.rand(len(chunk)) < 0.5).float()
-                pool.append((data.augment(torch.cat([chunk, partners]).to(dev)), similar.to(dev)))
+                pool.append((augment.augment(torch.cat([chunk, partners]).to(dev)), similar.to(dev)))
         batches = (pool[i % len(pool)] for i in range(10 ** 9))
     else:
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
         images, labels = dataset.train_images.permute(0, 2, 3, 1).numpy(), dataset.train_labels.tolist()
         if args.script == "rotation":
-            loader = torch.utils.data.DataLoader(SeedRotatedCIFAR10(images, labels, transform), batch_size=n,
+            loader = torch.utils.data.DataLoader(TutorialRotatedCIFAR10(images, labels, transform), batch_size=n,
                                                  shuffle=True, drop_last=True)
         else:
-            loader = torch.utils.data.DataLoader(SeedSiameseCIFAR10(images, labels, transform),
+            loader = torch.utils.data.DataLoader(TutorialSiameseCIFAR10(images, labels, transform),
                                                  batch_size=n // 2, shuffle=True, drop_last=True)
 
-        def seed_batches():
+        def tutorial_batches():
             while True:
                 for batch in loader:
                     if args.script == "rotation":
                         yield batch[0].to(dev), batch[1].to(dev)
                     else:
                         yield (batch[0].to(dev), batch[1].to(dev)), batch[2].to(dev)
-        batches = seed_batches()
+        batches = tutorial_batches()
 
     def run(min_steps, min_seconds):
         steps, start = 0, time.perf_counter()
@@ -254,8 +253,8 @@ def main():
           f"{args.data_dir or f'synthetic ({args.synthetic_size} train images)'}; {args.samples_per_step} samples/step; "
           f"precision {args.mixed_precision}{'; compiled' if args.compile else ''}; best of {args.repeats}; "
           f"{' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())}", flush=True)
-    header = (f"{'script':9} {'model':11} {'limit/s':>9} {'project/s':>9} {'seed/s':>9} {'efficiency':>10} "
-              f"{'seed eff':>8} {'speedup':>7}  peak MB limit/project/seed")
+    header = (f"{'script':9} {'model':11} {'limit/s':>9} {'project/s':>9} {'tutorial/s':>10} {'efficiency':>10} "
+              f"{'tut. eff':>8} {'speedup':>7}  peak MB limit/project/tutorial")
     print(header, flush=True)
     rows = []
     for model in args.models:
@@ -264,19 +263,19 @@ def main():
             for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits all three alike
                 limit = run_measurement(args, "limit", script, model)
                 for kind, result in (("limit", limit), ("project", run_project(args, script, model, limit)),
-                                     ("seed", run_measurement(args, "seed", script, model))):
+                                     ("tutorial", run_measurement(args, "tutorial", script, model))):
                     if result["samples_per_s"] > best.get(kind, {"samples_per_s": 0})["samples_per_s"]:
                         best[kind] = result
-            limit, project, seed = best["limit"], best["project"], best["seed"]
-            row = {"script": script, "model": model, "limit": limit, "project": project, "seed": seed,
+            limit, project, tutorial = best["limit"], best["project"], best["tutorial"]
+            row = {"script": script, "model": model, "limit": limit, "project": project, "tutorial": tutorial,
                    "efficiency": project["samples_per_s"] / limit["samples_per_s"],
-                   "seed_efficiency": seed["samples_per_s"] / limit["samples_per_s"],
-                   "speedup": project["samples_per_s"] / seed["samples_per_s"]}
+                   "tutorial_efficiency": tutorial["samples_per_s"] / limit["samples_per_s"],
+                   "speedup": project["samples_per_s"] / tutorial["samples_per_s"]}
             rows.append(row)
             print(f"{script:9} {model:11} {limit['samples_per_s']:9.0f} {project['samples_per_s']:9.0f} "
-                  f"{seed['samples_per_s']:9.0f} {row['efficiency']:10.2f} {row['seed_efficiency']:8.2f} "
+                  f"{tutorial['samples_per_s']:10.0f} {row['efficiency']:10.2f} {row['tutorial_efficiency']:8.2f} "
                   f"{row['speedup']:6.1f}x  {limit['peak_memory_mb']:.0f}/{project['peak_memory_mb']:.0f}/"
-                  f"{seed['peak_memory_mb']:.0f}", flush=True)
+                  f"{tutorial['peak_memory_mb']:.0f}", flush=True)
     print("samples = images through the network (rotation: 4 per image; siamese: 2 per pair)")
     if args.json:
         with open(args.json, "w") as f:

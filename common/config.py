@@ -5,22 +5,20 @@ import os
 import platform
 import subprocess
 
-from common import UserError
+from common import UserError, augment, models
 from common.distributed import add_distributed_arguments, distributed_checks
-
-MODELS = ("simple_cnn", "resnet18", "nin")
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """Options every script takes. Defaults follow RotNet's CIFAR-10 recipe (Gidaris et al. 2018)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = add_data_arguments(p)
-    data.add_argument("--augment", choices=("crop_flip", "simclr", "none"), default=None,
+    data.add_argument("--augment", choices=tuple(augment.AUGMENTATIONS), default=None,
                       help="crop_flip: RotNet's crop + flip; simclr: + resized crops and color jitter; none "
                            "(default: crop_flip; train_siamese.py --pairs augment: simclr)")
 
     model = p.add_argument_group("model")
-    model.add_argument("--model", default="resnet18", help=f"encoder: one of {', '.join(MODELS)}")
+    model.add_argument("--model", default="resnet18", help=f"encoder: one of {', '.join(models.MODELS)}")
     model.add_argument("--compile", action="store_true",
                        help="torch.compile the model (Accelerate's dynamo backend 'inductor'); first steps are slow")
 
@@ -33,7 +31,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                           "processes and --grad-accum micro-batches: the same recipe on any number of GPUs")
     opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     opt.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
-                     help="sgd is Nesterov, momentum 0.9; default: see RECIPES (sgd, simple_cnn: adamw)")
+                     help="sgd is Nesterov, momentum 0.9; default: the model's recipe (sgd, simple_cnn: adamw)")
     opt.add_argument("--lr", type=float, default=None, help="default: 0.1 (simple_cnn: 0.001)")
     opt.add_argument("--weight-decay", type=float, default=5e-4)
     opt.add_argument("--schedule", choices=("step", "cosine", "constant"), default=None,
@@ -79,7 +77,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     ev.add_argument("--eval-batch-size", type=int, default=512)
     ev.add_argument("--knn-k", type=int, default=20)
     ev.add_argument("--knn-temperature", type=float, default=0.07)
-    ev.add_argument("--probe-epochs", type=int, default=30, help="epochs of the linear probe on frozen features")
+    ev.add_argument("--linear-probe-epochs", type=int, default=30,
+                    help="epochs of the linear probe (eval/linear_probe_acc) on the frozen encoder's features")
     return p
 
 
@@ -100,18 +99,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, image_size=32):
     return data
 
 
-# Optimizer defaults by model. RotNet's recipe (SGD Nesterov, lr 0.1, step schedule) needs batch norm; the seed's
-# simple_cnn has none, and with it that recipe taught its features nothing in an epoch on CIFAR-10 (k-NN 0.507
-# against 0.509 untrained), where the seed's own Adam at 1e-3 gave 0.542. Explicit options always win.
-RECIPES = {"simple_cnn": {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant"}}
-ROTNET_RECIPE = {"optimizer": "sgd", "lr": 0.1, "schedule": "step"}
-
-
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Fill model-dependent defaults; reject option values that would fail late or silently, saying what to do."""
-    if args.model not in MODELS:
-        raise UserError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
-    for name, value in RECIPES.get(args.model, ROTNET_RECIPE).items():
+    for name, value in models.model_spec(args.model).recipe.items():  # explicit options win
         if getattr(args, name) is None:
             setattr(args, name, value)
     checks = [
@@ -132,7 +122,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.eval_every >= 0, f"--eval-every must be >= 0 (got {args.eval_every})"),
         (args.knn_k > 0, f"--knn-k must be >= 1 (got {args.knn_k})"),
         (args.knn_temperature > 0, f"--knn-temperature must be > 0 (got {args.knn_temperature})"),
-        (args.probe_epochs > 0, f"--probe-epochs must be >= 1 (got {args.probe_epochs})"),
+        (args.linear_probe_epochs > 0, f"--linear-probe-epochs must be >= 1 (got {args.linear_probe_epochs})"),
     ]
     require(checks)
     return args
@@ -142,6 +132,12 @@ def data_checks(args: argparse.Namespace) -> list:
     """(ok, message) checks of the options add_data_arguments made (an unset --image-size is not checked)."""
     return [(args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
             (args.image_size is None or args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})")]
+
+
+def dataset_checks(args: argparse.Namespace, num_train_images: int) -> list:
+    """(ok, message) checks of the options against the train split, once it is loaded."""
+    return [(args.knn_k <= num_train_images, f"--knn-k {args.knn_k} is larger than the train split "
+                                             f"({num_train_images} images): lower it")]
 
 
 def require(checks: list) -> None:

@@ -1,10 +1,9 @@
-"""Datasets as uint8 tensors, and the batched augmentations that run on the training device.
+"""Datasets as uint8 tensors on the training device, and the order their batches are drawn in.
 
 Every dataset is decoded once into (N, 3, H, W) uint8 plus int64 labels. Training batches index that tensor
-on the device (airbench's way); crops, flips and rotations are tensor ops on whole batches, never per-image PIL.
+on the device (airbench's way) with index batches from a seeded loader; common/augment.py transforms them there.
 """
 import hashlib
-import math
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -188,91 +187,38 @@ def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: b
     return data
 
 
-# ------------------------------------------------------------------------------- batched device transforms
-def random_crop_flip(images: torch.Tensor, pad: int) -> torch.Tensor:
-    """RandomCrop(size, padding=pad) + RandomHorizontalFlip for a whole uint8 batch, as one gather along each
-    image's flattened padded plane (4x faster on CPU than advanced indexing)."""
-    n, c, h, w = images.shape
-    dev = images.device
-    padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=dev)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=dev)
-    flip = torch.rand(n, 1, 1, device=dev) < 0.5
-    cols = torch.arange(w, device=dev).view(1, 1, w)
-    cols = torch.where(flip, w - 1 - cols, cols) + dx  # a flip is the crop's columns read backwards
-    rows = torch.arange(h, device=dev).view(1, h, 1) + dy
-    index = (rows * (w + 2 * pad) + cols).view(n, 1, h * w).expand(n, c, h * w)
-    return padded.view(n, c, -1).gather(2, index).view(n, c, h, w)
+# ------------------------------------------------------------------------------------------ on the device
+def load_data(args, accelerator):
+    """The dataset, decoded by each node's first process first (the node's other processes then read its cache,
+    which may be node-local), and its train images moved to the device as uint8, where the batches are indexed
+    and augmented."""
+    with accelerator.local_main_process_first():
+        dataset = load_dataset(args)
+    return dataset, dataset.train_images.to(accelerator.device)
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [0, 1]; the encoder normalizes (see models.Encoder)."""
-    return images.float().div_(255)
+def micro_batch_size(args, num_processes: int) -> int:
+    """Images per process per micro-batch: --batch-size is the global batch of one optimizer step, so a recipe
+    means the same (samples per step, steps per epoch, lr) on any number of processes."""
+    parts = num_processes * args.grad_accum
+    if args.batch_size % parts:
+        raise UserError(f"--batch-size {args.batch_size} (images per optimizer step, over all processes) does not "
+                        f"divide into {num_processes} processes x {args.grad_accum} accumulation steps: "
+                        f"use a multiple of {parts}")
+    return args.batch_size // parts
 
 
-def random_resized_crop_flip(x: torch.Tensor, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """RandomResizedCrop + RandomHorizontalFlip for a float batch: one affine grid_sample, per-image parameters."""
-    n, dev = x.shape[0], x.device
-    area = torch.empty(n, device=dev).uniform_(*scale)
-    log_ratio = torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
-    w = (area * log_ratio.exp()).sqrt().clamp(max=1)  # crop width and height as fractions of the image
-    h = (area / log_ratio.exp()).sqrt().clamp(max=1)
-    cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - w)  # crop center, kept inside the image
-    cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
-    zero = torch.zeros(n, device=dev)
-    theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+def index_loader(accelerator, args, num_samples: int):
+    """Batches of sample indices for this process's micro-batches; the images stay on the device and are indexed
+    there. Pinned on a GPU, so Accelerate's copy of each batch to the device does not make the host wait.
 
-
-def grayscale(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
-
-
-def color_jitter(x: torch.Tensor, strength=0.4, p=0.8, gray_p=0.2) -> torch.Tensor:
-    """Brightness, contrast and saturation jitter (applied with probability p), then random grayscale."""
-    n, dev = x.shape[0], x.device
-
-    def factor():
-        return torch.empty(n, 1, 1, 1, device=dev).uniform_(1 - strength, 1 + strength)
-
-    jittered = x * factor()
-    mean = grayscale(jittered).mean(dim=(1, 2, 3), keepdim=True)
-    jittered = (jittered - mean) * factor() + mean
-    gray = grayscale(jittered)
-    jittered = (gray + (jittered - gray) * factor()).clamp(0, 1)
-    x = torch.where(torch.rand(n, 1, 1, 1, device=dev) < p, jittered, x)
-    return torch.where(torch.rand(n, 1, 1, 1, device=dev) < gray_p, grayscale(x), x)
-
-
-def augment(images: torch.Tensor, kind: str = "crop_flip") -> torch.Tensor:
-    """uint8 batch -> augmented float batch in [0, 1].
-
-    crop_flip: RotNet's recipe, crop with 1/8 padding (4 px at 32) and horizontal flip.
-    simclr: SimCLR's views (random resized crop 0.2-1, flip, color jitter 0.4, grayscale 0.2): a contrastive
-    pair of two views of one image needs them, or the network matches views by their pixels alone.
-    """
-    if kind == "none":
-        return to_float(images)
-    if kind == "simclr":
-        return color_jitter(random_resized_crop_flip(to_float(images)))
-    return to_float(random_crop_flip(images, pad=max(1, images.shape[-1] // 8)))
-
-
-def rotate(images: torch.Tensor, rotations_per_image: int = 4):
-    """Rotations by k*90 degrees counter-clockwise, label k (0..3).
-
-    rotations_per_image=4: all four copies of every image in the batch (RotNet); returns 4N samples ordered
-    [all images at 0, all at 90, all at 180, all at 270]. rotations_per_image=1: one random k per image.
-    """
-    n = images.shape[0]
-    if rotations_per_image == 4:
-        rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
-        labels = torch.arange(4, device=images.device).repeat_interleave(n)
-        return rotated, labels
-    labels = torch.randint(0, 4, (n,), device=images.device)
-    # All four rotations, then each image's own picked by index: a boolean mask would make the host wait for
-    # the device to count its elements.
-    every = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
-    return every[labels, torch.arange(n, device=images.device)], labels
+    The loader gets a generator of its own: without one, every new iterator draws a seed from the global RNG (at
+    the start of an epoch; mid-epoch after a resume), shifting the augmentations a resumed run draws."""
+    if num_samples < args.batch_size:
+        raise UserError(f"the train split ({num_samples} images) is smaller than one --batch-size "
+                        f"({args.batch_size}): lower it")
+    batch = micro_batch_size(args, accelerator.num_processes)
+    # Per process: Accelerate's prepare shards the sampler, each process taking every num_processes-th batch.
+    return torch.utils.data.DataLoader(torch.arange(num_samples), batch_size=batch, shuffle=True, drop_last=True,
+                                       generator=torch.Generator().manual_seed(0),
+                                       pin_memory=accelerator.device.type == "cuda")

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import distributed, media
-from common.data import to_float
+from common.augment import to_float
 
 
 @torch.no_grad()
@@ -94,7 +94,8 @@ def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, ep
 
 
 def encoder_metrics(accelerator, encoder, data, args) -> dict:
-    """eval/knn_acc and eval/linear_acc of the frozen encoder: train split as memory / probe data, test split scored."""
+    """eval/knn_acc and eval/linear_probe_acc of the frozen encoder: the train split as memory / probe data, the
+    test split scored."""
     train_feats = features(accelerator, encoder, data.train_images, args.eval_batch_size)
     test_feats = features(accelerator, encoder, data.test_images, args.eval_batch_size)
     if not accelerator.is_main_process:
@@ -102,8 +103,8 @@ def encoder_metrics(accelerator, encoder, data, args) -> dict:
     return {
         "eval/knn_acc": knn_accuracy(train_feats, data.train_labels, test_feats, data.test_labels,
                                      args.knn_k, args.knn_temperature),
-        "eval/linear_acc": linear_probe_accuracy(train_feats, data.train_labels, test_feats, data.test_labels,
-                                                 epochs=args.probe_epochs, seed=args.seed),
+        "eval/linear_probe_acc": linear_probe_accuracy(train_feats, data.train_labels, test_feats, data.test_labels,
+                                                 epochs=args.linear_probe_epochs, seed=args.seed),
     }
 
 

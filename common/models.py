@@ -1,10 +1,13 @@
 """Encoders (the product), heads (thrown away after training), and encoder export/import.
 
 An Encoder takes float RGB images in [0, 1], shape (N, 3, H, W), normalizes them itself and returns (N, D)
-features, so an exported encoder needs nothing but its own folder to be used.
+features, so an exported encoder needs nothing but its own folder to be used. Each model is one entry of MODELS
+(its blocks, pooling, layout, heads and optimizer recipe): a new model is a blocks function and an entry here.
 """
 import json
 import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -13,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from torchvision.models import resnet18
 
 from common import UserError
-from common.config import MODELS
 
 CIFAR_MEAN = [125.3 / 255, 123.0 / 255, 113.9 / 255]  # RotNet's normalization, the default without data stats
 CIFAR_STD = [63.0 / 255, 62.1 / 255, 66.7 / 255]
@@ -86,31 +88,57 @@ def resnet18_blocks() -> list:
 
 
 def simple_cnn_blocks() -> list:
-    """The seed tutorial's SimpleCNN convolutions; its features are the flattened last map (4096-d at 32 px).
+    """The tutorial's SimpleCNN convolutions; its features are the flattened last map (4096-d at 32 px).
 
-    The seed's conv, relu, max-pool, with the max-pool first: max-pooling commutes with relu (max(relu(a), relu(b))
+    The tutorial's conv, relu, max-pool, with the max-pool first: max-pooling commutes with relu (max(relu(a), relu(b))
     = relu(max(a, b))), so maps and gradients are the same, but relu and its backward run on a quarter of the
-    values (~15% of a training step on CPU). The parameter names are the seed layout's (blocks.N.0.*)."""
+    values (~15% of a training step on CPU). The parameter names are the tutorial layout's (blocks.N.0.*)."""
     return [nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True)),
             nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True))]
 
 
-# The layout each encoder is built in, chosen by measurement: channels_last where it is not slower. On GPUs it is
-# what tensor cores want for bf16/fp16 convolutions. On this project's 2-core CPU (fp32), against NCHW: training
-# step (forward, backward, AdamW) simple_cnn 1.2x, nin 1.29x, resnet18 1.00x; eval forward simple_cnn 2.5x, nin
-# 1.44x, resnet18 1.08x. One choice for every device, so no caller branches on it.
-MEMORY_FORMATS = {"simple_cnn": torch.channels_last, "resnet18": torch.channels_last, "nin": torch.channels_last}
+# RotNet's recipe (SGD Nesterov, lr 0.1, step schedule): the default; explicit options always win.
+ROTNET_RECIPE = {"optimizer": "sgd", "lr": 0.1, "schedule": "step"}
+# The tutorial's simple_cnn has no batch norm, and with RotNet's recipe it learned nothing in an epoch on CIFAR-10
+# (k-NN 0.507 against 0.509 untrained), where the tutorial's own Adam at 1e-3 gave 0.542.
+TUTORIAL_RECIPE = {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    blocks: Callable[[], list]  # the conv blocks, probed one by one by evaluate.py
+    pool: str  # "flatten": the last map flattened (the tutorial's); "avg": global average pooling
+    block_names: Optional[list] = None  # default block1..blockN
+    # The layout it is built in, chosen by measurement: channels_last where it is not slower. On GPUs it is what
+    # tensor cores want for bf16/fp16 convolutions. On this project's 2-core CPU (fp32), against NCHW: training
+    # step (forward, backward, AdamW) simple_cnn 1.2x, nin 1.29x, resnet18 1.00x; eval forward simple_cnn 2.5x,
+    # nin 1.44x, resnet18 1.08x. One choice for every device, so no caller branches on it.
+    memory_format: torch.memory_format = torch.channels_last
+    recipe: dict = field(default_factory=lambda: dict(ROTNET_RECIPE))  # optimizer, lr, schedule defaults
+    rotation_hidden: Optional[int] = None  # the rotation head's hidden width; None: one linear layer (RotNet's)
+    projection_hidden: int = 512  # the siamese projection head's hidden width (SimCLR-style heads: 512)
+
+
+MODELS = {
+    # The tutorial's network and heads: fc(4096->128->4) for rotations, fc(4096->128->128) for pairs.
+    "simple_cnn": ModelSpec(simple_cnn_blocks, "flatten", recipe=TUTORIAL_RECIPE, rotation_hidden=128,
+                            projection_hidden=128),
+    "resnet18": ModelSpec(resnet18_blocks, "avg", ["stem", "layer1", "layer2", "layer3", "layer4"]),
+    "nin": ModelSpec(nin_blocks, "avg"),  # NIN's block1..block4 are the paper's conv blocks 1-4
+}
+
+
+def model_spec(model: str) -> ModelSpec:
+    if model not in MODELS:
+        raise UserError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[model]
 
 
 def build_encoder(model: str, image_size: int = 32, mean=None, std=None, memory_format=None) -> Encoder:
-    """memory_format: None for the model's own (MEMORY_FORMATS); the benchmark's seed asks for the tutorial's NCHW."""
-    builders = {"simple_cnn": (simple_cnn_blocks, "flatten", None),
-                "resnet18": (resnet18_blocks, "avg", ["stem", "layer1", "layer2", "layer3", "layer4"]),
-                "nin": (nin_blocks, "avg", None)}  # NIN's block1..block4 are the paper's conv blocks 1-4
-    if model not in builders:
-        raise UserError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
-    blocks, pool, names = builders[model]
-    return Encoder(model, blocks(), pool, image_size, mean, std, names, memory_format or MEMORY_FORMATS[model])
+    """memory_format: None for the model's own; the benchmark's tutorial pipeline asks for the tutorial's NCHW."""
+    spec = model_spec(model)
+    return Encoder(model, spec.blocks(), spec.pool, image_size, mean, std, spec.block_names,
+                   memory_format or spec.memory_format)
 
 
 class FeatureLinear(nn.Linear):
@@ -133,16 +161,12 @@ def mlp(dims: list) -> nn.Sequential:
 
 
 def rotation_head(encoder: Encoder) -> nn.Module:
-    # simple_cnn keeps the seed's fc(4096->128->4); the others use a linear classifier as RotNet's NIN does.
-    if encoder.name == "simple_cnn":
-        return mlp([encoder.feature_dim, 128, 4])
-    return nn.Linear(encoder.feature_dim, 4)
+    hidden = MODELS[encoder.name].rotation_hidden
+    return mlp([encoder.feature_dim, hidden, 4]) if hidden else nn.Linear(encoder.feature_dim, 4)
 
 
 def projection_head(encoder: Encoder, embedding_dim: int) -> nn.Module:
-    # simple_cnn keeps the seed's fc(4096->128->128); the others a 512-wide MLP as SimCLR-style heads use.
-    hidden = 128 if encoder.name == "simple_cnn" else 512
-    return mlp([encoder.feature_dim, hidden, embedding_dim])
+    return mlp([encoder.feature_dim, MODELS[encoder.name].projection_hidden, embedding_dim])
 
 
 class EncoderWithHead(nn.Module):

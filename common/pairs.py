@@ -26,7 +26,7 @@ class PairSampler:
     """Partners for anchors. mode 'label': same class = similar; 'augment': the same image (two views) = similar.
 
     Each anchor is similar to its partner with probability `positive_fraction`. A uniform random partner, as the
-    seed tutorial drew, is similar only about 1 time in 10 on CIFAR-10.
+    original tutorial drew, is similar only about 1 time in 10 on CIFAR-10.
     """
 
     def __init__(self, labels: torch.Tensor, mode: str = "label", positive_fraction: float = 0.5, seed: int = 0):

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError
+from common import UserError, schedules
 from common.evaluation import evaluating, map_batches
 
 CLASSIFIERS = ("nonlinear", "linear")
@@ -101,8 +101,7 @@ def train_classifiers(train_views: dict, train_labels: torch.Tensor, test_featur
     n = len(train_labels)
     batch_size = min(batch_size, n)
     total_steps = epochs * (n // batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.2 ** sum(step >= m * total_steps for m in (0.4, 0.8, 0.9)))
+    scheduler = schedules.make_scheduler(optimizer, total_steps, milestones=schedules.CLASSIFIER_MILESTONES)
     generator = torch.Generator().manual_seed(seed)
     heads.train()
     for _ in range(epochs):

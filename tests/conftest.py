@@ -9,7 +9,7 @@ from PIL import Image
 
 # A few seconds of training on the synthetic set: what the end-to-end tests run.
 SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
-         "--probe-epochs", "5", "--report-to", "none"]
+         "--linear-probe-epochs", "5", "--report-to", "none"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -125,3 +125,49 @@ class HostWaits:
 
     def __exit__(self, *exc):
         self._mode.__exit__(*exc)
+
+
+def prepared_run(args, accelerator, model, samples=64, project="test", accelerator_view=None):
+    """What the scripts set up between their model and their loop, on `samples` indices: (Run, prepared model).
+    accelerator_view: what the Run is handed instead of the Accelerator (e.g. one that reports a GPU)."""
+    from common import data, training
+    loader = data.index_loader(accelerator, args, samples)
+    optimizer = training.make_optimizer(args, model)
+    scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    run = training.Run(args, accelerator_view or accelerator, model, optimizer, scheduler, loader, project)
+    return run, model
+
+
+def toy_run(output_dir, *extra, accelerator_view=None):
+    """A real Run around a 2 -> 1 linear model, set up as the scripts do, on 64 samples (one CPU process):
+    --batch-size 8, a checkpoint every 3 steps, a log every 2, 2 epochs of 8 steps. Returns (run, model)."""
+    import torch
+    from accelerate.state import AcceleratorState
+    from common import training
+    from common.config import build_parser, validate
+
+    AcceleratorState._reset_state(True)
+    args = validate(build_parser("test").parse_args(
+        ["--output-dir", str(output_dir), "--report-to", "none", "--batch-size", "8", "--checkpoint-every", "3",
+         "--epochs", "2", "--log-every", "2", *map(str, extra)]))
+    return prepared_run(args, training.make_accelerator(args), torch.nn.Linear(2, 1),
+                        accelerator_view=accelerator_view)
+
+
+def toy_train(output_dir, *extra, stop_after=None):
+    """The scripts' loop around toy_run's model; returns (the index batches it trained on, in order; the run)."""
+    import torch
+    run, model = toy_run(output_dir, *extra)
+    seen = []
+    for _ in run.epochs():
+        for indices in run.batches():
+            seen.append(indices.tolist())
+            with run.accelerator.accumulate(model):
+                loss = model(torch.ones(len(indices), 2)).mean()
+                run.accelerator.backward(loss)
+                run.optimizer_step()
+            run.end_batch(images=len(indices), samples=len(indices), loss=loss)
+            if stop_after is not None and run.state.step == stop_after:
+                return seen, run
+    return seen, run

@@ -11,7 +11,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import UserError, config, distributed, evaluation, models, training  # noqa: E402
+from common import UserError, cli, config, distributed, evaluation, models, training  # noqa: E402
+from conftest import prepared_run  # noqa: E402
 
 
 def checks(out):
@@ -61,23 +62,16 @@ def lagging(argv):
     accelerator = training.make_accelerator(args)
     if accelerator.process_index == 1:
         lag_behind(os.path.abspath(args.output_dir))
-    model = models.build_encoder("simple_cnn", image_size=8)
-    model, optimizer, scheduler, run = training.prepare(args, accelerator, model, training.make_optimizer(args, model),
-                                                        training.index_loader(accelerator, args, 64), "probe")
+    run, model = prepared_run(args, accelerator, models.build_encoder("simple_cnn", image_size=8), project="probe")
     for _ in run.epochs():
         for indices in run.batches():
             with accelerator.accumulate(model):
                 loss = model(torch.ones(len(indices), 3, 8, 8)).pow(2).mean()
                 accelerator.backward(loss)
-                if run.gradients_ok(model):
-                    optimizer.step()
-                optimizer.zero_grad()
-            run.track(images=len(indices), samples=len(indices), loss=loss)
+                run.optimizer_step()
             if run.state.step == 3 and accelerator.is_main_process:
                 os.kill(os.getpid(), signal.SIGUSR1)  # a preemption notice, arriving during step 4
-            run.step_done(scheduler)
-            if run.finished:
-                break
+            run.end_batch(images=len(indices), samples=len(indices), loss=loss)
     run.finish(accelerator.unwrap_model(model), {})
 
 
@@ -85,4 +79,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "checks":
         checks(sys.argv[2])
     else:
-        training.cli(lambda: lagging(sys.argv[2:]))
+        cli.run(lambda: lagging(sys.argv[2:]))

@@ -8,22 +8,18 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import config, training  # noqa: E402
+from conftest import prepared_run  # noqa: E402
 
 args = config.validate(config.build_parser("rank metrics probe").parse_args(sys.argv[1:]))
 accelerator = training.make_accelerator(args)
-model = torch.nn.Linear(2, 1)
-model, optimizer, scheduler, run = training.prepare(args, accelerator, model, training.make_optimizer(args, model),
-                                                    training.index_loader(accelerator, args, 64), "probe")
+run, model = prepared_run(args, accelerator, torch.nn.Linear(2, 1), project="probe")
 generator = torch.Generator().manual_seed(accelerator.process_index)
 fed = []
 for epoch in run.epochs():
     for indices in run.batches():
         loss = torch.rand((), generator=generator) * (1 + 10 * accelerator.process_index)  # ranks far apart
         fed.append({"step": run.state.step + 1, "loss": loss.item()})
-        run.track(images=len(indices), samples=len(indices), loss=loss)
-        run.step_done(scheduler)
-        if run.finished:
-            break
+        run.end_batch(images=len(indices), samples=len(indices), loss=loss)
 with open(os.path.join(args.output_dir, f"fed_rank{accelerator.process_index}.json"), "w") as f:
     json.dump(fed, f)
 accelerator.end_training()

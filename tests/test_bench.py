@@ -17,7 +17,7 @@ def test_throughput_benchmark_prints_a_row_per_script(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["script"], r["model"]) for r in rows] == [("rotation", "simple_cnn"), ("siamese", "simple_cnn")]
     for row in rows:
-        for kind in ("limit", "project", "seed"):
+        for kind in ("limit", "project", "tutorial"):
             assert row[kind]["samples_per_s"] > 0 and row[kind]["peak_memory_mb"] > 0
         assert row["efficiency"] == row["project"]["samples_per_s"] / row["limit"]["samples_per_s"]
     assert "rotation  simple_cnn" in result.stdout and "siamese   simple_cnn" in result.stdout
@@ -27,7 +27,7 @@ def test_rotnet_table_script_pretrains_then_prints_the_table(tmp_path, image_fol
     # The whole script on a 12-image folder: pretraining (2 steps), evaluate.py on both networks, the timing line.
     out = tmp_path / "table"
     env = {**os.environ, "DATA_DIR": str(image_folder), "PROBE_EPOCHS": "2", "EPOCHS": "1",
-           "PRETRAIN_ARGS": "--batch-size 4 --max-steps 2 --knn-k 3 --probe-epochs 1"}
+           "PRETRAIN_ARGS": "--batch-size 4 --max-steps 2 --knn-k 3 --linear-probe-epochs 1"}
     result = subprocess.run(["bash", f"{REPO}/bench/rotnet_table.sh", str(out)], capture_output=True, text=True,
                             timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

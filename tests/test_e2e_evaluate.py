@@ -12,7 +12,7 @@ def test_rotnet_protocol_on_a_trained_nin_reports_every_block_trained_and_untrai
     assert trained.returncode == 0, trained.stderr[-3000:]
 
     result = accelerate_launch("evaluate.py", "--encoder", out / "final", "--dataset", "synthetic",
-                               "--synthetic-size", "512", "--probe-epochs", "8", "--probe-batch-size", "64",
+                               "--synthetic-size", "512", "--classifier-epochs", "8", "--classifier-batch-size", "64",
                                num_processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "probes.json").read_text())

@@ -18,7 +18,7 @@ def test_two_processes_train_evaluate_and_export(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 12
-    for key in ("eval/rotation_acc", "eval/knn_acc", "eval/linear_acc"):
+    for key in ("eval/rotation_acc", "eval/knn_acc", "eval/linear_probe_acc"):
         assert 0 <= results[key] <= 1 and 0 <= results[f"{key}_init"] <= 1
     assert results["eval/rotation_acc"] > results["eval/rotation_acc_init"] + 0.2  # the pretext was learned
     # 12 steps x 32 images x 2 processes, each image seen in its 4 rotations

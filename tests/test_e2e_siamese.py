@@ -11,7 +11,7 @@ def test_two_processes_train_and_evaluate(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 12
-    for key in ("eval/knn_acc", "eval/linear_acc", "eval/pair_auc"):
+    for key in ("eval/knn_acc", "eval/linear_probe_acc", "eval/pair_auc"):
         assert 0 <= results[key] <= 1 and 0 <= results[f"{key}_init"] <= 1
     assert results["eval/pair_auc"] > 0.9  # synthetic classes are easy once same-class pairs are pulled together
     train_lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()

@@ -6,8 +6,8 @@ from common.losses import contrastive_loss
 MARGIN = 1.0
 
 
-def seed_tutorial_loss(e1, e2, label, margin=MARGIN):
-    """The seed tutorial's formula, verbatim: label 1 meant 'same class', but the terms are swapped."""
+def tutorial_loss(e1, e2, label, margin=MARGIN):
+    """The original tutorial's formula, verbatim: label 1 meant 'same class', but the terms are swapped."""
     d = torch.nn.functional.pairwise_distance(e1, e2)
     return torch.mean((1 - label) * d.pow(2) + label * torch.clamp(margin - d, min=0.0).pow(2))
 
@@ -49,16 +49,16 @@ def test_under_bf16_autocast_the_loss_is_float32_and_matches():
 def distance_after_one_step(loss_fn):
     e1 = torch.tensor([[0.0, 0.0]], requires_grad=True)
     e2 = torch.tensor([[0.3, 0.4]], requires_grad=True)  # d = 0.5, inside the margin
-    same_class = torch.tensor([1.0])  # label 1 = same class, in the seed as here
+    same_class = torch.tensor([1.0])  # label 1 = same class, in the tutorial as here
     loss_fn(e1, e2, same_class).backward()
     with torch.no_grad():
         return ((e1 - 0.1 * e1.grad) - (e2 - 0.1 * e2.grad)).norm().item()
 
 
-def test_ours_pulls_a_same_class_pair_together_and_the_seeds_pushes_it_apart():
+def test_ours_pulls_a_same_class_pair_together_and_the_tutorials_pushes_it_apart():
     ours = distance_after_one_step(lambda a, b, y: contrastive_loss(a, b, y, MARGIN, normalize=False))
-    seeds = distance_after_one_step(seed_tutorial_loss)
-    assert ours < 0.5 < seeds
+    tutorials = distance_after_one_step(tutorial_loss)
+    assert ours < 0.5 < tutorials
 
 
 def test_dissimilar_pairs_inside_the_margin_are_pushed_and_beyond_it_left_alone():
@@ -74,3 +74,12 @@ def test_identical_embeddings_give_finite_gradients():
     e = torch.ones(2, 4, requires_grad=True)
     contrastive_loss(e, e.detach().clone(), torch.tensor([1.0, 0.0])).backward()
     assert torch.isfinite(e.grad).all()
+
+
+def test_a_registered_pair_loss_is_an_option_of_the_siamese_script(monkeypatch):
+    """One entry in losses.PAIR_LOSSES is all a new loss needs: train_siamese.py --loss offers it."""
+    import train_siamese
+    from common.losses import PAIR_LOSSES
+    monkeypatch.setitem(PAIR_LOSSES, "cosine", lambda e1, e2, similar, margin: 1 - (e1 * e2).sum(1).mean())
+    assert train_siamese.parse_args(["--loss", "cosine"]).loss == "cosine"
+    assert train_siamese.parse_args([]).loss == "contrastive"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from common import UserError
-from common.models import (MEMORY_FORMATS, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
+from common.models import (MODELS, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
                            projection_head, rotation_head, save_encoder, simple_cnn_blocks)
 
 EXPECTED = {  # model: (feature dim, channels of each block's map, spatial side of each block's map) at 32 px
@@ -73,7 +73,7 @@ def test_a_head_that_takes_the_map_gives_what_it_gives_on_features(make_head):
 
 
 def test_max_pool_before_relu_gives_the_seeds_maps_and_gradients():
-    """simple_cnn runs conv, max-pool, relu; the seed ran conv, relu, max-pool: same values and gradients."""
+    """simple_cnn runs conv, max-pool, relu; the tutorial ran conv, relu, max-pool: same values and gradients."""
     torch.manual_seed(0)
     ours = torch.nn.Sequential(*simple_cnn_blocks())
     seeds = torch.nn.Sequential(*[torch.nn.Sequential(block[0], block[2], block[1]) for block in ours])
@@ -91,8 +91,21 @@ def test_encoders_are_built_in_their_memory_format_and_it_changes_no_value(name)
     torch.manual_seed(0)
     encoder = build_encoder(name, 32).eval()
     conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=MEMORY_FORMATS[name])
+    assert conv.weight.is_contiguous(memory_format=MODELS[name].memory_format)
     x = torch.rand(2, 3, 32, 32)
     nchw = build_encoder(name, 32, memory_format=torch.contiguous_format).eval()
     nchw.load_state_dict(encoder.state_dict())
     torch.testing.assert_close(encoder(x), nchw(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_registered_model_is_an_option_with_its_recipe(monkeypatch):
+    """One entry in models.MODELS is all a new model needs: the parser, the recipe and the heads read it."""
+    from common.config import build_parser, validate
+    from common.models import ModelSpec, projection_head, simple_cnn_blocks
+    monkeypatch.setitem(MODELS, "tiny", ModelSpec(simple_cnn_blocks, "flatten", recipe={"optimizer": "sgd", "lr": 0.5,
+                                                                                        "schedule": "cosine"},
+                                                  rotation_hidden=16, projection_hidden=8))
+    args = validate(build_parser("t").parse_args(["--model", "tiny"]))
+    assert (args.optimizer, args.lr, args.schedule) == ("sgd", 0.5, "cosine")
+    encoder = build_encoder("tiny", 32)
+    assert rotation_head(encoder)[0].out_features == 16 and projection_head(encoder, 4)[0].out_features == 8

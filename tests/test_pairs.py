@@ -5,7 +5,7 @@ import torch
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
 
 from common.pairs import PairSampler, balanced_test_pairs
-from common.training import index_loader
+from common.data import index_loader
 
 LABELS = torch.arange(10).repeat_interleave(100)[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
 

@@ -1,8 +1,8 @@
-"""Tracking (common/training.py's Run and its trackers) under real launches: values reduced over ranks, one W&B
+"""Tracking (common/tracking.py, through the Run) under real launches: values reduced over ranks, one W&B
 run per training across resumes, TensorBoard as the alternative. Runs are read back with the trackers' own tools."""
 import json
 
-from conftest import REPO, SMALL, TRACKED, accelerate_launch, run_script, wandb_read, wandb_runs
+from conftest import REPO, SMALL, TRACKED, accelerate_launch, run_script, toy_train, wandb_read, wandb_runs
 
 
 def test_logged_train_loss_is_the_mean_over_both_ranks(tmp_path):
@@ -55,3 +55,12 @@ def test_tensorboard_gets_scalars_images_and_histograms(tmp_path):
         "eval/pair_auc"]) < 1e-6  # stored as float32
     assert events.Tags()["images"] == ["eval/embedding_pca"]
     assert set(events.Tags()["histograms"]) == {"eval/distance_similar", "eval/distance_dissimilar"}
+
+
+def test_metrics_are_logged_and_cut_back_on_resume(tmp_path):
+    toy_train(tmp_path, stop_after=5)  # logs at 2, 4; checkpoint at 3
+    toy_train(tmp_path)
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [line["step"] for line in lines if "train/loss" in line] == [2, 4, 6, 8, 10, 12, 14, 16]
+    epoch_ends = [line for line in lines if "train/epoch_time_s" in line]
+    assert [line["step"] for line in epoch_ends] == [8, 16] and all(e["train/epoch_time_s"] > 0 for e in epoch_ends)

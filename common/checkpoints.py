@@ -1,0 +1,140 @@
+"""Checkpoints in OUTPUT_DIR/checkpoints/step_NNNNNNNN: writing (complete or invisible), the manifest that proves
+them intact, and choosing the one to resume from (compatible with the options of the run that resumes).
+
+Every process takes the same path through here whatever it sees on the file system; only the main process
+looks there (ranks that branch on what their node sees enter different barriers and hang).
+"""
+import hashlib
+import json
+import os
+import shutil
+
+from common import UserError
+from common.config import save_config
+
+PREFIX = "step_"
+# Options a checkpoint cannot be resumed under when they changed: the weights' or optimizer state's shapes, the
+# data order, or the meaning of the saved position. Others (lr, --max-steps, logging, evaluation) may change.
+# Each script adds its own (Run's must_match): rotations per image, pairs, embedding size, ...
+MUST_MATCH = ("model", "image_size", "optimizer", "batch_size", "grad_accum", "dataset", "synthetic_size", "seed",
+              "world_size")
+
+
+def path_of(output_dir: str, step: int) -> str:
+    return os.path.join(output_dir, "checkpoints", f"{PREFIX}{step:08d}")
+
+
+def list_checkpoints(output_dir: str) -> list:
+    """Complete checkpoints, oldest first. Incomplete ones keep a '.tmp-' name until renamed."""
+    root = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    names = [n for n in os.listdir(root) if n.startswith(PREFIX)]
+    return [os.path.join(root, n) for n in sorted(names, key=lambda n: int(n[len(PREFIX):]))]
+
+
+def save(accelerator, args, step: int, environment: dict) -> str:
+    """Accelerate's save_state into a temporary folder, renamed once every rank has written. A folder of the same
+    step (saved before a resume from an older, maybe damaged, checkpoint) is replaced. Keeps the newest
+    --keep-checkpoints. Call on every process."""
+    final = path_of(args.output_dir, step)
+    root, name = os.path.split(final)
+    tmp, old = os.path.join(root, ".tmp-" + name), os.path.join(root, ".old-" + name)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    if accelerator.is_main_process:
+        save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,
+                    environment=environment)
+        write_manifest(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.isdir(final):
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        for stale in list_checkpoints(args.output_dir)[:-args.keep_checkpoints]:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(path: str) -> None:
+    """Size and SHA-256 of every file of a checkpoint, written last: what verify_checkpoint checks."""
+    files = {name: {"bytes": os.path.getsize(os.path.join(path, name)), "sha256": _sha256(os.path.join(path, name))}
+             for name in sorted(os.listdir(path))}
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(files, f, indent=1)
+
+
+def verify_checkpoint(path: str):
+    """None when the checkpoint is complete and intact, else what is wrong with it."""
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            files = json.load(f)
+    except FileNotFoundError:
+        return "it has no manifest.json (written last), so it is incomplete"
+    except ValueError:
+        return "its manifest.json is unreadable"
+    for name, expected in files.items():
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != expected["bytes"]:
+            return f"{name} has {os.path.getsize(file)} bytes instead of {expected['bytes']} (truncated?)"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its checksum (corrupted)"
+    return None
+
+
+def check_compatible(args, checkpoint: str, world_size: int, must_match=MUST_MATCH) -> None:
+    """Refuse a checkpoint written with options that change what it holds, naming every field that differs."""
+    with open(os.path.join(checkpoint, "config.json")) as f:
+        saved = json.load(f)
+    now = {**vars(args), "world_size": world_size}
+    differ = [f"{name} {saved[name]!r} in the checkpoint, {now[name]!r} now" for name in must_match
+              if name in saved and name in now and saved[name] != now[name]]
+    if differ:
+        raise UserError(f"checkpoint {checkpoint} was written with other options ({'; '.join(differ)}): run with "
+                        f"the checkpoint's options, or start a new training with another --output-dir")
+
+
+def choose(args, world_size: int, must_match=MUST_MATCH):
+    """The checkpoint to start from: with --resume auto the newest intact one (damaged ones are reported and
+    passed over), an explicit path only if intact, or None; refused if written with incompatible options."""
+    checkpoint = _intact_checkpoint(args)
+    if checkpoint:
+        check_compatible(args, checkpoint, world_size, must_match)
+    return checkpoint
+
+
+def _intact_checkpoint(args):
+    existing = list_checkpoints(args.output_dir)
+    if args.resume == "never":
+        if existing:
+            raise UserError(f"{args.output_dir!r} already holds checkpoints of a run: pass --resume auto to "
+                            f"continue it, or choose a new --output-dir (nothing was overwritten)")
+        return None
+    if args.resume == "auto":
+        for checkpoint in reversed(existing):
+            problem = verify_checkpoint(checkpoint)
+            if problem is None:
+                return checkpoint
+            print(f"warning: not resuming from {checkpoint}: {problem}; trying the one before", flush=True)
+        return None
+    if not os.path.isdir(args.resume):
+        raise UserError(f"checkpoint {args.resume!r} does not exist: pass a folder under OUTPUT_DIR/checkpoints/")
+    problem = verify_checkpoint(args.resume)
+    if problem:
+        raise UserError(f"checkpoint {args.resume} is damaged: {problem}; pass another one or --resume auto")
+    return args.resume

@@ -1,0 +1,32 @@
+"""How every entry point ends: a UserError is one line on stderr and exit status 2, a preemption stop one line
+and exit status 3 (the same command resumes); never a traceback for either."""
+import os
+import sys
+
+from tqdm.auto import tqdm
+
+from common import Preempted, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 3
+
+
+def run(main) -> None:
+    try:
+        main()
+    except UserError as e:
+        _end_with(f"error: {e}", EXIT_USER_ERROR, sys.stderr, every_process=True)
+    except Preempted as e:  # not an error: said once, where the run's progress goes
+        _end_with(str(e), EXIT_PREEMPTED, sys.stdout, every_process=False)
+
+
+def _end_with(message: str, status: int, stream, every_process: bool) -> None:
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()  # ends the progress bar's line, so the message starts a line of its own
+    main_process = os.environ.get("RANK", "0") == "0"
+    if every_process or main_process:
+        # One write, so lines of several processes do not interleave; the other ranks start a new line, as rank
+        # 0's progress bar may be mid-line on the same terminal.
+        stream.write(f"{'' if main_process else chr(10)}{message}\n")
+        stream.flush()
+    sys.exit(status)

@@ -1,0 +1,57 @@
+"""Opt-in instruments for the checks, off in normal use: fault injection for the fault tests (SSL_SCRIPTS_FAULT)
+and counting the host's waits for the GPU per step (--count-host-syncs)."""
+import math
+import os
+import warnings
+
+import torch
+
+
+def inject_faults(model, run) -> None:
+    """Fault injection for the fault tests: SSL_SCRIPTS_FAULT="nan@STEP[:RANK]" makes the model's output, hence
+    the loss, non-finite at that step on that rank (all ranks without :RANK), and DDP's all-reduce carries it to
+    every rank's gradients, as a real NaN would. Unset in normal use."""
+    spec = os.environ.get("SSL_SCRIPTS_FAULT", "")
+    if not spec.startswith("nan@"):
+        return
+    step_spec, _, rank_spec = spec[len("nan@"):].partition(":")
+    if rank_spec and int(rank_spec) != run.accelerator.process_index:
+        return
+
+    def poison(module, inputs, output):
+        return output * math.nan if module.training and run.state.step + 1 == int(step_spec) else output
+    model.register_forward_hook(poison)
+
+
+class HostSyncCounter:
+    """--count-host-syncs: CUDA's sync debug mode warns at every operation that makes the host wait for the GPU;
+    the warnings are counted per optimizer step. Steady steps are those after a warm-up (cuDNN autotuning) that
+    neither log, checkpoint nor start an epoch (evaluation): where the GPU should never wait for the host."""
+    WARMUP_STEPS = 5
+
+    def __init__(self):
+        self.steady, self.other = [], []
+        self._count, self._epoch_start = 0, True
+        self._show = warnings.showwarning
+        warnings.filterwarnings("always", message=".*synchronizing CUDA operation")
+        warnings.showwarning = self._seen
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def _seen(self, message, category, filename, lineno, file=None, line=None):
+        if "synchronizing CUDA operation" in str(message):
+            self._count += 1
+        else:
+            self._show(message, category, filename, lineno, file, line)
+
+    def step_done(self, step: int, quiet: bool) -> None:
+        steady = quiet and step > self.WARMUP_STEPS and not self._epoch_start
+        (self.steady if steady else self.other).append(self._count)
+        self._count, self._epoch_start = 0, False
+
+    def epoch_done(self) -> None:
+        self._epoch_start = True
+
+    def results(self) -> dict:
+        steady = self.steady or [math.nan]
+        return {"host_syncs_per_step": sum(steady) / len(steady), "host_syncs_max_step": max(steady),
+                "host_syncs_steady_steps": len(self.steady), "host_syncs_other_steps_total": sum(self.other)}

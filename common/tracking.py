@@ -1,0 +1,117 @@
+"""What a run reports as it goes: the tracker (W&B or TensorBoard, through Accelerate), one W&B run per training
+across resumes and requeues, OUTPUT_DIR/metrics.jsonl, and the dashboard media (common.media) routed to each
+tracker. Trackers live on the main process; the others' calls return at once."""
+import importlib.util
+import json
+import os
+import sys
+import uuid
+
+from common import media
+
+
+def tracker_name(args):
+    """What Accelerator(log_with=...) gets: "wandb", "tensorboard" or None. Without W&B credentials the run is
+    offline (synced later), so nodes without internet still get one."""
+    tracker = args.report_to if args.report_to != "none" else None
+    if tracker == "wandb" and importlib.util.find_spec("wandb") is None:
+        print("warning: wandb is not installed (pip install wandb), so this run is not tracked; "
+              "pass --report-to none to silence this", file=sys.stderr)
+        tracker = None
+    if tracker == "wandb" and not os.environ.get("WANDB_MODE") and not _wandb_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+    return tracker
+
+
+def _wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+
+
+def scalars(values: dict) -> dict:
+    """values without the dashboard media: what metrics.jsonl, results.json and checkpoints hold."""
+    return {k: v for k, v in values.items() if not isinstance(v, (media.Picture, media.Histogram))}
+
+
+class Tracker:
+    def __init__(self, args, accelerator, project: str):
+        self.args, self.accelerator, self.project = args, accelerator, project
+        self.metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+
+    def start(self, step: int, fresh: bool, environment: dict) -> None:
+        """metrics.jsonl cut back to `step` (what comes after it will be logged again), then the tracker."""
+        if not self.accelerator.is_main_process:
+            return
+        self._cut_metrics(step, fresh)
+        if self.accelerator.log_with:
+            self._init_tracker(environment)
+
+    def _cut_metrics(self, step: int, fresh: bool) -> None:
+        if not os.path.exists(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            kept = [] if fresh else [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.metrics_path, "w") as f:
+            f.writelines(kept)
+
+    def log(self, values: dict, step: int) -> None:
+        """Scalars to the tracker and metrics.jsonl, media to the tracker. Values must already be global."""
+        if not self.accelerator.is_main_process:
+            return
+        numbers = scalars(values)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"step": step, **numbers}) + "\n")
+        self.accelerator.log(numbers, step=step)
+        pictures = {k: v for k, v in values.items() if k not in numbers}
+        for tracker in self.accelerator.trackers if pictures else ():
+            if tracker.name == "wandb":
+                import wandb
+                tracker.log({k: wandb.Image(v.pixels, caption=v.caption) if isinstance(v, media.Picture)
+                             else wandb.Histogram(v.values) for k, v in pictures.items()}, step=step)
+            elif tracker.name == "tensorboard":
+                for k, v in pictures.items():
+                    if isinstance(v, media.Picture):
+                        tracker.writer.add_image(k, v.pixels, step, dataformats="HWC")
+                    else:
+                        tracker.writer.add_histogram(k, v.values, step)
+
+    def summarize(self, results: dict) -> None:
+        """The run's final figures as the W&B run's summary; then the trackers end."""
+        if self.accelerator.is_main_process and "wandb" in [t.name for t in self.accelerator.trackers]:
+            self.accelerator.get_tracker("wandb", unwrap=True).summary.update(results)
+        self.accelerator.end_training()
+
+    def _init_tracker(self, environment: dict) -> None:
+        args, accelerator = self.args, self.accelerator
+        config = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in vars(args).items()}
+        config.update(world_size=accelerator.num_processes, mixed_precision=str(accelerator.mixed_precision),
+                      **environment)
+        init_kwargs, project = {}, self.project
+        if args.report_to == "wandb":
+            # Options win over WANDB_* variables; wandb itself reads WANDB_ENTITY, WANDB_TAGS, WANDB_MODE, ...
+            project = args.wandb_project or os.environ.get("WANDB_PROJECT") or project
+            init_kwargs["wandb"] = {
+                "id": self._wandb_run_id(), "resume": "allow", "dir": os.environ.get("WANDB_DIR") or args.output_dir,
+                "name": args.run_name or os.environ.get("WANDB_NAME") or os.path.basename(
+                    os.path.abspath(args.output_dir)),
+                "entity": args.wandb_entity, "tags": args.wandb_tags.split(",") if args.wandb_tags else None}
+        accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
+        if args.report_to == "wandb":
+            run = accelerator.get_tracker("wandb", unwrap=True)
+            if run.settings.mode == "offline":
+                # Each (re)start writes its own offline folder; synced together they become one run again.
+                parts = os.path.join(os.path.dirname(os.path.dirname(run.dir)), f"offline-run-*-{run.id}")
+                print(f"W&B is offline (no credentials found): the run is in {os.path.dirname(run.dir)}; "
+                      f"upload it (all its resumed parts as one run) with: wandb sync {parts}", flush=True)
+
+    def _wandb_run_id(self) -> str:
+        """One training is one W&B run: the id is kept in OUTPUT_DIR and reused on resume and requeue. Main process
+        only (trackers live there), so no other process depends on what its node sees of the file."""
+        path = os.path.join(self.args.output_dir, "wandb_run_id")
+        if not os.path.exists(path):
+            with open(path, "w") as f:  # W&B's own id format: 8 lowercase alphanumerics
+                f.write(os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8])
+        with open(path) as f:
+            return f.read().strip()

@@ -1,0 +1,32 @@
+"""The shared options (common/config.py) and their checks, for the training scripts and evaluate.py."""
+import pytest
+
+from common import UserError
+from common.config import build_parser, dataset_checks, require, validate
+
+
+@pytest.mark.parametrize("option, value", [("--lr", "0"), ("--batch-size", "0"), ("--model", "vgg"),
+                                           ("--dist-timeout", "0"), ("--linear-probe-epochs", "0")])
+def test_invalid_options_are_user_errors(option, value):
+    with pytest.raises(UserError, match=option.lstrip("-").split("-")[0]):
+        validate(build_parser("t").parse_args([option, value]))
+
+
+def test_evaluate_checks_the_distributed_options_with_its_others():
+    import evaluate
+    with pytest.raises(UserError, match="--dist-timeout must be > 0"):
+        evaluate.parse_args(["--encoder", "some/final", "--dist-timeout", "0"])
+
+
+def test_the_models_recipe_fills_only_what_was_not_given():
+    args = validate(build_parser("t").parse_args(["--model", "simple_cnn", "--lr", "0.01"]))
+    assert (args.optimizer, args.lr, args.schedule) == ("adamw", 0.01, "constant")
+    args = validate(build_parser("t").parse_args([]))  # resnet18: RotNet's recipe
+    assert (args.optimizer, args.lr, args.schedule) == ("sgd", 0.1, "step")
+
+
+def test_options_are_checked_against_the_loaded_data():
+    args = validate(build_parser("t").parse_args(["--knn-k", "50"]))
+    with pytest.raises(UserError, match="--knn-k 50 is larger than the train split"):
+        require(dataset_checks(args, 40))
+    require(dataset_checks(args, 50))

@@ -1,0 +1,34 @@
+"""Learning-rate schedules (common/schedules.py)."""
+import pytest
+import torch
+
+from common.schedules import CLASSIFIER_MILESTONES, make_scheduler
+
+
+def learning_rates(steps, **options):
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
+    scheduler = make_scheduler(optimizer, steps, **options)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_step_schedule_follows_rotnet():
+    lrs = learning_rates(200)
+    assert lrs[0] == pytest.approx(0.1) and lrs[59] == pytest.approx(0.1)
+    assert lrs[60] == pytest.approx(0.02) and lrs[120] == pytest.approx(0.004) and lrs[160] == pytest.approx(0.0008)
+
+
+def test_the_classifiers_schedule_follows_rotnets_classifiers():
+    lrs = learning_rates(50, milestones=CLASSIFIER_MILESTONES)  # RotNet: x0.2 after epochs 20, 40, 45 of 50
+    assert lrs[19] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.02)
+    assert lrs[40] == pytest.approx(0.004) and lrs[45] == pytest.approx(0.0008)
+
+
+def test_warm_up_then_cosine():
+    lrs = learning_rates(100, schedule="cosine", warmup_steps=10)
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert lrs[50] == pytest.approx(0.05) and lrs[99] < 0.001
