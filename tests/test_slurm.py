@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -236,3 +237,44 @@ def test_two_node_launch_command_trains_with_world_size_two(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 8
 
+
+NO_CONTROLLER = "slurm_load_partitions: Unable to contact slurm controller (connect failure)"
+
+
+def run_pytest_without_a_cluster(tmp_path, slurm_installed, require):
+    """This file's dry-run tests (they use the cluster fixture, and nothing else runs) in a pytest of their own
+    where no cluster answers: no Slurm on PATH at all, or a sinfo that reaches no controller (it hides a real one)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    path = str(bin_dir)
+    if slurm_installed:
+        (bin_dir / "sinfo").write_text(f"#!/bin/sh\necho '{NO_CONTROLLER}' >&2\nexit 1\n")
+        (bin_dir / "sinfo").chmod(0o755)
+        path += os.pathsep + os.environ["PATH"]
+    env = {k: v for k, v in os.environ.items() if k not in (REQUIRE, "PYTEST_ADDOPTS")}
+    env.update(PATH=path, **({REQUIRE: "1"} if require else {}))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/test_slurm.py::test_dry_run_of_a_two_node_gpu_job"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stdout + result.stderr, f"sinfo: {NO_CONTROLLER}" if slurm_installed \
+        else "no sinfo on PATH"
+
+
+@pytest.mark.parametrize("slurm_installed", [False, True], ids=["no_slurm", "no_controller"])
+def test_without_a_cluster_its_tests_are_skipped_saying_how_to_run_them(tmp_path, slurm_installed):
+    """The plain test command: passes, and prints the reason once (not once per test), nothing installed."""
+    returncode, out, missing = run_pytest_without_a_cluster(tmp_path, slurm_installed, require=False)
+    assert returncode == 0 and "2 skipped" in out, out
+    reasons = [line for line in out.splitlines() if "no local Slurm cluster answers" in line]
+    assert reasons == [f"SKIPPED [2] tests/test_slurm.py: no local Slurm cluster answers ({missing}); to run these "
+                       f"tests start one with `{START}` (root; installs Slurm with apt-get on Debian); {REQUIRE}=1 "
+                       "makes them fail instead of skip"], out
+
+
+@pytest.mark.parametrize("slurm_installed", [False, True], ids=["no_slurm", "no_controller"])
+def test_without_a_cluster_its_tests_fail_where_required(tmp_path, slurm_installed):
+    """CI (SSL_SCRIPTS_REQUIRE_SLURM=1): a cluster that does not answer fails the tests that need it."""
+    returncode, out, missing = run_pytest_without_a_cluster(tmp_path, slurm_installed, require=True)
+    assert returncode == 1 and "2 errors" in out and "skipped" not in out, out
+    assert f"{REQUIRE} is set but no local Slurm cluster answers ({missing}): start one with `{START}` (root; " \
+           "installs Slurm with apt-get on Debian)" in out.splitlines(), out
