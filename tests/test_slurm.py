@@ -243,7 +243,7 @@ NO_CONTROLLER = "slurm_load_partitions: Unable to contact slurm controller (conn
 
 def run_pytest_without_a_cluster(tmp_path, slurm_installed, require):
     """This file's dry-run tests (they use the cluster fixture, and nothing else runs) in a pytest of their own
-    where no cluster answers: no Slurm on PATH at all, or a sinfo that reaches no controller (it hides a real one)."""
+    where no cluster answers: no Slurm on PATH at all, or a sinfo that reaches no controller (hiding a real one)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     path = str(bin_dir)
