@@ -15,9 +15,10 @@
 # another config gets "can't find address for host".
 # A requeued job waits cred_expire + 1 s before it may start again: 10 s here (Slurm's default, 120 s, is the
 # "about two minutes" a preemption test would otherwise wait).
-# Installs munge, slurmctld, slurmd and slurm-client when missing (root, apt-get). `up` is idempotent (a
-# running cluster with the same config is left alone); `down` cancels every job, waits for it to end (killing
-# the daemons would leave job processes alive), then stops the daemons and munged.
+# Needs root. Installs munge, slurmctld, slurmd and slurm-client when missing (apt-get, Debian/Ubuntu): run it
+# yourself, or let .ci/run do it; tests/test_slurm.py never does (it skips without a cluster). `up` is
+# idempotent (a running cluster with the same config is left alone); `down` cancels every job, waits for it to
+# end (killing the daemons would leave job processes alive), then stops the daemons and munged.
 set -euo pipefail
 unset SLURM_CONF
 ETC=/etc/slurm
@@ -30,6 +31,12 @@ HOSTS_MARK="# local_cluster.sh"
 install() {
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
         && command -v munged >/dev/null && return
+    command -v apt-get >/dev/null || {
+        echo "local_cluster: Slurm (munge, slurmctld, slurmd, slurm-client) is not installed and there is" \
+             "no apt-get to install it: install it with your package manager, then run this again" >&2
+        exit 1
+    }
+    echo "local_cluster: installing munge, slurmctld, slurmd and slurm-client with apt-get" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq munge slurmctld slurmd slurm-client >/dev/null
 }
@@ -162,6 +169,11 @@ down() {
 }
 
 case "${1:-}" in
+    up | down) [ "$(id -u)" -eq 0 ] || {
+        echo "local_cluster: $1 needs root (it installs Slurm when missing, writes $ETC and /etc/hosts," \
+             "starts and stops the daemons)" >&2
+        exit 1
+    } ;;&
     up) up "${2:-}" ;;
     down) down ;;
     status) sinfo -N -o "%N %P %T %c %m %G" ;;

@@ -14,6 +14,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Why tests were skipped, one line per file and reason (e.g. how to run the Slurm tests where no cluster
+    answers): plain `pytest -q` prints only how many; -rs, which prints them itself, one line per test function."""
+    if terminalreporter.hasopt("s"):
+        return
+    skipped = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        key = (report.location[0], reason.removeprefix("Skipped: "))
+        skipped[key] = skipped.get(key, 0) + 1
+    for (path, reason), count in skipped.items():
+        terminalreporter.write_line(f"SKIPPED [{count}] {path}: {reason}")
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """A tiny ImageFolder with every kind of file users have: RGB, grayscale, RGBA, palette, odd sizes."""

@@ -1,9 +1,15 @@
 """The Slurm templates, submitted to a real local Slurm cluster (slurm/local_cluster.sh up: partition `debug`
-with CPU nodes n0 and n1, partition `fakegpu` with g0 and g1 declared as 8-GPU nodes, for dry runs only)."""
+with CPU nodes n0 and n1, partition `fakegpu` with g0 and g1 declared as 8-GPU nodes, for dry runs only).
+
+The tests never start or install a cluster: without one that answers, the tests that need it are skipped with a
+line saying how to run them, or fail where SSL_SCRIPTS_REQUIRE_SLURM is set (.ci/run sets it after starting one).
+The last tests run slurm/node.sh directly with SLURM_* variables set; they need no cluster and always run."""
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -15,27 +21,39 @@ from conftest import REPO, SMALL, free_port
 # cluster's CPU nodes have one CPU each (two on a 2-core machine).
 CPU_ONLY = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G"]
 
+REQUIRE = "SSL_SCRIPTS_REQUIRE_SLURM"  # set (to 1) by .ci/run: no cluster is then a failure, not a skip
+START = "bash slurm/local_cluster.sh up 2"  # root; installs Slurm with apt-get (Debian) when it is missing
+NODES = {("n0", "debug"), ("n1", "debug"), ("g0", "fakegpu"), ("g1", "fakegpu")}
 
-def _cluster_ready():
-    if not _has("sinfo"):
-        return False
-    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %P %T"], capture_output=True, text=True)
-    up = {(n, p.rstrip("*")) for n, p, t in (line.split() for line in out.stdout.splitlines())
-          if t.startswith(("idle", "mixed", "alloc"))}
-    return out.returncode == 0 and {("n0", "debug"), ("n1", "debug"), ("g0", "fakegpu"), ("g1", "fakegpu")} <= up
+
+def _cluster_missing():
+    """None when the local cluster answers with its nodes up, else what is missing, in a few words."""
+    if not shutil.which("sinfo"):
+        return "no sinfo on PATH"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %P %T"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer in 30 s"
+    if out.returncode != 0:
+        return "sinfo: " + (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+    up = {(f[0], f[1].rstrip("*")) for f in map(str.split, out.stdout.splitlines())
+          if len(f) == 3 and f[2].startswith(("idle", "mixed", "alloc"))}
+    down = sorted(NODES - up)
+    return f"nodes not up: {', '.join(f'{n} ({p})' for n, p in down)}" if down else None
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """The local cluster, running: started here (root and apt-get needed) unless one with its nodes answers."""
-    if not _cluster_ready():
-        up = subprocess.run(["bash", os.path.join(REPO, "slurm", "local_cluster.sh"), "up", "2"],
-                            capture_output=True, text=True, timeout=600)
-        assert up.returncode == 0, f"could not start a local Slurm cluster:\n{up.stdout}\n{up.stderr}"
-
-
-def _has(command):
-    return subprocess.run(["bash", "-c", f"command -v {command}"], capture_output=True).returncode == 0
+    """The local cluster, which must answer already: nothing is started or installed here. Without one the tests
+    that use it are skipped, or fail where the environment says they are required (CI)."""
+    missing = _cluster_missing()
+    if missing is None:
+        return
+    if os.environ.get(REQUIRE, "") not in ("", "0"):
+        pytest.fail(f"{REQUIRE} is set but no local Slurm cluster answers ({missing}): start one with `{START}` "
+                    "(root; installs Slurm with apt-get on Debian)", pytrace=False)
+    pytest.skip(f"no local Slurm cluster answers ({missing}); to run these tests start one with `{START}` (root; "
+                f"installs Slurm with apt-get on Debian); {REQUIRE}=1 makes them fail instead of skip")
 
 
 def sbatch(*args, wait=True, env=None):
@@ -218,3 +236,45 @@ def test_two_node_launch_command_trains_with_world_size_two(tmp_path):
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)[-4000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 8
+
+
+NO_CONTROLLER = "slurm_load_partitions: Unable to contact slurm controller (connect failure)"
+
+
+def run_pytest_without_a_cluster(tmp_path, slurm_installed, require):
+    """This file's dry-run tests (they use the cluster fixture, and nothing else runs) in a pytest of their own
+    where no cluster answers: no Slurm on PATH at all, or a sinfo that reaches no controller (hiding a real one)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    path = str(bin_dir)
+    if slurm_installed:
+        (bin_dir / "sinfo").write_text(f"#!/bin/sh\necho '{NO_CONTROLLER}' >&2\nexit 1\n")
+        (bin_dir / "sinfo").chmod(0o755)
+        path += os.pathsep + os.environ["PATH"]
+    env = {k: v for k, v in os.environ.items() if k not in (REQUIRE, "PYTEST_ADDOPTS")}
+    env.update(PATH=path, **({REQUIRE: "1"} if require else {}))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/test_slurm.py::test_dry_run_of_a_two_node_gpu_job"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stdout + result.stderr, f"sinfo: {NO_CONTROLLER}" if slurm_installed \
+        else "no sinfo on PATH"
+
+
+@pytest.mark.parametrize("slurm_installed", [False, True], ids=["no_slurm", "no_controller"])
+def test_without_a_cluster_its_tests_are_skipped_saying_how_to_run_them(tmp_path, slurm_installed):
+    """The plain test command: passes, and prints the reason once (not once per test), nothing installed."""
+    returncode, out, missing = run_pytest_without_a_cluster(tmp_path, slurm_installed, require=False)
+    assert returncode == 0 and "2 skipped" in out, out
+    reasons = [line for line in out.splitlines() if "no local Slurm cluster answers" in line]
+    assert reasons == [f"SKIPPED [2] tests/test_slurm.py: no local Slurm cluster answers ({missing}); to run these "
+                       f"tests start one with `{START}` (root; installs Slurm with apt-get on Debian); {REQUIRE}=1 "
+                       "makes them fail instead of skip"], out
+
+
+@pytest.mark.parametrize("slurm_installed", [False, True], ids=["no_slurm", "no_controller"])
+def test_without_a_cluster_its_tests_fail_where_required(tmp_path, slurm_installed):
+    """CI (SSL_SCRIPTS_REQUIRE_SLURM=1): a cluster that does not answer fails the tests that need it."""
+    returncode, out, missing = run_pytest_without_a_cluster(tmp_path, slurm_installed, require=True)
+    assert returncode == 1 and "2 errors" in out and "skipped" not in out, out
+    assert f"{REQUIRE} is set but no local Slurm cluster answers ({missing}): start one with `{START}` (root; " \
+           "installs Slurm with apt-get on Debian)" in out.splitlines(), out
