@@ -106,6 +106,110 @@ class TrainState:
         self.__dict__.update(state)
 
 
+class StopSignals:
+    """SIGUSR1 / SIGTERM (Slurm's preemption notice, scancel, a time limit): noted when they arrive, acted on at a
+    step's end, where every rank can agree."""
+
+    def __init__(self):
+        self.received = 0
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._note)
+
+    def _note(self, signum, frame) -> None:
+        self.received = signum
+
+    def agreed(self, accelerator) -> bool:
+        """True on every rank when any rank got a stop signal: all stop after the same step (a lone rank
+        stopping would leave the others waiting forever in the next all-reduce)."""
+        if accelerator.num_processes == 1:
+            return self.received != 0
+        flag = torch.tensor(float(self.received != 0), device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
+
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "a signal on another process"
+
+
+class TrainMetrics:
+    """The train/* values between two logs: per-process sums kept on the device (no wait for it per step),
+    reduced over the processes only when logged; throughput counted over all processes."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums, self.grad_norms = {}, []
+        self.images = self.samples = 0
+        self.clock = time.perf_counter()
+
+    def add(self, images: int, samples: int, metrics: dict) -> None:
+        device = self.accelerator.device
+        for name, value in metrics.items():
+            value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+            self.sums[name] = self.sums.get(name, 0) + value.to(device)
+        self.sums["count"] = self.sums.get("count", 0) + torch.ones((), device=device)
+        self.images += images * self.accelerator.num_processes
+        self.samples += samples * self.accelerator.num_processes
+
+    def reduced(self) -> dict:
+        """The means since the last call, over all processes; then it starts anew."""
+        names = list(self.sums)
+        totals = self.accelerator.reduce(torch.stack([self.sums[n] for n in names]), reduction="sum")
+        count = totals[names.index("count")].item()
+        values = {f"train/{n}": totals[i].item() / count for i, n in enumerate(names) if n != "count"}
+        elapsed = max(time.perf_counter() - self.clock, 1e-9)
+        values.update({"train/images_per_s": self.images / elapsed, "train/samples_per_s": self.samples / elapsed})
+        if self.grad_norms:
+            values["train/grad_norm"] = torch.stack(self.grad_norms).mean().item()
+        self._reset()
+        return values
+
+
+class NonFiniteGuard:
+    """Which optimizer steps to take with non-finite gradients (--nan-policy), and when a run has diverged.
+
+    abort: the first bad step is kept on the device and read only where the host waits anyway (first_bad_step, at
+    log and checkpoint steps and epoch ends), so that steps do not each wait for the GPU; skip: deciding each
+    step's update makes the host wait. fp16: the GradScaler's overflow steps are normal and only counted, unless
+    MAX_CONSECUTIVE_AMP_SKIPS come in a row."""
+
+    def __init__(self, args, accelerator, state: TrainState):
+        self.policy, self.accelerator, self.state = args.nan_policy, accelerator, state
+        self._first_bad_step = None
+        self._amp_skips_in_a_row = 0
+
+    def allows_update(self, norm: torch.Tensor) -> bool:
+        """Whether the optimizer step now due may update the weights, given its gradients' norm."""
+        step = self.state.step + 1
+        if self.accelerator.scaler is not None:  # fp16: overflow is the GradScaler's to handle
+            return True
+        if self.policy == "abort":
+            bad_step = (~torch.isfinite(norm)).long() * step  # 0 when finite
+            first = self._first_bad_step
+            self._first_bad_step = bad_step if first is None else torch.where(first > 0, first, bad_step)
+            return True
+        if torch.isfinite(norm).item():
+            return True
+        self.state.skipped_steps += 1
+        self.accelerator.print(f"warning: non-finite loss or gradients at step {step}: update skipped "
+                               f"({self.state.skipped_steps} so far, --nan-policy skip)", flush=True)
+        return False
+
+    def first_bad_step(self) -> int:
+        """--nan-policy abort: the first step so far with non-finite gradients, or 0 (reads the device)."""
+        return 0 if self._first_bad_step is None else int(self._first_bad_step.item())
+
+    def amp_diverged(self) -> int:
+        """fp16, after each optimizer step: how many steps in a row overflowed, when that many mean divergence."""
+        if self.accelerator.scaler is None:
+            return 0
+        skipped = self.accelerator.optimizer_step_was_skipped  # the scaler reads its scale each step anyway
+        self.state.amp_skipped_steps += skipped
+        self._amp_skips_in_a_row = self._amp_skips_in_a_row + 1 if skipped else 0
+        return self._amp_skips_in_a_row if self._amp_skips_in_a_row >= MAX_CONSECUTIVE_AMP_SKIPS else 0
+
+
 class Run:
     """One training run around a script's loop. Created after accelerator.prepare (model, optimizer, loader and
     schedule prepared): it resumes from OUTPUT_DIR's newest intact checkpoint, if any, and starts the logs.
@@ -129,16 +233,10 @@ class Run:
         # Once (it runs git), on the process that writes configs and logs; it goes into every checkpoint.
         self.environment = environment() if accelerator.is_main_process else {}
         self.start_time = time.time()
-        self._sums, self._grad_norms = {}, []
-        self._images_since_log = self._samples_since_log = 0
-        self._stop_signal = 0
+        self.metrics = TrainMetrics(accelerator)
+        self.guard = NonFiniteGuard(args, accelerator, self.state)
+        self.stop_signals = StopSignals()
         self._saved_step = None  # the step whose checkpoint this process last saved or resumed from
-        # Non-finite gradients under --nan-policy abort: the first such step, kept on the device and read where the
-        # host waits anyway (log and checkpoint steps, epoch ends), so that steps do not each wait for the GPU.
-        self._first_bad_step = None
-        self._amp_skips_in_a_row = 0
-        for sig in STOP_SIGNALS:  # preemption (Slurm's --signal, scancel) and time limits
-            signal.signal(sig, self._on_stop_signal)
         self._resume()
         self._start_logs()
 
@@ -214,53 +312,30 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _gradients_usable(self) -> bool:
-        accelerator = self.accelerator
-        norm = accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm or math.inf)
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm or math.inf)
         norm = norm.detach().float()
-        self._grad_norms.append(norm)
-        if accelerator.scaler is not None:  # fp16: overflow is the GradScaler's to handle (counted at step end)
-            return True
-        if self.args.nan_policy == "abort":
-            # Recorded on the device, read where the host waits anyway (_check_finite): no wait in this step.
-            bad_step = (~torch.isfinite(norm)).long() * (self.state.step + 1)  # 0 when finite
-            first = self._first_bad_step
-            self._first_bad_step = bad_step if first is None else torch.where(first > 0, first, bad_step)
-            return True
-        if torch.isfinite(norm).item():  # skip: deciding this step's update makes the host wait for the device
-            return True
-        self._grad_norms.pop()
-        self.state.skipped_steps += 1
-        accelerator.print(f"warning: non-finite loss or gradients at step {self.state.step + 1}: update skipped "
-                          f"({self.state.skipped_steps} so far, --nan-policy skip)", flush=True)
-        return False
+        usable = self.guard.allows_update(norm)
+        if usable:
+            self.metrics.grad_norms.append(norm)
+        return usable
 
     def end_batch(self, images: int, samples: int, **metrics) -> None:
         """Call after each micro-batch: adds its train metrics (local sums, reduced over processes only when
         logged). After the last micro-batch of an optimizer step: steps the lr schedule, logs, checkpoints, and
         on a stop signal (any rank's) saves a checkpoint and raises Preempted."""
-        device = self.accelerator.device
-        for name, value in metrics.items():
-            value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
-            self._sums[name] = self._sums.get(name, 0) + value.to(device)
-        self._sums["count"] = self._sums.get("count", 0) + torch.ones((), device=device)
-        n = self.accelerator.num_processes
-        self.state.images += images * n
-        self.state.samples += samples * n
-        self._images_since_log += images * n
-        self._samples_since_log += samples * n
+        self.metrics.add(images, samples, metrics)
+        self.state.images += images * self.accelerator.num_processes
+        self.state.samples += samples * self.accelerator.num_processes
         if self.accelerator.sync_gradients:
             self._end_step()
 
     def _end_step(self) -> None:
         accelerator = self.accelerator
-        if accelerator.scaler is not None:  # fp16 (the GradScaler reads its scale from the device each step anyway)
-            skipped = accelerator.optimizer_step_was_skipped
-            self.state.amp_skipped_steps += skipped
-            self._amp_skips_in_a_row = self._amp_skips_in_a_row + 1 if skipped else 0
-            if self._amp_skips_in_a_row >= MAX_CONSECUTIVE_AMP_SKIPS:
-                self._stop_on(f"fp16: the last {self._amp_skips_in_a_row} steps (to step {self.state.step + 1}) "
-                              f"all overflowed and were skipped, so the run has diverged",
-                              "Try --mixed_precision bf16, a lower --lr, --warmup-steps or --max-grad-norm 1")
+        in_a_row = self.guard.amp_diverged()
+        if in_a_row:
+            self._stop_on(f"fp16: the last {in_a_row} steps (to step {self.state.step + 1}) all overflowed and "
+                          f"were skipped, so the run has diverged",
+                          "Try --mixed_precision bf16, a lower --lr, --warmup-steps or --max-grad-norm 1")
         self.scheduler.step()
         self.state.step += 1
         now = time.perf_counter()
@@ -272,24 +347,24 @@ class Run:
         if at_log or at_checkpoint:
             self._check_finite()
         if at_log:
-            self._log_train(self.scheduler.get_last_lr()[0])
+            self._log_train()
         if at_checkpoint:
             self._save_checkpoint()
         if self.sync_counter:
             self.sync_counter.step_done(self.state.step, quiet=not (at_log or at_checkpoint))
         # Checked where the log already waits for the device: a check every step would stall a GPU every step.
-        if (at_log or accelerator.num_processes == 1) and self._stop_agreed() and not self.finished:
+        stop = (at_log or accelerator.num_processes == 1) and self.stop_signals.agreed(accelerator)
+        if stop and not self.finished:
             self._save_checkpoint()
-            name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another process"
             self.progress.close()
             accelerator.end_training()
-            raise Preempted(f"stopping on {name} at step {self.state.step}: checkpoint saved; the same command "
-                            f"resumes from it (exit code 3)")
+            raise Preempted(f"stopping on {self.stop_signals.name()} at step {self.state.step}: checkpoint saved; "
+                            f"the same command resumes from it (exit code 3)")
 
     def _check_finite(self) -> None:
         """--nan-policy abort: raises if any step so far had non-finite gradients (reads one number from the
         device). The checkpoints are checked before they are written, so the newest one is always good."""
-        bad_step = 0 if self._first_bad_step is None else int(self._first_bad_step.item())
+        bad_step = self.guard.first_bad_step()
         if bad_step:
             self._stop_on(f"non-finite loss or gradients at step {bad_step}",
                           "Try a lower --lr, --warmup-steps, --max-grad-norm 1, or --nan-policy skip")
@@ -299,17 +374,6 @@ class Run:
         raise UserError(f"{problem}: stopped. The last good checkpoint is {last or 'none (nothing saved yet)'}. "
                         f"{advice}")
 
-    def _on_stop_signal(self, signum, frame) -> None:
-        self._stop_signal = signum  # acted on at the next step's end, where every rank can agree
-
-    def _stop_agreed(self) -> bool:
-        """True on every rank when any rank got a stop signal: all stop after the same step (a lone rank
-        stopping would leave the others waiting forever in the next all-reduce)."""
-        if self.accelerator.num_processes == 1:
-            return self._stop_signal != 0
-        flag = torch.tensor(float(self._stop_signal != 0), device=self.accelerator.device)
-        return self.accelerator.reduce(flag, reduction="sum").item() > 0
-
     def _save_checkpoint(self) -> None:
         if self._saved_step == self.state.step:  # e.g. a stop signal on a checkpoint step: saved once
             return
@@ -318,26 +382,15 @@ class Run:
         self._restart_clocks()
 
     # ------------------------------------------------------------------------------------------ logs
-    def _log_train(self, lr: float) -> None:
-        names = list(self._sums)
-        totals = self.accelerator.reduce(torch.stack([self._sums[n] for n in names]), reduction="sum")
-        count = totals[names.index("count")].item()
-        values = {f"train/{n}": totals[i].item() / count for i, n in enumerate(names) if n != "count"}
-        elapsed = time.perf_counter() - self._log_clock
-        values.update({"train/lr": lr, "train/epoch": self.state.step / self.steps_per_epoch,
-                       "train/images_per_s": self._images_since_log / max(elapsed, 1e-9),
-                       "train/samples_per_s": self._samples_since_log / max(elapsed, 1e-9)})
-        if self._grad_norms:
-            values["train/grad_norm"] = torch.stack(self._grad_norms).mean().item()
+    def _log_train(self) -> None:
+        values = {**self.metrics.reduced(), "train/lr": self.scheduler.get_last_lr()[0],
+                  "train/epoch": self.state.step / self.steps_per_epoch}
         if self.state.skipped_steps:
             values["train/skipped_steps"] = self.state.skipped_steps
         if self.accelerator.scaler is not None:
             values["train/amp_skipped_steps"] = self.state.amp_skipped_steps
         self.log(values)
-        self.progress.set_postfix(loss=f"{values['train/loss']:.4f}",
-                                  img_s=f"{values['train/images_per_s']:.0f}")
-        self._sums, self._grad_norms, self._log_clock = {}, [], time.perf_counter()
-        self._images_since_log = self._samples_since_log = 0
+        self.progress.set_postfix(loss=f"{values['train/loss']:.4f}", img_s=f"{values['train/images_per_s']:.0f}")
 
     def log(self, values: dict) -> None:
         """Values (scalars and common.media) to the tracker and metrics.jsonl at the current optimizer step.
@@ -359,7 +412,7 @@ class Run:
         self.log_evaluation(metrics)
 
     def _restart_clocks(self) -> None:
-        self._clock = self._log_clock = time.perf_counter()
+        self._clock = self.metrics.clock = time.perf_counter()
 
     # ---------------------------------------------------------------------------------------- the end
     def finish(self, encoder, metrics: dict) -> dict:
