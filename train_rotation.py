@@ -72,7 +72,8 @@ def main(argv=None):
             run.log_evaluation(evaluate(accelerator, unwrapped, dataset, args))
 
     # Evaluation of the final encoder, then final/, results.json and the tracker's summary.
-    run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args))
+    run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args),
+               skipped_images=dataset.skipped_files)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def main(argv=None):
     dataset, train_images = data.load_data(args, accelerator)
     config.require(config.dataset_checks(args, len(train_images)))
     train_loader = data.index_loader(accelerator, args, len(train_images))
-    pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed).to(accelerator.device)
+    pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed,
+                        dataset.classes).to(accelerator.device)
 
     # Model: the shared encoder (the product) + a projection to the embedding compared by the loss.
     mean, std = dataset.channel_stats()
@@ -84,7 +85,8 @@ def main(argv=None):
         if run.evaluation_due(epoch):
             run.log_evaluation(evaluate(accelerator, unwrapped, dataset, args))
 
-    run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args))
+    run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args),
+               skipped_images=dataset.skipped_files)
 
 
 if __name__ == "__main__":

@@ -194,6 +194,9 @@ def load_data(args, accelerator):
     and augmented."""
     with accelerator.local_main_process_first():
         dataset = load_dataset(args)
+    if dataset.skipped_files and accelerator.is_main_process:
+        print(f"warning: {dataset.skipped_files} unreadable image file(s) of {args.data_dir!r} left out "
+              f"(--skip-bad-images); results.json counts them as skipped_images", flush=True)
     return dataset, dataset.train_images.to(accelerator.device)
 
 

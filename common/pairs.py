@@ -5,6 +5,8 @@ seedable sampler shards the anchors across ranks, and each rank computes its anc
 """
 import torch
 
+from common import UserError
+
 _MASK = 0xFFFFFFFF
 
 
@@ -29,7 +31,8 @@ class PairSampler:
     original tutorial drew, is similar only about 1 time in 10 on CIFAR-10.
     """
 
-    def __init__(self, labels: torch.Tensor, mode: str = "label", positive_fraction: float = 0.5, seed: int = 0):
+    def __init__(self, labels: torch.Tensor, mode: str = "label", positive_fraction: float = 0.5, seed: int = 0,
+                 class_names=None):
         self.mode, self.positive_fraction, self.seed = mode, positive_fraction, seed
         self.num_images = len(labels)
         labels = labels.long()
@@ -38,8 +41,11 @@ class PairSampler:
         self.class_start = torch.cumsum(counts, 0) - counts
         self.class_count = counts
         self.labels = labels
-        if mode == "label" and (counts[counts > 0] < 2).any():
-            raise ValueError("--pairs label needs at least two images in every class")
+        lonely = [c for c, n in enumerate(counts.tolist()) if n == 1]
+        if mode == "label" and lonely:
+            names = [class_names[c] if class_names else str(c) for c in lonely]
+            raise UserError(f"--pairs label needs at least two train images in every class, and {', '.join(names)} "
+                            f"{'has' if len(names) == 1 else 'have'} one: add images, or use --pairs augment")
 
     def to(self, device):
         for name in ("order", "class_start", "class_count", "labels"):

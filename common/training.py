@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from common import Preempted, UserError, checkpoints, diagnostics, distributed, schedules
+from common import Preempted, UserError, checkpoints, diagnostics, distributed, runlock, schedules
 from common.config import environment, save_config
 from common.data import micro_batch_size
 from common.tracking import Tracker, scalars, tracker_name
@@ -30,8 +30,9 @@ MAX_CONSECUTIVE_AMP_SKIPS = 50
 
 
 def make_accelerator(args) -> Accelerator:
-    """The Accelerator of a training run (tracker, accumulation, seeded data order), once OUTPUT_DIR is known to
-    be writable and shared by every process; then the one seeding point of the run."""
+    """The Accelerator of a training run (tracker, accumulation, seeded data order), once this run holds OUTPUT_DIR
+    (one training per folder: common/runlock.py) and it is writable and shared by every process; then the one
+    seeding point of the run."""
     accelerator = distributed.make_accelerator(
         args,
         gradient_accumulation_steps=args.grad_accum,
@@ -43,6 +44,8 @@ def make_accelerator(args) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=True),
         dynamo_backend="inductor" if args.compile else None,
     )
+    # Before anything is written there; the main process holds the lock until it exits.
+    distributed.decided_by_main(accelerator, lambda: runlock.acquire(args.output_dir))
     check_output_dir(args.output_dir)
     distributed.probe_shared_directory(accelerator, args.output_dir)
     # Each rank draws its own augmentations (restored on resume); the initial weights are rank 0's on every rank,
@@ -415,10 +418,11 @@ class Run:
         self._clock = self.metrics.clock = time.perf_counter()
 
     # ---------------------------------------------------------------------------------------- the end
-    def finish(self, encoder, metrics: dict) -> dict:
-        """Writes final/ (encoder), results.json and the last metrics; ends the tracker."""
+    def finish(self, encoder, metrics: dict, **facts) -> dict:
+        """Writes final/ (encoder), results.json and the last metrics; ends the tracker. facts: numbers about the
+        run that results.json should hold beside the metrics (e.g. skipped_images)."""
         state, accelerator = self.state, self.accelerator
-        results = {**state.init_metrics, **scalars(metrics),
+        results = {**state.init_metrics, **scalars(metrics), **facts,
                    "steps": state.step, "epochs": state.step / self.steps_per_epoch,
                    "images_per_s": state.images / max(state.train_time_s, 1e-9),
                    "samples_per_s": state.samples / max(state.train_time_s, 1e-9),

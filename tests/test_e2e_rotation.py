@@ -101,3 +101,16 @@ def test_default_tracker_is_wandb_offline_without_credentials(tmp_path):
     run_id = (out / "wandb_run_id").read_text().strip()
     runs = list((out / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1 and (runs[0] / f"run-{run_id}.wandb").exists()
+
+
+def test_skipped_unreadable_images_are_counted_in_the_log_and_results(image_folder, tmp_path):
+    from conftest import python_script
+    (image_folder / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    out = tmp_path / "out"
+    result = python_script("train_rotation.py", "--dataset", "imagefolder", "--data-dir", image_folder, "--image-size",
+                           "16", "--cache-dir", tmp_path / "cache", "--model", "simple_cnn", "--batch-size", "4",
+                           "--knn-k", "3", "--report-to", "none", "--max-steps", "2", "--skip-eval",
+                           "--skip-bad-images", "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: 1 unreadable image file(s) of" in result.stdout
+    assert json.loads((out / "results.json").read_text())["skipped_images"] == 1

@@ -43,3 +43,16 @@ def test_bad_positive_fraction_is_one_line(tmp_path):
     assert result.returncode != 0
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == \
         ["error: --positive-fraction must be within [0, 1] (got 1.5)"]
+
+
+def test_a_class_with_one_image_is_one_error_line(image_folder, tmp_path):
+    from conftest import python_script
+    for extra in sorted((image_folder / "train" / "dog").glob("*.png"))[1:]:
+        extra.unlink()  # dog keeps one train image
+    result = python_script("train_siamese.py", "--dataset", "imagefolder", "--data-dir", image_folder, "--image-size",
+                           "16", "--cache-dir", tmp_path / "cache", "--model", "simple_cnn", "--batch-size", "4",
+                           "--knn-k", "3", "--report-to", "none", "--max-steps", "1", "--output-dir", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --pairs label needs at least two train images in every class, and dog has one: add images, or use "
+        "--pairs augment")

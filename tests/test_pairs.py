@@ -99,3 +99,11 @@ def test_drawing_partners_never_makes_the_host_wait(mode):
     with HostWaits() as waits:
         partners, similar = sampler(torch.arange(64, device="meta"), epoch=3)
     assert waits.seen == [] and partners.device.type == "meta" and partners.shape == (64,)
+
+
+def test_a_class_with_one_image_is_named_for_label_pairs():
+    from common import UserError
+    labels = torch.tensor([0, 0, 1, 2, 2])
+    with pytest.raises(UserError, match="every class, and bird has one: add images, or use --pairs augment"):
+        PairSampler(labels, "label", class_names=["cat", "bird", "dog"])
+    PairSampler(labels, "augment")  # augment pairs need no second image of a class

@@ -1,0 +1,59 @@
+"""One training per OUTPUT_DIR: the main process holds an OS lock on OUTPUT_DIR/.run.lock for the whole run.
+
+A second start on the same OUTPUT_DIR (launched twice by mistake; a requeued job starting while the old one still
+runs) stops before it touches anything, naming the holder. The lock is the kernel's (fcntl.lockf, a POSIX record
+lock, which NFS passes to its server): it dies with the process holding it, also on SIGKILL, and on a shared file
+system with the holder's node (the server reclaims the locks of a client it lost, after its lease), so a requeue
+after a crash never waits for a person. One holder per run, not per rank: only the main process takes it.
+"""
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+
+from common import UserError
+
+LOCK_NAME = ".run.lock"
+
+
+def acquire(output_dir: str) -> int:
+    """Takes the lock (creating OUTPUT_DIR and the lock file if needed) and records the holder in it; returns the
+    open file descriptor, which holds the lock until this process exits. Raises UserError if another process holds
+    it. Call on the main process only."""
+    path = os.path.join(output_dir, LOCK_NAME)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot write to output dir {output_dir!r} ({e.strerror}): "
+                        f"choose a writable --output-dir") from e
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            os.close(fd)
+            raise UserError(f"cannot lock {path!r} ({e.strerror}): the file system of --output-dir must support "
+                            f"POSIX locks (local disks and NFS do)") from e
+        holder = _holder(fd)
+        os.close(fd)  # ours was never the lock: closing it releases nothing of the holder's
+        raise UserError(f"{output_dir!r} is in use by another training ({holder}): wait for it to end or stop it, "
+                        f"or pass another --output-dir; nothing was written") from None
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    return fd
+
+
+def _holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except ValueError:
+        holder = {}
+    if not holder:
+        return "its holder is still starting"
+    job = f", Slurm job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
+    return f"pid {holder.get('pid')} on {holder.get('host')}{job}, started {holder.get('started')}"

@@ -1,0 +1,66 @@
+"""One training per OUTPUT_DIR (common/runlock.py), with the real script started as a user would start it."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO, python_script
+
+RUN = ["--dataset", "synthetic", "--model", "simple_cnn", "--report-to", "none", "--batch-size", "32",
+       "--checkpoint-every", "10", "--log-every", "5", "--skip-eval"]
+
+
+def start(out, *extra):
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "train_rotation.py"), *RUN, "--output-dir", str(out),
+                             *map(str, extra)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(condition, what, timeout=120):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def snapshot(folder):
+    return {os.path.relpath(os.path.join(root, name), folder): os.stat(os.path.join(root, name)).st_mtime_ns
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def test_a_second_start_on_the_same_output_dir_stops_at_once_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    first = start(out, "--max-steps", "400")
+    wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0,
+             "the first run's first logged step")
+    before = snapshot(out)
+    began = time.time()
+    second = python_script("train_rotation.py", *RUN, "--max-steps", "400", "--output-dir", out)
+    took = time.time() - began
+    assert first.poll() is None, "the first run ended before the second start was tried: make it longer"
+    assert second.returncode == 2 and took < 30, (second.returncode, took, second.stderr[-2000:])
+    error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"pid {first.pid} on " in error[0] and "in use by another training" in error[0]
+    assert "nothing was written" in error[0] and "started 20" in error[0]
+    changed = {name for name, mtime in snapshot(out).items() if before.get(name) != mtime}
+    assert not (changed - {"metrics.jsonl"} - {n for n in changed if n.startswith("checkpoints")}), changed
+    assert first.wait(timeout=600) == 0, first.stdout.read()[-3000:]
+    steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl") if "train/loss" in line]
+    assert steps == list(range(5, 401, 5))  # each logged step once, in order: the second run logged nothing
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block_the_next_start(tmp_path):
+    out = tmp_path / "run"
+    first = start(out, "--max-steps", "400")
+    wait_for(lambda: (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step_*")),
+             "the first run's first checkpoint")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    assert (out / ".run.lock").exists()  # the file stays; the lock was the process's and died with it
+    again = python_script("train_rotation.py", *RUN, "--max-steps", "30", "--output-dir", out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout
+    holder = json.loads((out / ".run.lock").read_text())
+    assert holder["pid"] != first.pid and holder["host"]
