@@ -62,5 +62,27 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next_start(tmp_path):
     again = python_script("train_rotation.py", *RUN, "--max-steps", "30", "--output-dir", out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout
-    holder = json.loads((out / ".run.lock").read_text())
-    assert holder["pid"] != first.pid and holder["host"]
+    assert not (out / ".run.lock").exists()  # removed by the run that ended normally
+
+
+def test_the_lock_file_names_its_holder_and_goes_with_it(tmp_path):
+    from common import runlock
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common import runlock; "
+                               "runlock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(out)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    record = json.loads((out / ".run.lock").read_text())
+    assert record["pid"] == holder.pid and record["host"] and record["started"].startswith("20")
+    try:
+        import pytest
+        from common import UserError
+        with pytest.raises(UserError, match=f"in use by another training \\(pid {holder.pid} on "):
+            runlock.acquire(str(out))
+    finally:
+        holder.terminate()  # SIGTERM: no atexit, the file stays, the lock goes with the process
+        holder.wait(timeout=30)
+    fd = runlock.acquire(str(out))
+    assert json.loads((out / ".run.lock").read_text())["pid"] == os.getpid()
+    runlock.release(fd)
+    assert not (out / ".run.lock").exists()
