@@ -14,10 +14,10 @@ from common.config import save_config
 
 PREFIX = "step_"
 # Options a checkpoint cannot be resumed under when they changed: the weights' or optimizer state's shapes, the
-# data order, or the meaning of the saved position. Others (lr, --max-steps, logging, evaluation) may change.
-# Each script adds its own (Run's must_match): rotations per image, pairs, embedding size, ...
-MUST_MATCH = ("model", "image_size", "optimizer", "batch_size", "grad_accum", "dataset", "synthetic_size", "seed",
-              "world_size")
+# data order, or the meaning of the saved position. Others (lr, --max-steps, logging, evaluation) may change, and
+# so may the number of processes and --grad-accum: --batch-size is the global batch, which keeps the samples of
+# every step (see Run._resume). Each script adds its own (Run's must_match): rotations per image, pairs, ...
+MUST_MATCH = ("model", "image_size", "optimizer", "batch_size", "dataset", "synthetic_size", "seed")
 
 
 def path_of(output_dir: str, step: int) -> str:
@@ -97,10 +97,15 @@ def verify_checkpoint(path: str):
     return None
 
 
+def saved_config(checkpoint: str) -> dict:
+    """The options (and world_size) of the run that wrote the checkpoint."""
+    with open(os.path.join(checkpoint, "config.json")) as f:
+        return json.load(f)
+
+
 def check_compatible(args, checkpoint: str, world_size: int, must_match=MUST_MATCH) -> None:
     """Refuse a checkpoint written with options that change what it holds, naming every field that differs."""
-    with open(os.path.join(checkpoint, "config.json")) as f:
-        saved = json.load(f)
+    saved = saved_config(checkpoint)
     now = {**vars(args), "world_size": world_size}
     differ = [f"{name} {saved[name]!r} in the checkpoint, {now[name]!r} now" for name in must_match
               if name in saved and name in now and saved[name] != now[name]]

@@ -1,5 +1,7 @@
-"""Opt-in instruments for the checks, off in normal use: fault injection for the fault tests (SSL_SCRIPTS_FAULT)
-and counting the host's waits for the GPU per step (--count-host-syncs)."""
+"""Opt-in instruments for the checks, off in normal use: fault injection for the fault tests (SSL_SCRIPTS_FAULT),
+the sample indices each process trains on (SSL_SCRIPTS_RECORD_INDICES) and counting the host's waits for the GPU
+per step (--count-host-syncs)."""
+import json
 import math
 import os
 import warnings
@@ -21,6 +23,20 @@ def inject_faults(model, run) -> None:
     def poison(module, inputs, output):
         return output * math.nan if module.training and run.state.step + 1 == int(step_spec) else output
     model.register_forward_hook(poison)
+
+
+def index_recorder(accelerator):
+    """SSL_SCRIPTS_RECORD_INDICES=PREFIX: each process appends the sample indices of every micro-batch it trains on,
+    with the optimizer step they belong to, to PREFIX.rank<N>.jsonl (for the resume tests); None when unset."""
+    prefix = os.environ.get("SSL_SCRIPTS_RECORD_INDICES")
+    if not prefix:
+        return None
+    path = f"{prefix}.rank{accelerator.process_index}.jsonl"
+
+    def record(step: int, indices) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps({"step": step, "indices": indices.tolist()}) + "\n")
+    return record
 
 
 class HostSyncCounter:

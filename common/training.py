@@ -239,6 +239,7 @@ class Run:
         self.metrics = TrainMetrics(accelerator)
         self.guard = NonFiniteGuard(args, accelerator, self.state)
         self.stop_signals = StopSignals()
+        self.record_indices = diagnostics.index_recorder(accelerator)
         self._saved_step = None  # the step whose checkpoint this process last saved or resumed from
         self._resume()
         self._start_logs()
@@ -251,8 +252,28 @@ class Run:
         if checkpoint:
             accelerator.load_state(checkpoint)
             self._saved_step = self.state.step
+            saved = checkpoints.saved_config(checkpoint)
+            if (saved["world_size"], saved["grad_accum"]) != (accelerator.num_processes, args.grad_accum):
+                self._continue_on_another_split(saved["world_size"], saved["grad_accum"])
             accelerator.print(f"resumed from {checkpoint} at step {self.state.step} "
                               f"(epoch {self.state.epoch}, batch {self.state.batches_in_epoch})")
+
+    def _continue_on_another_split(self, saved_world_size: int, saved_accum: int) -> None:
+        """The checkpoint's run split the same global batch over other processes or accumulation steps. Every
+        optimizer step still takes the same samples (the seedable sampler permutes all indices; an optimizer step
+        takes the next --batch-size of them, however they are split), so the saved position, in this process's
+        micro-batches, is converted through optimizer steps. Ranks the checkpoint has no random state for draw
+        their augmentations from a seed of (seed, step, rank)."""
+        args, accelerator, state = self.args, self.accelerator, self.state
+        steps_in_epoch = math.ceil(state.batches_in_epoch / saved_accum)
+        state.batches_in_epoch = min(steps_in_epoch * args.grad_accum, len(self.loader))
+        if accelerator.process_index >= saved_world_size:
+            set_seed((args.seed * 1_000_003 + state.step * 1009 + accelerator.process_index) % 2 ** 32)
+        fresh_ranks = (f"; the augmentations of ranks {saved_world_size} and above are seeded by (seed, step, rank)"
+                       if accelerator.num_processes > saved_world_size else "")
+        accelerator.print(f"resuming a run of {saved_world_size} process(es) x {saved_accum} accumulation step(s) on "
+                          f"{accelerator.num_processes} x {args.grad_accum}: the same global batch {args.batch_size}, "
+                          f"the same samples in the same order{fresh_ranks}", flush=True)
 
     def _start_logs(self) -> None:
         args, accelerator = self.args, self.accelerator
@@ -299,6 +320,8 @@ class Run:
             if self.finished:
                 return
             self.state.batches_in_epoch += 1
+            if self.record_indices:
+                self.record_indices(self.state.step + 1, indices)
             yield indices
         self._check_finite()  # before the epoch's evaluation
         if self.sync_counter:

@@ -186,3 +186,46 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, image_fold
     assert len(errors(result)) == 1 and message in errors(result)[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert os.listdir(out) == ["results.json"] and (out / "results.json").read_text() == "keep me"
+
+
+def steps_of(prefix, processes):
+    """{step: the sample indices it trained on, rank by rank and micro-batch by micro-batch} from the index records
+    (SSL_SCRIPTS_RECORD_INDICES) of every process of one or several runs."""
+    per_rank = [[json.loads(line) for line in open(f"{prefix}.rank{rank}.jsonl")] for rank in range(processes)]
+    steps = {}
+    for records in per_rank:  # rank 0's micro-batches of a step, then rank 1's: the order of the global batches
+        for record in records:
+            steps.setdefault(record["step"], []).extend(record["indices"])
+    return steps
+
+
+@pytest.mark.parametrize("first, then", [((2, 1), (1, 2)), ((1, 2), (2, 1))])
+def test_a_run_resumed_on_another_number_of_processes_trains_on_the_same_samples(tmp_path, first, then):
+    """(processes, --grad-accum) before and after the resume; --batch-size 32 stays the global batch."""
+    options = [*SMALL, "--augment", "none", "--checkpoint-every", "4", "--log-every", "4", "--skip-eval"]
+
+    def launch(name, processes, accum, steps):
+        result = accelerate_launch("train_rotation.py", *options, "--max-steps", steps, "--grad-accum", accum,
+                                   "--output-dir", tmp_path / name, num_processes=processes,
+                                   env={"SSL_SCRIPTS_RECORD_INDICES": str(tmp_path / f"{name}-{processes}")})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    launch("whole", 2, 1, 8)
+    launch("cut", *first, 4)  # stopped after the checkpoint of step 4
+    resumed = launch("cut", *then, 8)
+    assert f"resuming a run of {first[0]} process(es) x {first[1]} accumulation step(s) on {then[0]} x {then[1]}" \
+        in resumed.stdout and "resumed from" in resumed.stdout
+
+    whole = steps_of(tmp_path / "whole-2", 2)
+    before, after = steps_of(tmp_path / f"cut-{first[0]}", first[0]), steps_of(tmp_path / f"cut-{then[0]}", then[0])
+    assert sorted(before) == [1, 2, 3, 4] and sorted(after) == [5, 6, 7, 8]
+    assert {**before, **after} == whole and all(len(indices) == 32 for indices in whole.values())
+
+    final_whole = weights(tmp_path / "whole" / "checkpoints" / "step_00000008")
+    final_cut = weights(tmp_path / "cut" / "checkpoints" / "step_00000008")
+    for name in final_whole:
+        torch.testing.assert_close(final_cut[name], final_whole[name], rtol=1e-4, atol=1e-5)
+    losses = [[json.loads(line)["train/loss"] for line in open(tmp_path / run / "metrics.jsonl")
+               if '"train/loss"' in line][-1] for run in ("whole", "cut")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
