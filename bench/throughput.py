@@ -5,7 +5,7 @@
 
 For each script (rotation, siamese) and model, at the same samples per step (images through the network):
   limit    forward, backward and optimizer step on batches already on the device, in the memory format the
-           encoder trains in (models.MEMORY_FORMATS): the model's own limit;
+           encoder trains in (its memory_format in models.MODELS): the model's own limit;
   project  `python train_<script>.py ... --skip-eval`: the scripts' real code path (uint8 data on the device,
            batched augmentation, rotations or pairs, step, logging), timed over its steady-state log windows;
   tutorial the tutorial's RotatedCIFAR10 / SiameseCIFAR10 (per-image PIL, ToTensor, Normalize, rotate) in a

@@ -103,10 +103,10 @@ def saved_config(checkpoint: str) -> dict:
         return json.load(f)
 
 
-def check_compatible(args, checkpoint: str, world_size: int, must_match=MUST_MATCH) -> None:
-    """Refuse a checkpoint written with options that change what it holds, naming every field that differs."""
-    saved = saved_config(checkpoint)
-    now = {**vars(args), "world_size": world_size}
+def check_compatible(args, checkpoint: str, saved: dict, must_match=MUST_MATCH) -> None:
+    """Refuse a checkpoint written with options (`saved`, its config.json) that change what it holds, naming every
+    field that differs."""
+    now = vars(args)
     differ = [f"{name} {saved[name]!r} in the checkpoint, {now[name]!r} now" for name in must_match
               if name in saved and name in now and saved[name] != now[name]]
     if differ:
@@ -114,13 +114,16 @@ def check_compatible(args, checkpoint: str, world_size: int, must_match=MUST_MAT
                         f"the checkpoint's options, or start a new training with another --output-dir")
 
 
-def choose(args, world_size: int, must_match=MUST_MATCH):
-    """The checkpoint to start from: with --resume auto the newest intact one (damaged ones are reported and
-    passed over), an explicit path only if intact, or None; refused if written with incompatible options."""
+def choose(args, must_match=MUST_MATCH):
+    """The checkpoint to start from and the options it was written with (its config.json, world_size included):
+    with --resume auto the newest intact one (damaged ones are reported and passed over), an explicit path only if
+    intact, or (None, None); refused if written with incompatible options."""
     checkpoint = _intact_checkpoint(args)
-    if checkpoint:
-        check_compatible(args, checkpoint, world_size, must_match)
-    return checkpoint
+    if not checkpoint:
+        return None, None
+    saved = saved_config(checkpoint)
+    check_compatible(args, checkpoint, saved, must_match)
+    return checkpoint, saved
 
 
 def _intact_checkpoint(args):

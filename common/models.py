@@ -53,7 +53,7 @@ class Encoder(nn.Module):
 
     def set_memory_format(self, memory_format) -> "Encoder":
         """The layout of the conv weights and of the maps (NCHW: torch.contiguous_format; NHWC:
-        torch.channels_last); only speed depends on it. build_encoder chooses it per model (MEMORY_FORMATS)."""
+        torch.channels_last); only speed depends on it. build_encoder chooses it per model (MODELS)."""
         self.to(memory_format=memory_format)
         self.memory_format = memory_format
         return self

@@ -1,10 +1,11 @@
 """One training per OUTPUT_DIR: the main process holds an OS lock on OUTPUT_DIR/.run.lock for the whole run.
 
 A second start on the same OUTPUT_DIR (launched twice by mistake; a requeued job starting while the old one still
-runs) stops before it touches anything, naming the holder. The holder removes the file when it exits. The lock is the kernel's (fcntl.lockf, a POSIX record
+runs) stops before it touches anything, naming the holder. The lock is the kernel's (fcntl.lockf, a POSIX record
 lock, which NFS passes to its server): it dies with the process holding it, also on SIGKILL, and on a shared file
 system with the holder's node (the server reclaims the locks of a client it lost, after its lease), so a requeue
-after a crash never waits for a person. One holder per run, not per rank: only the main process takes it.
+after a crash never waits for a person. One holder per run, not per rank: only the main process takes it. The
+holder removes the file when it exits.
 """
 import atexit
 import datetime
@@ -27,8 +28,7 @@ def acquire(output_dir: str) -> int:
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write to output dir {output_dir!r} ({e.strerror}): "
-                        f"choose a writable --output-dir") from e
+        raise unwritable_output_dir(output_dir, e) from e
     while True:
         fd = _open_locked(path, output_dir)
         try:
@@ -51,8 +51,7 @@ def _open_locked(path: str, output_dir: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise UserError(f"cannot write to output dir {output_dir!r} ({e.strerror}): "
-                        f"choose a writable --output-dir") from e
+        raise unwritable_output_dir(output_dir, e) from e
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -80,6 +79,11 @@ def release(fd: int) -> None:
 
 _held = {}  # the locks this process holds, fd -> path: released at exit (a kill releases them without this)
 atexit.register(lambda: [release(fd) for fd in list(_held)])
+
+
+def unwritable_output_dir(output_dir: str, error: OSError) -> UserError:
+    """The one line for an --output-dir this process cannot create or write to."""
+    return UserError(f"cannot write to output dir {output_dir!r} ({error.strerror}): choose a writable --output-dir")
 
 
 def _holder(fd: int) -> str:

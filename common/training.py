@@ -19,6 +19,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from common import Preempted, UserError, checkpoints, diagnostics, distributed, runlock, schedules
+from common.cli import EXIT_PREEMPTED
 from common.config import environment, save_config
 from common.data import micro_batch_size
 from common.tracking import Tracker, scalars, tracker_name
@@ -61,8 +62,7 @@ def check_output_dir(output_dir: str) -> None:
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to output dir {output_dir!r} ({e.strerror}): "
-                        f"choose a writable --output-dir") from e
+        raise runlock.unwritable_output_dir(output_dir, e) from e
 
 
 def make_optimizer(args, model) -> torch.optim.Optimizer:
@@ -247,12 +247,12 @@ class Run:
     def _resume(self) -> None:
         args, accelerator = self.args, self.accelerator
         # Verifying a checkpoint reads all of its files: once, on the main process, not once per process.
-        checkpoint = distributed.decided_by_main(
-            accelerator, lambda: checkpoints.choose(args, accelerator.num_processes, self.must_match))
+        # The options it was written with come with it: no rank reads the file on its own.
+        checkpoint, saved = distributed.decided_by_main(
+            accelerator, lambda: checkpoints.choose(args, self.must_match))
         if checkpoint:
             accelerator.load_state(checkpoint)
             self._saved_step = self.state.step
-            saved = checkpoints.saved_config(checkpoint)
             if (saved["world_size"], saved["grad_accum"]) != (accelerator.num_processes, args.grad_accum):
                 self._continue_on_another_split(saved["world_size"], saved["grad_accum"])
             accelerator.print(f"resumed from {checkpoint} at step {self.state.step} "
@@ -385,7 +385,7 @@ class Run:
             self.progress.close()
             accelerator.end_training()
             raise Preempted(f"stopping on {self.stop_signals.name()} at step {self.state.step}: checkpoint saved; "
-                            f"the same command resumes from it (exit code 3)")
+                            f"the same command resumes from it (exit code {EXIT_PREEMPTED})")
 
     def _check_finite(self) -> None:
         """--nan-policy abort: raises if any step so far had non-finite gradients (reads one number from the
