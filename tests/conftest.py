@@ -47,6 +47,45 @@ def image_folder(tmp_path):
     return tmp_path
 
 
+REQUIRE_SMALL_DISK = "SSL_SCRIPTS_REQUIRE_SMALL_DISK"  # set by .ci/run: no tmpfs is then a failure, not a skip
+
+
+class SmallDisk:
+    """A file system of its own (a 64 MiB tmpfs) to fill: fill() leaves `leave` bytes free, free() frees them."""
+
+    def __init__(self, path):
+        self.path, self.ballast = path, path / ".ballast"
+
+    def fill(self, leave: int = 0) -> None:
+        import shutil
+        self.free()
+        take = shutil.disk_usage(self.path).free - leave
+        fd = os.open(self.ballast, os.O_CREAT | os.O_WRONLY)
+        try:
+            os.posix_fallocate(fd, 0, take)
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        if self.ballast.exists():
+            self.ballast.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mounted for the test (mount needs root: CI runs as root, where REQUIRE_SMALL_DISK makes its absence
+    a failure; elsewhere these tests are skipped with the reason)."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        reason = f"needs a small file system to fill: run as root, which may mount a tmpfs ({mounted.stderr.strip()})"
+        (pytest.fail if os.environ.get(REQUIRE_SMALL_DISK) else pytest.skip)(reason)
+    yield SmallDisk(path)
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
 def run_script(args, cwd=REPO, timeout=600, env=None):
     """Runs a command line (e.g. accelerate launch ...) and returns the CompletedProcess."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
