@@ -15,7 +15,7 @@ def run(main) -> None:
     try:
         main()
     except UserError as e:
-        _end_with(f"error: {e}", EXIT_USER_ERROR, sys.stderr, every_process=True)
+        _end_with(f"error: {e}", EXIT_USER_ERROR, sys.stderr, every_process=not e.agreed)
     except Preempted as e:  # not an error: said once, where the run's progress goes
         _end_with(str(e), EXIT_PREEMPTED, sys.stdout, every_process=False)
 

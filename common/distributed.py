@@ -63,7 +63,7 @@ def decided_by_main(accelerator, decide):
         broadcast_object_list(answer)
     kind, value = answer[0]
     if kind == "error":
-        raise UserError(value)
+        raise UserError(value, agreed=True)
     return value
 
 
