@@ -7,12 +7,11 @@ features and scored on the test split. The same network, untrained, is probed al
     accelerate launch evaluate.py --encoder runs/rotation/final --dataset cifar10
 """
 import argparse
-import json
 import os
 import time
 
 import torch
-from common import UserError, cli, config, data, distributed, models, probes
+from common import UserError, cli, config, data, distributed, files, models, probes
 
 
 def parse_args(argv=None):
@@ -94,8 +93,9 @@ def main(argv=None):
             lr=args.classifier_lr, weight_decay=args.weight_decay, seed=args.seed)
         accelerator.print(f"{name}: probed {len(blocks)} blocks in {time.time() - began:.0f} s")
 
-    # Report: the table (with RotNet's figures for NIN), and a JSON of everything needed to compare runs.
-    if accelerator.is_main_process:
+    # Report: the table (with RotNet's figures for NIN), and a JSON of everything needed to compare runs. Written
+    # by the main process; a failed write (a full disk) stops every process with one line.
+    def write_report():
         paper = probes.PAPER_NIN_NONLINEAR if trained.name == "nin" else None
         table = probes.format_table(results["trained"], results.get("untrained"), dims, paper)
         report = {"encoder": os.path.abspath(args.encoder), "model": trained.name, "feature_dims": dims,
@@ -103,15 +103,13 @@ def main(argv=None):
                   else len(dataset.train_labels), "test_images": len(dataset.test_labels),
                   "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                   "time_s": time.time() - start, "options": vars(args), **config.environment()}
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
-        with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
-            f.write(table + "\n")
+        files.write_json(args.output, report)
+        files.write_text(os.path.splitext(args.output)[0] + ".md", table + "\n")
         print(f"top-1 (%) on {report['test_images']} test images, classifiers trained on "
               f"{report['train_images']} images for {args.classifier_epochs} epochs:\n{table}\n"
               f"written: {args.output}; {time.time() - start:.0f} s in all")
-    accelerator.wait_for_everyone()  # the others wait for the main process's classifiers: see --dist-timeout
+    # The others wait here for the main process's classifiers: see --dist-timeout.
+    distributed.decided_by_main(accelerator, write_report)
 
 
 if __name__ == "__main__":

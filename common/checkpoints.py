@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 
-from common import UserError
+from accelerate.utils import gather_object
+
+from common import UserError, distributed, files
 from common.config import save_config
 
 PREFIX = "step_"
@@ -33,21 +35,32 @@ def list_checkpoints(output_dir: str) -> list:
     return [os.path.join(root, n) for n in sorted(names, key=lambda n: int(n[len(PREFIX):]))]
 
 
-def save(accelerator, args, step: int, environment: dict) -> str:
+def save(accelerator, args, step: int, environment: dict, needed: int) -> str:
     """Accelerate's save_state into a temporary folder, renamed once every rank has written. A folder of the same
     step (saved before a resume from an older, maybe damaged, checkpoint) is replaced. Keeps the newest
-    --keep-checkpoints. Call on every process."""
+    --keep-checkpoints. Call on every process.
+
+    A write that fails on any process (a full disk, a quota) removes the temporary folder and raises one UserError
+    on every process, the previous checkpoints untouched. needed: about the bytes of the model's and optimizer's
+    state, in case there is no checkpoint yet to measure."""
     final = path_of(args.output_dir, step)
     root, name = os.path.split(final)
     tmp, old = os.path.join(root, ".tmp-" + name), os.path.join(root, ".old-" + name)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    if accelerator.is_main_process:
-        save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,
-                    environment=environment)
-        write_manifest(tmp)
+    failure = None
+    try:
+        accelerator.save_state(tmp)
+        if accelerator.is_main_process:
+            save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,
+                        environment=environment)
+            write_manifest(tmp)
+    except (files.WriteFailed, *files.WRITE_ERRORS) as e:
+        failure = files.reason(e)
+    failures = [f for f in gather_object([failure]) if f]  # every process stops, or none
+    if failures:
+        _give_up(accelerator, args, final, tmp, failures[0], needed)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if os.path.isdir(final):
@@ -59,6 +72,20 @@ def save(accelerator, args, step: int, environment: dict) -> str:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _give_up(accelerator, args, final: str, tmp: str, failure: str, needed: int) -> None:
+    def stop():
+        shutil.rmtree(tmp, ignore_errors=True)
+        existing = list_checkpoints(args.output_dir)
+        if existing:
+            then = f"the previous checkpoints are intact: the same command resumes from {existing[-1]}"
+        else:
+            then = "no checkpoint was saved before: the same command starts the training again"
+        needed_now = max([needed] + [files.tree_bytes(p) for p in existing[-1:]])  # the last one: a measure
+        problem = files.failure(final, needed_now, failure)
+        raise UserError(f"{problem}. Stopped; {then} once there is room (free space, or lower --keep-checkpoints)")
+    distributed.decided_by_main(accelerator, stop)
 
 
 def _sha256(path: str) -> str:

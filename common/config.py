@@ -1,11 +1,10 @@
 """The one parser of options shared by both training scripts, and its validation."""
 import argparse
-import json
 import os
 import platform
 import subprocess
 
-from common import UserError, augment, models
+from common import UserError, augment, files, models
 from common.distributed import add_distributed_arguments, distributed_checks
 
 
@@ -172,5 +171,4 @@ def environment() -> dict:
 
 
 def save_config(args: argparse.Namespace, path: str, **extra) -> None:
-    with open(path, "w") as f:
-        json.dump({**vars(args), **extra}, f, indent=2, sort_keys=True)
+    files.write_json(path, {**vars(args), **extra}, sort_keys=True)

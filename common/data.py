@@ -5,7 +5,6 @@ on the device (airbench's way) with index batches from a seeded loader; common/a
 """
 import hashlib
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import UserError
+from common import UserError, files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -126,10 +125,10 @@ def scan_imagefolder(data_dir: str):
         classes = {}
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
             if entry.is_dir():
-                files = sorted(f.path for f in os.scandir(entry.path)
+                paths = sorted(f.path for f in os.scandir(entry.path)
                                if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS))
-                if files:
-                    classes[entry.name] = files
+                if paths:
+                    classes[entry.name] = paths
         if not classes:
             raise UserError(f"{root!r} has no class folders with images: put images in {split}/<class>/")
         splits[split] = classes
@@ -139,13 +138,13 @@ def scan_imagefolder(data_dir: str):
         raise UserError(f"test classes {missing} have no train/ folder in {data_dir!r}: "
                         f"every test class must also be a train class")
     index = {c: i for i, c in enumerate(class_names)}
-    files = {s: [(p, index[c]) for c, paths in splits[s].items() for p in paths] for s in splits}
-    return files, class_names
+    labelled = {s: [(p, index[c]) for c, paths in splits[s].items() for p in paths] for s in splits}
+    return labelled, class_names
 
 
 def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False) -> ImageData:
-    files, classes = scan_imagefolder(data_dir)
-    stats = [(p, os.stat(p)) for s in ("train", "test") for p, _ in files[s]]  # one stat per file: 60k on CIFAR
+    labelled, classes = scan_imagefolder(data_dir)
+    stats = [(p, os.stat(p)) for s in ("train", "test") for p, _ in labelled[s]]  # one stat per file: 60k on CIFAR
     key = hashlib.sha256(repr((os.path.abspath(data_dir), image_size, skip_bad,
                                [(p, st.st_size, st.st_mtime_ns) for p, st in stats])).encode()).hexdigest()[:20]
     cache_path = os.path.join(cache_dir, f"imagefolder-{key}.pt")
@@ -159,9 +158,9 @@ def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: b
     workers = min(8, decode_workers())
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
         for split in ("train", "test"):
-            decoded = list(pool.map(_decode_or_none, [(p, image_size) for p, _ in files[split]], chunksize=256))
+            decoded = list(pool.map(_decode_or_none, [(p, image_size) for p, _ in labelled[split]], chunksize=256))
             keep = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
-            bad = [(files[split][i][0], d) for i, d in enumerate(decoded) if not isinstance(d, np.ndarray)]
+            bad = [(labelled[split][i][0], d) for i, d in enumerate(decoded) if not isinstance(d, np.ndarray)]
             if bad and not skip_bad:
                 raise UserError(f"cannot read image {bad[0][0]!r} ({bad[0][1]}); fix or remove it, or pass "
                                 f"--skip-bad-images ({len(bad)} unreadable file(s) in {split}/)")
@@ -170,20 +169,12 @@ def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: b
             skipped += len(bad)
             tensors[f"{split}_images"] = torch.from_numpy(np.stack([decoded[i] for i in keep])).permute(0, 3, 1, 2)
             tensors[f"{split}_images"] = tensors[f"{split}_images"].contiguous()
-            tensors[f"{split}_labels"] = torch.tensor([files[split][i][1] for i in keep], dtype=torch.int64)
+            tensors[f"{split}_labels"] = torch.tensor([labelled[split][i][1] for i in keep], dtype=torch.int64)
     data = ImageData(**tensors, classes=classes, skipped_files=skipped)
-    tmp = None
     try:
-        os.makedirs(cache_dir, exist_ok=True)
-        # A name no other writer holds (nodes sharing the cache dir may run processes with the same pid).
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=os.path.basename(cache_path) + ".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(vars(data), f)
-        os.replace(tmp, cache_path)  # atomic: a concurrent reader never sees half a file
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
-        print(f"warning: could not cache decoded images in {cache_dir!r} ({e}); next start decodes again")
+        files.save_tensors(vars(data), cache_path)
+    except files.WriteFailed as e:  # the cache only saves time: training goes on without it
+        print(f"warning: decoded images not cached: {e.problem}; the next start decodes them again", flush=True)
     return data
 
 

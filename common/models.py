@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torchvision.models import resnet18
 
-from common import UserError
+from common import UserError, files
 
 CIFAR_MEAN = [125.3 / 255, 123.0 / 255, 113.9 / 255]  # RotNet's normalization, the default without data stats
 CIFAR_STD = [63.0 / 255, 62.1 / 255, 66.7 / 255]
@@ -185,11 +185,16 @@ class EncoderWithHead(nn.Module):
 
 # ------------------------------------------------------------------------------------------- export
 def save_encoder(encoder: Encoder, directory: str, **extra) -> None:
-    os.makedirs(directory, exist_ok=True)
+    """The encoder's weights and config, as one folder that replaces `directory` once complete (files.WriteFailed
+    if it cannot be written: then `directory` is as it was)."""
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, os.path.join(directory, "encoder.safetensors"))
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump({**encoder.config(), **extra}, f, indent=2)
+    config = json.dumps({**encoder.config(), **extra}, indent=2)
+
+    def write(folder):
+        save_file(state, os.path.join(folder, "encoder.safetensors"))
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            f.write(config)
+    files.write_atomically(directory, write, files.tensor_bytes(state) + len(config), folder=True)
 
 
 def load_encoder(path: str, device="cpu") -> Encoder:

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 
-from common import UserError
+from common import UserError, files
 
 LOCK_NAME = ".run.lock"
 
@@ -41,8 +41,15 @@ def acquire(output_dir: str) -> int:
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
           "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    record = (json.dumps(me) + "\n").encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+    except OSError as e:  # a full disk: this start stops, leaving no lock file behind
+        os.remove(path)
+        os.close(fd)
+        problem = files.failure(path, len(record), e)
+        raise UserError(f"{problem}; nothing else was written: free some space or pass another --output-dir") from e
     _held[fd] = path
     return fd
 

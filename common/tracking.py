@@ -7,7 +7,7 @@ import os
 import sys
 import uuid
 
-from common import media
+from common import files, media
 
 
 def tracker_name(args):
@@ -39,6 +39,7 @@ class Tracker:
     def __init__(self, args, accelerator, project: str):
         self.args, self.accelerator, self.project = args, accelerator, project
         self.metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+        self._unwritten = []  # metrics.jsonl lines a full disk held back, written with the next ones
 
     def start(self, step: int, fresh: bool, environment: dict) -> None:
         """metrics.jsonl cut back to `step` (what comes after it will be logged again), then the tracker."""
@@ -53,16 +54,14 @@ class Tracker:
             return
         with open(self.metrics_path) as f:
             kept = [] if fresh else [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.metrics_path, "w") as f:
-            f.writelines(kept)
+        files.write_text(self.metrics_path, "".join(kept))  # whole: a full disk leaves the file as it was
 
     def log(self, values: dict, step: int) -> None:
         """Scalars to the tracker and metrics.jsonl, media to the tracker. Values must already be global."""
         if not self.accelerator.is_main_process:
             return
         numbers = scalars(values)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({"step": step, **numbers}) + "\n")
+        self._append_metrics(json.dumps({"step": step, **numbers}) + "\n")
         self.accelerator.log(numbers, step=step)
         pictures = {k: v for k, v in values.items() if k not in numbers}
         for tracker in self.accelerator.trackers if pictures else ():
@@ -76,6 +75,22 @@ class Tracker:
                         tracker.writer.add_image(k, v.pixels, step, dataformats="HWC")
                     else:
                         tracker.writer.add_histogram(k, v.values, step)
+
+    def _append_metrics(self, line: str) -> None:
+        """A line appended to metrics.jsonl, whole. On a full disk the training goes on (its checkpoints are what
+        stop it): lines are held back and written, in order, once there is room."""
+        warned = bool(self._unwritten)
+        self._unwritten.append(line)
+        try:
+            files.append_whole(self.metrics_path, "".join(self._unwritten))
+        except files.WriteFailed as e:
+            if not warned:
+                print(f"warning: {e.problem}; its lines are held back until there is room (training goes on)",
+                      flush=True)
+            return
+        if warned:
+            print(f"{self.metrics_path!r}: the {len(self._unwritten) - 1} line(s) held back are written", flush=True)
+        self._unwritten = []
 
     def summarize(self, results: dict) -> None:
         """The run's final figures as the W&B run's summary; then the trackers end."""
@@ -110,8 +125,7 @@ class Tracker:
         """One training is one W&B run: the id is kept in OUTPUT_DIR and reused on resume and requeue. Main process
         only (trackers live there), so no other process depends on what its node sees of the file."""
         path = os.path.join(self.args.output_dir, "wandb_run_id")
-        if not os.path.exists(path):
-            with open(path, "w") as f:  # W&B's own id format: 8 lowercase alphanumerics
-                f.write(os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8])
+        if not os.path.exists(path):  # W&B's own id format: 8 lowercase alphanumerics
+            files.write_text(path, os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8])
         with open(path) as f:
             return f.read().strip()

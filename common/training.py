@@ -5,7 +5,6 @@ schedule, the logs, the checkpoints and the stop signals; at the end it writes f
 Each script keeps its own loop (data, model, loss) and calls a Run at four points: optimizer_step, end_batch,
 evaluation_due, log_evaluation.
 """
-import json
 import math
 import os
 import signal
@@ -18,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from common import Preempted, UserError, checkpoints, diagnostics, distributed, runlock, schedules
+from common import Preempted, UserError, checkpoints, diagnostics, distributed, files, runlock, schedules
 from common.cli import EXIT_PREEMPTED
 from common.config import environment, save_config
 from common.data import micro_batch_size
@@ -281,14 +280,18 @@ class Run:
         accelerator.print(f"global batch {args.batch_size} = {accelerator.num_processes} process(es) x "
                           f"{micro_batch} images x {args.grad_accum} accumulation step(s); lr {args.lr}; "
                           f"{self.total_steps} steps of {self.steps_per_epoch} per epoch", flush=True)
-        if accelerator.is_main_process:
-            save_config(args, os.path.join(args.output_dir, "config.json"), world_size=accelerator.num_processes)
-        self.tracker.start(self.state.step, self.fresh, self.environment)
+        # Main process only; a failed write (a full disk) stops every process.
+        distributed.decided_by_main(accelerator, self._start_files)
         # Redirected to a file (Slurm logs) the bar is redrawn every 30 s, not a few times a second.
         self.progress = tqdm(total=self.total_steps, initial=self.state.step, dynamic_ncols=True,
                              mininterval=1 if sys.stderr.isatty() else 30,
                              disable=not accelerator.is_local_main_process, desc="train")
         self._restart_clocks()
+
+    def _start_files(self) -> None:
+        save_config(self.args, os.path.join(self.args.output_dir, "config.json"),
+                    world_size=self.accelerator.num_processes)
+        self.tracker.start(self.state.step, self.fresh, self.environment)
 
     @property
     def finished(self) -> bool:
@@ -403,7 +406,8 @@ class Run:
     def _save_checkpoint(self) -> None:
         if self._saved_step == self.state.step:  # e.g. a stop signal on a checkpoint step: saved once
             return
-        checkpoints.save(self.accelerator, self.args, self.state.step, self.environment)
+        state_bytes = files.tensor_bytes([self.model.state_dict(), self.optimizer.state_dict()])
+        checkpoints.save(self.accelerator, self.args, self.state.step, self.environment, state_bytes)
         self._saved_step = self.state.step
         self._restart_clocks()
 
@@ -453,23 +457,31 @@ class Run:
                    "world_size": accelerator.num_processes, "peak_memory_mb": peak_memory_mb(),
                    "global_batch": self.args.batch_size, **(self.sync_counter.results() if self.sync_counter else {})}
         self.progress.close()
-        if accelerator.is_main_process:
-            from common.models import save_encoder
-            save_encoder(accelerator.unwrap_model(encoder), os.path.join(self.args.output_dir, "final"),
-                         trained_by=os.path.basename(sys.argv[0]), steps=state.step)
-            with open(os.path.join(self.args.output_dir, "results.json"), "w") as f:
-                json.dump(results, f, indent=2)
-            summary = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("eval/"))
-            print(f"done: {state.step} steps, {results['images_per_s']:.0f} images/s; {summary}")
-            if self.sync_counter:
-                print(f"host syncs per steady step: {results['host_syncs_per_step']:.2f} on average, "
-                      f"{results['host_syncs_max_step']} at most, over {results['host_syncs_steady_steps']} steps "
-                      f"({results['host_syncs_other_steps_total']} in all other steps)", flush=True)
-            elif self.args.count_host_syncs:
-                print("host syncs: not counted (--count-host-syncs needs a GPU)", flush=True)
+        # Main process only; a failed write (a full disk) stops every process.
+        encoder = accelerator.unwrap_model(encoder)
+        distributed.decided_by_main(accelerator, lambda: self._write_results(encoder, results))
         self.log(metrics)
         self.tracker.summarize(results)
         return results
+
+    def _write_results(self, encoder, results: dict) -> None:
+        from common.models import save_encoder
+        final = os.path.join(self.args.output_dir, "final")
+        then = (". Training is done and its last checkpoint saved: once there is room, the same command writes "
+                "final/ and results.json (evaluating the final encoder again)")
+        try:
+            save_encoder(encoder, final, trained_by=os.path.basename(sys.argv[0]), steps=self.state.step)
+            files.write_json(os.path.join(self.args.output_dir, "results.json"), results)
+        except files.WriteFailed as e:
+            raise UserError(e.problem + then) from e
+        summary = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("eval/"))
+        print(f"done: {self.state.step} steps, {results['images_per_s']:.0f} images/s; {summary}")
+        if self.sync_counter:
+            print(f"host syncs per steady step: {results['host_syncs_per_step']:.2f} on average, "
+                  f"{results['host_syncs_max_step']} at most, over {results['host_syncs_steady_steps']} steps "
+                  f"({results['host_syncs_other_steps_total']} in all other steps)", flush=True)
+        elif self.args.count_host_syncs:
+            print("host syncs: not counted (--count-host-syncs needs a GPU)", flush=True)
 
 
 def peak_memory_mb() -> float:

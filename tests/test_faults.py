@@ -2,12 +2,16 @@
 resumes, exact resume, one-vs-two-process equivalence, and bad input on both entry points."""
 import json
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from common.checkpoints import verify_checkpoint
+from common.models import load_encoder
 
 from conftest import REPO, SMALL, accelerate_command, accelerate_launch, python_script, run_script
 
@@ -229,3 +233,93 @@ def test_a_run_resumed_on_another_number_of_processes_trains_on_the_same_samples
     losses = [[json.loads(line)["train/loss"] for line in open(tmp_path / run / "metrics.jsonl")
                if '"train/loss"' in line][-1] for run in ("whole", "cut")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------- a full disk (a small tmpfs)
+def leftovers(folder):
+    """Temporaries a failed write could leave (files.write_atomically, checkpoints.save)."""
+    return [str(p) for p in folder.rglob("*") if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_a_full_disk_at_the_start_is_one_line_and_leaves_nothing(small_disk):
+    out = small_disk.path / "out"
+    small_disk.fill()
+    result = python_script("train_rotation.py", *SMALL, "--max-steps", "4", "--output-dir", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors(result)) == 1 and "no space left on device" in errors(result)[0], result.stderr[-2000:]
+    assert str(out / ".run.lock") in errors(result)[0] and "nothing else was written" in errors(result)[0]
+    assert os.listdir(out) == []
+
+
+def test_a_cache_dir_on_a_full_disk_is_one_warning_and_the_next_start_caches(small_disk, image_folder, tmp_path):
+    cache = small_disk.path / "cache"
+    options = ["--dataset", "imagefolder", "--data-dir", image_folder, "--cache-dir", cache, "--model", "simple_cnn",
+               "--batch-size", "4", "--knn-k", "5", "--max-steps", "2", "--skip-eval", "--report-to", "none"]
+    small_disk.fill()
+    full = python_script("train_rotation.py", *options, "--output-dir", tmp_path / "a")
+    assert full.returncode == 0, full.stderr[-3000:]  # the cache only saves time: the training goes on
+    warnings = [line for line in full.stdout.splitlines() if "not cached" in line]
+    assert len(warnings) == 1 and "no space left on device; it needs about" in warnings[0], full.stdout[-2000:]
+    assert str(cache / "imagefolder-") in warnings[0] and os.listdir(cache) == []
+
+    small_disk.free()
+    again = python_script("train_rotation.py", *options, "--output-dir", tmp_path / "b")
+    assert again.returncode == 0 and "not cached" not in again.stdout, again.stderr[-3000:]
+    assert [p.suffix for p in cache.iterdir()] == [".pt"]
+
+
+def test_a_checkpoint_onto_a_full_disk_stops_every_process_and_resumes_once_there_is_room(small_disk):
+    """A checkpoint here is 6.5 MB; 1 MiB is left for it: every process stops after the failed save (none waits
+    for the others in a collective), with one line; the earlier checkpoints stay intact and are resumed from."""
+    out = small_disk.path / "out"
+
+    def launch(steps):
+        return accelerate_launch("train_rotation.py", *SMALL, "--max-steps", steps, "--checkpoint-every", "2",
+                                 "--log-every", "1", "--skip-eval", "--output-dir", out, num_processes=2, timeout=300)
+
+    first = launch(4)
+    assert first.returncode == 0 and checkpoints(out) == [2, 4], first.stderr[-3000:]
+    small_disk.fill(leave=2 ** 20)
+    full = launch(8)
+    assert full.returncode != 0 and "resumed from" in full.stdout
+    assert len(errors(full)) == 1, full.stderr[-3000:]
+    assert f"could not write '{out / 'checkpoints' / 'step_00000006'}': no space left on device; it needs about " \
+           f"6.3 MiB" in errors(full)[0] and f"resumes from {out / 'checkpoints' / 'step_00000004'}" in errors(full)[0], \
+        errors(full)[0]
+    assert checkpoints(out) == [2, 4] and leftovers(out) == []
+    assert all(verify_checkpoint(str(out / "checkpoints" / f"step_0000000{k}")) is None for k in (2, 4))
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # whole lines
+    assert sorted(set(logged)) == [1, 2, 3, 4, 5, 6] and logged == sorted(logged)
+
+    small_disk.free()
+    again = launch(8)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / 'step_00000004'}" in again.stdout
+    assert checkpoints(out)[-1] == 8 and json.loads((out / "results.json").read_text())["steps"] == 8
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(logged)) == list(range(1, 9)) and logged == sorted(logged)  # cut back to step 4, then on
+
+
+def test_final_and_results_onto_a_full_disk_are_written_by_the_same_command_once_there_is_room(small_disk):
+    """The encoder of final/ is 82 KB; 48 KiB are left for it. The run is done and checkpointed, so the same
+    command writes final/ and results.json (evaluating again) once there is room."""
+    out = small_disk.path / "out"
+    command = ["train_rotation.py", *SMALL, "--max-steps", "4", "--checkpoint-every", "2", "--skip-eval",
+               "--output-dir", out]
+    first = python_script(*command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.rmtree(out / "final")  # as if the disk had filled up before the end of the run
+    (out / "results.json").unlink()
+    small_disk.fill(leave=48 * 1024)
+    full = python_script(*command)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert len(errors(full)) == 1 and f"could not write '{out / 'final'}': no space left on device" in \
+        errors(full)[0] and "the same command writes final/ and results.json" in errors(full)[0]
+    assert not (out / "final").exists() and not (out / "results.json").exists() and leftovers(out) == []
+
+    small_disk.free()
+    again = python_script(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["steps"] == 4
+    encoder = load_encoder(str(out / "final"))
+    assert sum(p.numel() for p in encoder.parameters()) > 0

@@ -64,3 +64,23 @@ def test_metrics_are_logged_and_cut_back_on_resume(tmp_path):
     assert [line["step"] for line in lines if "train/loss" in line] == [2, 4, 6, 8, 10, 12, 14, 16]
     epoch_ends = [line for line in lines if "train/epoch_time_s" in line]
     assert [line["step"] for line in epoch_ends] == [8, 16] and all(e["train/epoch_time_s"] > 0 for e in epoch_ends)
+
+
+def test_metrics_lines_a_full_disk_holds_back_are_written_in_order_once_there_is_room(small_disk, capsys):
+    from types import SimpleNamespace
+    from common.tracking import Tracker
+    args = SimpleNamespace(output_dir=str(small_disk.path))
+    accelerator = SimpleNamespace(is_main_process=True, log=lambda values, step: None)
+    tracker = Tracker(args, accelerator, "test")
+    tracker.log({"train/loss": 1.0}, step=1)
+    small_disk.fill()
+    tracker.log({"train/loss": 0.9, "pad": "x" * 10_000}, step=2)
+    tracker.log({"train/loss": 0.8}, step=3)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "metrics.jsonl': no space left on device" in warnings[0], warnings
+    assert [json.loads(line)["step"] for line in open(tracker.metrics_path)] == [1]
+
+    small_disk.free()
+    tracker.log({"train/loss": 0.7}, step=4)
+    assert [json.loads(line)["step"] for line in open(tracker.metrics_path)] == [1, 2, 3, 4]
+    assert "the 2 line(s) held back are written" in capsys.readouterr().out
