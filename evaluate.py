@@ -110,6 +110,7 @@ def main(argv=None):
               f"written: {args.output}; {time.time() - start:.0f} s in all")
     # The others wait here for the main process's classifiers: see --dist-timeout.
     distributed.decided_by_main(accelerator, write_report)
+    accelerator.end_training()  # the process group goes down before exit, not in the interpreter's teardown
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ def decided_by_main(accelerator, decide):
             answer = [("error", str(e))]
     if accelerator.num_processes > 1:
         broadcast_object_list(answer)
+        # A broadcast is rank 0's send only: rank 0 could exit (on the error, or at the end of a run) with it still
+        # in flight, which makes gloo abort the process (seen 2 times in 8 evaluate.py runs). All meet once more.
+        accelerator.wait_for_everyone()
     kind, value = answer[0]
     if kind == "error":
         raise UserError(value, agreed=True)
