@@ -33,8 +33,8 @@ def main(argv=None):
     args = parse_args(argv)
     accelerator = training.make_accelerator(args)  # also seeds: the run's one seeding point
 
-    # Data: decoded once (each node's first process first, the others read its cache), then kept on the device
-    # as uint8; the loader yields index batches, sharded over the processes by Accelerate.
+    # Data: decoded once (each node's first process first, the others map its cache), kept as uint8 on the device
+    # or the host (--data-placement); the loader yields index batches, sharded over the processes by Accelerate.
     dataset, train_images = data.load_data(args, accelerator)
     config.require(config.dataset_checks(args, len(train_images)))
     train_loader = data.index_loader(accelerator, args, len(train_images))
@@ -47,7 +47,9 @@ def main(argv=None):
     # Optimizer and schedule; Accelerate handles devices, DDP, mixed precision and sharding of the loader.
     optimizer = training.make_optimizer(args, model)
     scheduler = training.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    # The index batches go where the train split is indexed (the device, or the host for --data-placement host).
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, device_placement=[True, True, train_images.on_device, True])
 
     # The run: resumes from OUTPUT_DIR's newest checkpoint if there is one; logs, checkpoints, stops on signals.
     run = training.Run(args, accelerator, model, optimizer, scheduler, train_loader, "rotation", MUST_MATCH)

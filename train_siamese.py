@@ -45,13 +45,13 @@ def main(argv=None):
     args = parse_args(argv)
     accelerator = training.make_accelerator(args)  # also seeds: the run's one seeding point
 
-    # Data: uint8 images on the device; the loader yields anchor indices, sharded by Accelerate; each anchor's
-    # partner is a pure function of (seed, epoch, index).
+    # Data: uint8 images on the device or the host (--data-placement); the loader yields anchor indices, sharded
+    # by Accelerate; each anchor's partner is a pure function of (seed, epoch, index), drawn where they are.
     dataset, train_images = data.load_data(args, accelerator)
     config.require(config.dataset_checks(args, len(train_images)))
     train_loader = data.index_loader(accelerator, args, len(train_images))
     pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed,
-                        dataset.classes).to(accelerator.device)
+                        dataset.classes).to(train_images.index_device)
 
     # Model: the shared encoder (the product) + a projection to the embedding compared by the loss.
     mean, std = dataset.channel_stats()
@@ -62,7 +62,9 @@ def main(argv=None):
     # Optimizer and schedule; Accelerate handles devices, DDP, mixed precision and sharding of the loader.
     optimizer = training.make_optimizer(args, model)
     scheduler = training.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    # The index batches go where the train split is indexed (the device, or the host for --data-placement host).
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, device_placement=[True, True, train_images.on_device, True])
 
     # The run: resumes from OUTPUT_DIR's newest checkpoint if there is one; logs, checkpoints, stops on signals.
     run = training.Run(args, accelerator, model, optimizer, scheduler, train_loader, "siamese", MUST_MATCH)
@@ -75,6 +77,7 @@ def main(argv=None):
         for anchors in run.batches():
             with accelerator.accumulate(model):
                 partners, similar = pairs(anchors, epoch)
+                similar = similar.to(accelerator.device, non_blocking=True)
                 views = augment.augment(torch.cat([train_images[anchors], train_images[partners]]), args.augment)
                 emb_anchor, emb_partner = model(views).chunk(2)
                 loss = loss_fn(emb_anchor, emb_partner, similar, args.margin)

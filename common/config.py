@@ -4,7 +4,7 @@ import os
 import platform
 import subprocess
 
-from common import UserError, augment, files, models
+from common import UserError, augment, files, models, placement
 from common.distributed import add_distributed_arguments, distributed_checks
 
 
@@ -15,6 +15,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     data.add_argument("--augment", choices=tuple(augment.AUGMENTATIONS), default=None,
                       help="crop_flip: RotNet's crop + flip; simclr: + resized crops and color jitter; none "
                            "(default: crop_flip; train_siamese.py --pairs augment: simclr)")
+    placement.add_placement_argument(data)
 
     model = p.add_argument_group("model")
     model.add_argument("--model", default="resnet18", help=f"encoder: one of {', '.join(models.MODELS)}")

@@ -1,10 +1,13 @@
-"""Datasets as uint8 tensors on the training device, and the order their batches are drawn in.
+"""Datasets as uint8 tensors, and the order their batches are drawn in.
 
-Every dataset is decoded once into (N, 3, H, W) uint8 plus int64 labels. Training batches index that tensor
-on the device (airbench's way) with index batches from a seeded loader; common/augment.py transforms them there.
+Every dataset is decoded once into (N, 3, H, W) uint8 plus int64 labels (an image folder into a cache file that
+every process maps). Training batches index that tensor where common/placement.py put it (on the device,
+airbench's way, or in host memory) with index batches from a seeded loader; common/augment.py transforms them on
+the device.
 """
 import hashlib
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -12,8 +15,9 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from common import UserError, files
+from common import UserError, distributed, files, placement
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -32,8 +36,14 @@ class ImageData:
         # A seeded sample of the whole split (exact to 3 decimals, and quick): image folders are sorted by class,
         # so their first images are a few classes only.
         sample = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(0))[:20000]
-        x = self.train_images[sample.sort().values].float().div_(255)
-        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+        sums, squares = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+        for chunk in sample.sort().values.split(256):  # never a float copy of the sample: 12 GB at 224 px
+            x = self.train_images[chunk].double().div_(255)
+            sums += x.sum(dim=(0, 2, 3))
+            squares += x.square().sum(dim=(0, 2, 3))
+        n = len(sample) * self.train_images.shape[2] * self.train_images.shape[3]
+        mean = sums / n
+        return mean.tolist(), ((squares - n * mean.square()) / (n - 1)).sqrt().tolist()
 
 
 def load_dataset(args) -> ImageData:
@@ -142,53 +152,108 @@ def scan_imagefolder(data_dir: str):
     return labelled, class_names
 
 
-def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False) -> ImageData:
-    labelled, classes = scan_imagefolder(data_dir)
-    stats = [(p, os.stat(p)) for s in ("train", "test") for p, _ in labelled[s]]  # one stat per file: 60k on CIFAR
+def imagefolder_cache(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False):
+    """(cache path, train files, test files): the cache's name is a digest of every file's path, size and mtime
+    (one stat per file: 60k on CIFAR-10, 1.3M on ImageNet, so one process computes it for all)."""
+    labelled, _ = scan_imagefolder(data_dir)
+    stats = [(p, os.stat(p)) for s in ("train", "test") for p, _ in labelled[s]]
     key = hashlib.sha256(repr((os.path.abspath(data_dir), image_size, skip_bad,
                                [(p, st.st_size, st.st_mtime_ns) for p, st in stats])).encode()).hexdigest()[:20]
-    cache_path = os.path.join(cache_dir, f"imagefolder-{key}.pt")
+    return os.path.join(cache_dir, f"imagefolder-{key}.pt"), len(labelled["train"]), len(labelled["test"])
+
+
+def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False,
+                     cache_path: str = None) -> ImageData:
+    """The folder's images, memory-mapped from the cache (decoded into it first if missing or damaged): every
+    process of a node maps the same file, so the node holds one copy, in its page cache."""
+    cache_path = cache_path or imagefolder_cache(data_dir, image_size, cache_dir, skip_bad)[0]
     if os.path.exists(cache_path):
         try:
-            return ImageData(**torch.load(cache_path, weights_only=True))
+            return ImageData(**torch.load(cache_path, weights_only=True, mmap=True))
         except Exception:
             pass  # a damaged cache is rebuilt below
-    tensors, skipped = {}, 0
-    print(f"decoding {len(stats)} images of {data_dir} (cached afterwards in {cache_dir})", flush=True)
-    workers = min(8, decode_workers())
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-        for split in ("train", "test"):
-            decoded = list(pool.map(_decode_or_none, [(p, image_size) for p, _ in labelled[split]], chunksize=256))
-            keep = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
-            bad = [(labelled[split][i][0], d) for i, d in enumerate(decoded) if not isinstance(d, np.ndarray)]
-            if bad and not skip_bad:
-                raise UserError(f"cannot read image {bad[0][0]!r} ({bad[0][1]}); fix or remove it, or pass "
-                                f"--skip-bad-images ({len(bad)} unreadable file(s) in {split}/)")
-            if not keep:
-                raise UserError(f"no readable images in {os.path.join(data_dir, split)!r}")
-            skipped += len(bad)
-            tensors[f"{split}_images"] = torch.from_numpy(np.stack([decoded[i] for i in keep])).permute(0, 3, 1, 2)
-            tensors[f"{split}_images"] = tensors[f"{split}_images"].contiguous()
-            tensors[f"{split}_labels"] = torch.tensor([labelled[split][i][1] for i in keep], dtype=torch.int64)
-    data = ImageData(**tensors, classes=classes, skipped_files=skipped)
+    data = decode_imagefolder(data_dir, image_size, skip_bad)
     try:
         files.save_tensors(vars(data), cache_path)
     except files.WriteFailed as e:  # the cache only saves time: training goes on without it
         print(f"warning: decoded images not cached: {e.problem}; the next start decodes them again", flush=True)
-    return data
+        return data
+    return ImageData(**torch.load(cache_path, weights_only=True, mmap=True))  # the decoded copy goes
 
 
-# ------------------------------------------------------------------------------------------ on the device
+def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False) -> ImageData:
+    """Every image decoded straight into one preallocated uint8 tensor per split (no list of arrays, no stacked
+    or permuted copy), by a pool of processes, with a progress bar."""
+    labelled, classes = scan_imagefolder(data_dir)
+    tensors, skipped = {}, 0
+    total = sum(len(labelled[s]) for s in ("train", "test"))
+    print(f"decoding {total} images of {data_dir}", flush=True)
+    workers = min(8, decode_workers())
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool, \
+            tqdm(total=total, desc="decode", unit="img", mininterval=1 if sys.stderr.isatty() else 30) as bar:
+        for split in ("train", "test"):
+            jobs = labelled[split]
+            images = torch.empty((len(jobs), 3, image_size, image_size), dtype=torch.uint8)
+            labels = torch.empty(len(jobs), dtype=torch.int64)
+            kept, bad = 0, []
+            decoded = pool.map(_decode_or_none, [(p, image_size) for p, _ in jobs], chunksize=256)
+            for (path, label), image in zip(jobs, decoded):
+                if isinstance(image, np.ndarray):
+                    images[kept], labels[kept] = torch.from_numpy(image).permute(2, 0, 1), label
+                    kept += 1
+                else:
+                    bad.append((path, image))
+                bar.update()
+            if bad and not skip_bad:
+                raise UserError(f"cannot read image {bad[0][0]!r} ({bad[0][1]}); fix or remove it, or pass "
+                                f"--skip-bad-images ({len(bad)} unreadable file(s) in {split}/)")
+            if not kept:
+                raise UserError(f"no readable images in {os.path.join(data_dir, split)!r}")
+            skipped += len(bad)
+            # Unreadable files leave the end unused: a copy then, as torch.save would write the whole storage.
+            tensors[f"{split}_images"] = images if kept == len(jobs) else images[:kept].clone()
+            tensors[f"{split}_labels"] = labels if kept == len(jobs) else labels[:kept].clone()
+    return ImageData(**tensors, classes=classes, skipped_files=skipped)
+
+
+# ------------------------------------------------------------------------------------- for the training loop
+def decoded_sizes(args, cache_path=None):
+    """(train images, test images) the dataset will have, known before it is decoded or generated."""
+    if args.dataset == "synthetic":
+        return args.synthetic_size, max(4, args.synthetic_size // 4)
+    if args.dataset == "cifar10":
+        return 50_000, 10_000
+    return imagefolder_cache(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images)[1:]
+
+
 def load_data(args, accelerator):
-    """The dataset, decoded by each node's first process first (the node's other processes then read its cache,
-    which may be node-local), and its train images moved to the device as uint8, where the batches are indexed
-    and augmented."""
+    """The dataset (host memory, uint8) and its train split where --data-placement puts it (a TrainImages, which
+    gives batches on the device). The placement is chosen before anything large is allocated. Image folders are
+    decoded by each node's first process first (the node's other processes then map its cache, which may be
+    node-local); the main process computes the cache's name once for all."""
+    def plan():
+        cache_path, n_train, n_test = (imagefolder_cache(args.data_dir, args.image_size, args.cache_dir,
+                                                         args.skip_bad_images)
+                                       if args.dataset == "imagefolder" else (None, *decoded_sizes(args)))
+        image_bytes = 3 * args.image_size ** 2
+        # A mapped cache is one copy per node; a generated or downloaded dataset, one per process of the node.
+        copies = 1 if cache_path else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        host_bytes = (n_train + n_test) * image_bytes * copies
+        chosen, why = placement.choose(args.data_placement, n_train * image_bytes, host_bytes, accelerator.device,
+                                       placement.device_free_bytes(accelerator.device),
+                                       placement.host_available_bytes())
+        train, test = (files.size(n * image_bytes, exact=False) for n in (n_train, n_test))
+        print(f"data: {n_train} train + {n_test} test images at {args.image_size} px ({train} + {test} as uint8); "
+              f"placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)
+        return cache_path, chosen
+    cache_path, chosen = distributed.decided_by_main(accelerator, plan)
     with accelerator.local_main_process_first():
-        dataset = load_dataset(args)
+        dataset = (load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
+                                    cache_path) if cache_path else load_dataset(args))
     if dataset.skipped_files and accelerator.is_main_process:
         print(f"warning: {dataset.skipped_files} unreadable image file(s) of {args.data_dir!r} left out "
               f"(--skip-bad-images); results.json counts them as skipped_images", flush=True)
-    return dataset, dataset.train_images.to(accelerator.device)
+    return dataset, placement.TrainImages(dataset.train_images, chosen, accelerator.device)
 
 
 def micro_batch_size(args, num_processes: int) -> int:

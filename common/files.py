@@ -60,10 +60,12 @@ def free_bytes(path: str) -> int:
     return shutil.disk_usage(directory).free
 
 
-def size(n: int) -> str:
-    if n >= 2 ** 20:
-        return f"{n / 2 ** 20:.1f} MiB ({n} bytes)"
-    return f"{n / 2 ** 10:.1f} KiB ({n} bytes)" if n >= 2 ** 10 else f"{n} bytes"
+def size(n: int, exact: bool = True) -> str:
+    """n bytes for people: 1.5 GiB, 3.0 MiB (3145728 bytes) where exact, 512 bytes."""
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" + (f" ({n} bytes)" if exact else "")
+    return f"{n} bytes"
 
 
 def tensor_bytes(obj) -> int:

@@ -114,6 +114,17 @@ def accelerate_launch(script, *args, num_processes=1, **kw):
     return run_script(accelerate_command(script, *args, num_processes=num_processes), **kw)
 
 
+def steps_of(prefix, processes):
+    """{step: the sample indices it trained on, rank by rank and micro-batch by micro-batch} from the index records
+    (SSL_SCRIPTS_RECORD_INDICES) of every process of one or several runs."""
+    per_rank = [[json.loads(line) for line in open(f"{prefix}.rank{rank}.jsonl")] for rank in range(processes)]
+    steps = {}
+    for records in per_rank:  # rank 0's micro-batches of a step, then rank 1's: the order of the global batches
+        for record in records:
+            steps.setdefault(record["step"], []).extend(record["indices"])
+    return steps
+
+
 # Small runs with the default tracker (W&B, offline here): SMALL without its --report-to none.
 TRACKED = [a for a in SMALL if a not in ("--report-to", "none")]
 

@@ -112,3 +112,31 @@ def test_the_cache_is_written_under_a_name_no_other_writer_holds(image_folder, t
     (cache / f"{cached.name}.tmp{os.getpid()}").mkdir()
     load_imagefolder(str(image_folder), 16, str(cache))
     assert cached.exists() and not [p for p in cache.iterdir() if ".tmp-" in p.name]
+
+
+def test_every_process_maps_the_cache_instead_of_loading_a_copy(image_folder, tmp_path):
+    """Memory-mapped (torch.load mmap=True), the cache's pages are shared by a node's processes: one copy."""
+    cache = tmp_path / "cache"
+    decoded = load_imagefolder(str(image_folder), 16, str(cache))
+    [cached] = list(cache.iterdir())
+    mapped = open("/proc/self/maps").read()
+    assert str(cached) in mapped  # the decoding process, too, keeps the mapping, not its decoded copy
+    again = load_imagefolder(str(image_folder), 16, str(cache))
+    assert torch.equal(again.train_images, decoded.train_images)
+
+
+def test_decoding_fills_one_tensor_per_split_and_leaves_out_unreadable_files(image_folder):
+    from common.data import decode_imagefolder
+    (image_folder / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    data = decode_imagefolder(str(image_folder), 16, skip_bad=True)
+    assert data.train_images.shape == (12, 3, 16, 16) and data.skipped_files == 1
+    assert data.train_images.untyped_storage().nbytes() == 12 * 3 * 16 * 16  # no unused tail
+    assert data.train_labels.tolist() == [0] * 6 + [1] * 6
+
+
+def test_channel_stats_in_chunks_equal_the_whole_sample_at_once():
+    data = make_synthetic(32, n_train=1000, n_test=10)
+    mean, std = data.channel_stats()
+    x = data.train_images.double() / 255
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)), rtol=0, atol=1e-9)
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), x.std(dim=(0, 2, 3)), rtol=0, atol=1e-9)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from common.checkpoints import verify_checkpoint
 from common.models import load_encoder
 
-from conftest import REPO, SMALL, accelerate_command, accelerate_launch, python_script, run_script
+from conftest import REPO, SMALL, accelerate_command, accelerate_launch, python_script, run_script, steps_of
 
 
 def checkpoints(out):
@@ -103,10 +103,12 @@ def test_non_finite_gradients_on_one_rank_are_decided_by_all(tmp_path, policy):
         assert not all(torch.equal(w5[n], w6[n]) for n in w5)  # ...and training went on
 
 
-@pytest.mark.parametrize("script, processes", [("train_rotation.py", 1), ("train_rotation.py", 2),
-                                               ("train_siamese.py", 1), ("train_siamese.py", 2)])
-def test_deterministic_resume_ends_bitwise_identical(tmp_path, script, processes):
-    options = [*SMALL, "--max-steps", "12", "--checkpoint-every", "4", "--skip-eval", "--deterministic"]
+@pytest.mark.parametrize("script, processes, placement", [
+    ("train_rotation.py", 1, "device"), ("train_rotation.py", 2, "device"), ("train_siamese.py", 1, "device"),
+    ("train_siamese.py", 2, "device"), ("train_siamese.py", 2, "host")])
+def test_deterministic_resume_ends_bitwise_identical(tmp_path, script, processes, placement):
+    options = [*SMALL, "--max-steps", "12", "--checkpoint-every", "4", "--skip-eval", "--deterministic",
+               "--data-placement", placement]
     whole = accelerate_launch(script, *options, "--output-dir", tmp_path / "whole", num_processes=processes)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -190,17 +192,6 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, image_fold
     assert len(errors(result)) == 1 and message in errors(result)[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert os.listdir(out) == ["results.json"] and (out / "results.json").read_text() == "keep me"
-
-
-def steps_of(prefix, processes):
-    """{step: the sample indices it trained on, rank by rank and micro-batch by micro-batch} from the index records
-    (SSL_SCRIPTS_RECORD_INDICES) of every process of one or several runs."""
-    per_rank = [[json.loads(line) for line in open(f"{prefix}.rank{rank}.jsonl")] for rank in range(processes)]
-    steps = {}
-    for records in per_rank:  # rank 0's micro-batches of a step, then rank 1's: the order of the global batches
-        for record in records:
-            steps.setdefault(record["step"], []).extend(record["indices"])
-    return steps
 
 
 @pytest.mark.parametrize("first, then", [((2, 1), (1, 2)), ((1, 2), (2, 1))])

@@ -1,0 +1,100 @@
+"""Where the train split lives while training (--data-placement): on the training device, indexed there (airbench's
+way, the fastest), or in host memory, each batch gathered there and copied to the device while the device is still
+busy with the previous step. Chosen from the split's decoded size against free memory, before anything large is
+allocated. An image folder's split is memory-mapped from its cache file: one copy per node, however many processes.
+"""
+import os
+
+import torch
+
+from common import UserError, files
+
+PLACEMENTS = ("auto", "device", "host")
+# Of a GPU's free memory, what the train split may take: the rest is for the model, its optimizer and activations.
+DEVICE_SHARE = 0.7
+# Of the host's available memory, what the decoded dataset may take (the page cache of its mapped file included).
+HOST_SHARE = 0.8
+
+
+def _size(n: int) -> str:
+    return files.size(n, exact=False)
+
+
+def add_placement_argument(group) -> None:
+    group.add_argument("--data-placement", choices=PLACEMENTS, default="auto",
+                       help="device: the train split on each GPU (fastest); host: in host memory, one copy per "
+                            "node, batches copied to the GPU as they are needed; auto: device if it fits in "
+                            f"{DEVICE_SHARE:.0%} of a GPU's free memory, else host (said at the start)")
+
+
+def host_available_bytes() -> int:
+    """What the kernel estimates can be allocated without swapping (MemAvailable: free + reclaimable cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def device_free_bytes(device: torch.device) -> int:
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else host_available_bytes()
+
+
+def choose(requested: str, train_bytes: int, host_bytes: int, device: torch.device, device_free: int,
+           host_free: int):
+    """(placement, why) for a train split of train_bytes and a dataset taking host_bytes of host memory on this
+    node; UserError, naming what is needed and free, when the requested placement (or, for auto, any) cannot
+    hold it. On a CPU the device is the host: both placements hold the data in the same memory."""
+    if device.type != "cuda":
+        fits = host_bytes <= HOST_SHARE * host_free
+        why = f"{_size(host_bytes)} in host memory, {_size(host_free)} available"
+        if not fits:
+            raise UserError(f"the dataset needs {_size(host_bytes)} of host memory decoded and {_size(host_free)} "
+                            f"is available (at most {HOST_SHARE:.0%} of it is used): lower --image-size or use "
+                            f"fewer images")
+        return ("device" if requested == "auto" else requested), why
+    on_device = train_bytes <= DEVICE_SHARE * device_free
+    on_host = host_bytes <= HOST_SHARE * host_free
+    device_says = f"the train split takes {_size(train_bytes)} on each GPU, {_size(device_free)} free on {device}"
+    host_says = f"the dataset takes {_size(host_bytes)} of host memory per node, {_size(host_free)} available"
+    if requested == "device" and not on_device:
+        other = "use --data-placement host" if on_host else "lower --image-size or use fewer images"
+        raise UserError(f"--data-placement device: {device_says} (at most {DEVICE_SHARE:.0%} of it is used, the "
+                        f"rest is the model's): {other}")
+    if requested == "host" and not on_host:
+        raise UserError(f"--data-placement host: {host_says} (at most {HOST_SHARE:.0%} of it is used): lower "
+                        f"--image-size or use fewer images")
+    if requested == "auto" and not (on_device or on_host):
+        raise UserError(f"the data fits neither placement: {device_says}; {host_says}: lower --image-size or use "
+                        f"fewer images")
+    if requested != "auto":
+        return requested, device_says if requested == "device" else host_says
+    return ("device", device_says) if on_device else ("host", f"{device_says}, too little; {host_says}")
+
+
+class TrainImages:
+    """The train split where it was placed; images[indices] is a batch of uint8 images on the training device.
+
+    device: indexed on the device. host: gathered on the host into pinned memory and copied without making the host
+    wait (PyTorch's pinned-memory cache keeps a buffer until its copy is done). index_device: where the index
+    batches must be (the loader's device placement) for the gather to need no copy back to the host."""
+
+    def __init__(self, images: torch.Tensor, placement: str, device: torch.device):
+        self.placement, self.device = placement, device
+        self.on_device = placement == "device"
+        self.images = images.to(device) if self.on_device else images
+        self.index_device = device if self.on_device else torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.on_device:
+            return self.images[indices]
+        batch = torch.empty((len(indices), *self.images.shape[1:]), dtype=torch.uint8,
+                            pin_memory=self.device.type == "cuda")
+        torch.index_select(self.images, 0, indices, out=batch)
+        return batch.to(self.device, non_blocking=True)
