@@ -216,6 +216,52 @@ def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False) -
     return ImageData(**tensors, classes=classes, skipped_files=skipped)
 
 
+class StreamedImages:
+    """An image folder's split as (N, 3, H, W) uint8 that is never held whole: images[indices] decodes those files
+    (a pool of processes) with the same decode_image as the cache, so the pixels are the same. For folders larger
+    than host memory (--data-placement stream)."""
+
+    dtype, device = torch.uint8, torch.device("cpu")
+
+    def __init__(self, paths: list, image_size: int, workers: int):
+        self.paths, self.workers = paths, workers
+        self.shape = (len(paths), 3, image_size, image_size)
+        self._pool = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, indices):
+        if isinstance(indices, int):
+            return self[torch.tensor([indices])][0]
+        indices = torch.as_tensor(indices).tolist()
+        out = torch.empty((len(indices), *self.shape[1:]), dtype=torch.uint8)
+        self.decode_into(indices, out)
+        return out
+
+    def decode_into(self, indices: list, out: torch.Tensor) -> None:
+        if self._pool is None:  # forked on first use: after the process's own setup, never in a checkpoint
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("fork"))
+        size = self.shape[-1]
+        jobs = [(self.paths[i], size) for i in indices]
+        for k, image in enumerate(self._pool.map(_decode_or_none, jobs, chunksize=max(1, len(jobs) // self.workers))):
+            if not isinstance(image, np.ndarray):
+                raise UserError(f"cannot read image {jobs[k][0]!r} ({image}): streamed images are read as training "
+                                f"goes; fix or remove it, or decode the folder up front (--data-placement host "
+                                f"--skip-bad-images)")
+            out[k] = torch.from_numpy(image).permute(2, 0, 1)
+
+
+def stream_imagefolder(data_dir: str, image_size: int) -> ImageData:
+    """The folder's labels now and its images as they are needed (StreamedImages): nothing decoded up front."""
+    labelled, classes = scan_imagefolder(data_dir)
+    workers = max(1, decode_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    splits = {split: (StreamedImages([p for p, _ in labelled[split]], image_size, workers),
+                      torch.tensor([label for _, label in labelled[split]], dtype=torch.int64))
+              for split in ("train", "test")}
+    return ImageData(*splits["train"], *splits["test"], classes=classes)
+
+
 # ------------------------------------------------------------------------------------- for the training loop
 def decoded_sizes(args, cache_path=None):
     """(train images, test images) the dataset will have, known before it is decoded or generated."""
@@ -241,15 +287,18 @@ def load_data(args, accelerator):
         host_bytes = (n_train + n_test) * image_bytes * copies
         chosen, why = placement.choose(args.data_placement, n_train * image_bytes, host_bytes, accelerator.device,
                                        placement.device_free_bytes(accelerator.device),
-                                       placement.host_available_bytes())
+                                       placement.host_available_bytes(), streamable=bool(cache_path))
         train, test = (files.size(n * image_bytes, exact=False) for n in (n_train, n_test))
         print(f"data: {n_train} train + {n_test} test images at {args.image_size} px ({train} + {test} as uint8); "
               f"placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)
         return cache_path, chosen
     cache_path, chosen = distributed.decided_by_main(accelerator, plan)
-    with accelerator.local_main_process_first():
-        dataset = (load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
-                                    cache_path) if cache_path else load_dataset(args))
+    if chosen == "stream":
+        dataset = stream_imagefolder(args.data_dir, args.image_size)
+    else:
+        with accelerator.local_main_process_first():
+            dataset = (load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
+                                        cache_path) if cache_path else load_dataset(args))
     if dataset.skipped_files and accelerator.is_main_process:
         print(f"warning: {dataset.skipped_files} unreadable image file(s) of {args.data_dir!r} left out "
               f"(--skip-bad-images); results.json counts them as skipped_images", flush=True)

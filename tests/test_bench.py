@@ -92,3 +92,20 @@ def test_gpu_check_reports_failing_steps_and_goes_on(tmp_path):
     assert report["fail"] == 10 and not report["ok"]
     assert result.stdout.count("error> RuntimeError: injected launcher failure") == 10
     assert "FAILED: the run failed (exit 1)" in steps["1a_rotation_bf16"]["detail"]
+
+
+def test_data_scale_benchmark_prints_a_row_per_placement(tmp_path, image_folder):
+    out = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, f"{REPO}/bench/data_scale.py", "--data-dir", str(image_folder),
+                             "--work-dir", str(tmp_path / "work"), "--sizes", "64", "--test-images", "16",
+                             "--image-size", "32", "--batch-size", "16", "--steps", "2", "--placements",
+                             "device,stream", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["train_images"], r["placement"]) for r in rows] == [(64, "device"), (64, "stream")]
+    for row in rows:
+        assert row["pss_mb"] > 0 and row["images_s"] > 0 and row["decode_s"] > 0
+    assert rows[0]["vs_device"] == 1 and rows[1]["vs_device"] == rows[1]["images_s"] / rows[0]["images_s"]
+    assert "| 64 | stream | 0 |" in result.stdout  # 80 images at 32 px: 0.2 MiB decoded
+    generated = tmp_path / "work" / "folder-64-32"
+    assert sum(1 for _ in (generated / "train").rglob("*.jpg")) == 64
