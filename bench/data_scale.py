@@ -107,8 +107,8 @@ def run(args, folder: str, cache: str, placement: str, out: str) -> dict:
                "--num_processes", str(args.processes), "--num_cpu_threads_per_process", "1",
                os.path.join(args.repo, "train_rotation.py"), "--dataset", "imagefolder", "--data-dir", folder,
                "--cache-dir", cache, "--image-size", str(args.image_size), "--model", "simple_cnn",
-               "--batch-size", str(args.batch_size), "--max-steps", str(args.steps), "--log-every", "10", "--skip-eval", "--knn-k", "1",
-               "--report-to", "none", "--output-dir", out, "--resume", "never"]
+               "--batch-size", str(args.batch_size), "--max-steps", str(args.steps), "--log-every", "10",
+               "--skip-eval", "--knn-k", "1", "--report-to", "none", "--output-dir", out, "--resume", "never"]
     if placement != "-":
         command += ["--data-placement", placement]
     start = time.time()
@@ -172,8 +172,8 @@ def main():
     for r in rows:
         vs = f"{r['vs_device']:.2f}" if r["vs_device"] else "-"
         print(f"| {r['train_images']} | {r['placement']} | {r['decoded_mb']:.0f} | {r['decode_s']:.1f} | "
-              f"{r['decode_pss_mb']:.0f} | {r['start_cached_s']:.1f} | {r['pss_mb']:.0f} | {r['data_mb']:.0f} | {r['data_over_decoded']:.2f} | "
-              f"{r['images_s']:.0f} | {vs} |")
+              f"{r['decode_pss_mb']:.0f} | {r['start_cached_s']:.1f} | {r['pss_mb']:.0f} | {r['data_mb']:.0f} | "
+              f"{r['data_over_decoded']:.2f} | {r['images_s']:.0f} | {vs} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
