@@ -141,7 +141,7 @@ def main():
     placements = args.placements.split(",")
     baseline_folder = os.path.join(args.work_dir, f"folder-{args.test_images}-{args.image_size}")
     generate(args.data_dir, baseline_folder, args.test_images, args.test_images, args.image_size)
-    rows = []
+    rows, baselines = [], {}
     for train in map(int, args.sizes.split(",")):
         folder = os.path.join(args.work_dir, f"folder-{train}-{args.image_size}")
         generate(args.data_dir, folder, train, args.test_images, args.image_size)
@@ -154,7 +154,9 @@ def main():
             runs = os.path.join(args.work_dir, f"runs-{tag}")
             cold = run(args, folder, cache, placement, os.path.join(runs, "cold"))
             warm = run(args, folder, cache, placement, os.path.join(runs, "warm"))
-            base = run(args, baseline_folder, cache, placement, os.path.join(runs, "base"))
+            if placement not in baselines:  # the same for every size
+                baselines[placement] = run(args, baseline_folder, cache, placement, os.path.join(runs, "base"))
+            base = baselines[placement]
             data_bytes = warm["pss_bytes"] - base["pss_bytes"]
             device_rate = device_rate or (warm["images_s"] if placement in ("device", "-") else None)
             row = {"train_images": train, "placement": placement, "decoded_mb": decoded / 2 ** 20,
