@@ -154,7 +154,8 @@ def main():
             runs = os.path.join(args.work_dir, f"runs-{tag}")
             cold = run(args, folder, cache, placement, os.path.join(runs, "cold"))
             warm = run(args, folder, cache, placement, os.path.join(runs, "warm"))
-            if placement not in baselines:  # the same for every size
+            if placement not in baselines:  # the same for every size; its second start, on a warm cache
+                run(args, baseline_folder, cache, placement, os.path.join(runs, "base-cold"))
                 baselines[placement] = run(args, baseline_folder, cache, placement, os.path.join(runs, "base"))
             base = baselines[placement]
             data_bytes = warm["pss_bytes"] - base["pss_bytes"]
