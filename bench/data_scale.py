@@ -49,8 +49,10 @@ def generate(source: str, target: str, train: int, test: int, size: int) -> None
     from PIL import Image, ImageOps
     if os.path.exists(os.path.join(target, ".complete")):
         return
-    sources = sorted(os.path.join(root, name) for root, _, names in os.walk(os.path.join(source, "train"))
-                     for name in names if name.endswith((".jpg", ".png")))
+    by_class = [sorted(os.path.join(root, name) for name in names if name.endswith((".jpg", ".png")))
+                for root, _, names in sorted(os.walk(os.path.join(source, "train")))]
+    # Classes taken in turn, so that any number of images holds every class, in the test split too.
+    sources = [paths[i] for i in range(max(map(len, by_class))) for paths in by_class if i < len(paths)]
     print(f"generating {train} + {test} JPEGs at {size} px in {target}", flush=True)
     for split, count, offset in (("train", train, 0), ("test", test, train)):
         for i in range(count):
