@@ -91,7 +91,9 @@ class TrainImages:
     def __init__(self, images: torch.Tensor, placement: str, device: torch.device):
         self.placement, self.device = placement, device
         self.on_device = placement == "device"
-        self.images = images.to(device) if self.on_device else images
+        # On a CPU the device is the host (Accelerate names it cpu:0 with several processes, which .to() would
+        # copy into: one private copy of the split per process instead of the shared mapped cache).
+        self.images = images.to(device) if self.on_device and device.type != "cpu" else images
         self.index_device = device if self.on_device else torch.device("cpu")
 
     def __len__(self) -> int:

@@ -54,6 +54,12 @@ def test_on_a_cpu_both_placements_hold_the_data_in_host_memory():
     assert choose("host", GiB, GiB, CPU, device_free=20 * GiB, host_free=20 * GiB)[0] == "host"
 
 
+def test_on_a_cpu_the_device_placement_shares_the_host_tensor():
+    """Accelerate's device is cpu:0 with several CPU processes: a copy there would be one per process."""
+    images = torch.zeros((10, 3, 4, 4), dtype=torch.uint8)
+    assert TrainImages(images, "device", torch.device("cpu", 0)).images.data_ptr() == images.data_ptr()
+
+
 def test_host_and_device_placements_give_the_same_batches():
     images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
     indices = torch.tensor([7, 3, 49, 3, 0])
