@@ -48,7 +48,8 @@ class ImageData:
 
 def load_dataset(args) -> ImageData:
     if args.dataset == "synthetic":
-        return make_synthetic(args.image_size, n_train=args.synthetic_size, n_test=max(4, args.synthetic_size // 4))
+        n_train, n_test = decoded_sizes(args)
+        return make_synthetic(args.image_size, n_train=n_train, n_test=n_test)
     if args.dataset == "cifar10":
         return load_cifar10(args.data_dir, args.image_size)
     return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images)
@@ -263,13 +264,12 @@ def stream_imagefolder(data_dir: str, image_size: int) -> ImageData:
 
 
 # ------------------------------------------------------------------------------------- for the training loop
-def decoded_sizes(args, cache_path=None):
-    """(train images, test images) the dataset will have, known before it is decoded or generated."""
+def decoded_sizes(args):
+    """(train images, test images) of the synthetic set or CIFAR-10, known before they are made or loaded (an image
+    folder's come with its cache's name: imagefolder_cache)."""
     if args.dataset == "synthetic":
         return args.synthetic_size, max(4, args.synthetic_size // 4)
-    if args.dataset == "cifar10":
-        return 50_000, 10_000
-    return imagefolder_cache(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images)[1:]
+    return 50_000, 10_000
 
 
 def load_data(args, accelerator):
