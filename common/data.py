@@ -153,27 +153,29 @@ def scan_imagefolder(data_dir: str):
     return labelled, class_names
 
 
-def imagefolder_cache(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False):
-    """(cache path, train files, test files): the cache's name is a digest of every file's path, size and mtime
-    (one stat per file: 60k on CIFAR-10, 1.3M on ImageNet, so one process computes it for all)."""
-    labelled, _ = scan_imagefolder(data_dir)
+def imagefolder_cache(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool, labelled: dict) -> str:
+    """The cache's path for a scanned folder (scan_imagefolder's labelled files): a digest of every file's path,
+    size and mtime (one stat per file: 60k on CIFAR-10, 1.3M on ImageNet, so one process computes it for all)."""
     stats = [(p, os.stat(p)) for s in ("train", "test") for p, _ in labelled[s]]
     key = hashlib.sha256(repr((os.path.abspath(data_dir), image_size, skip_bad,
                                [(p, st.st_size, st.st_mtime_ns) for p, st in stats])).encode()).hexdigest()[:20]
-    return os.path.join(cache_dir, f"imagefolder-{key}.pt"), len(labelled["train"]), len(labelled["test"])
+    return os.path.join(cache_dir, f"imagefolder-{key}.pt")
 
 
 def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False,
                      cache_path: str = None) -> ImageData:
     """The folder's images, memory-mapped from the cache (decoded into it first if missing or damaged): every
     process of a node maps the same file, so the node holds one copy, in its page cache."""
-    cache_path = cache_path or imagefolder_cache(data_dir, image_size, cache_dir, skip_bad)[0]
+    scanned = None
+    if cache_path is None:
+        scanned = scan_imagefolder(data_dir)
+        cache_path = imagefolder_cache(data_dir, image_size, cache_dir, skip_bad, scanned[0])
     if os.path.exists(cache_path):
         try:
             return ImageData(**torch.load(cache_path, weights_only=True, mmap=True))
         except Exception:
             pass  # a damaged cache is rebuilt below
-    data = decode_imagefolder(data_dir, image_size, skip_bad)
+    data = decode_imagefolder(data_dir, image_size, skip_bad, scanned)
     try:
         files.save_tensors(vars(data), cache_path)
     except files.WriteFailed as e:  # the cache only saves time: training goes on without it
@@ -182,10 +184,10 @@ def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: b
     return ImageData(**torch.load(cache_path, weights_only=True, mmap=True))  # the decoded copy goes
 
 
-def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False) -> ImageData:
+def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, scanned=None) -> ImageData:
     """Every image decoded straight into one preallocated uint8 tensor per split (no list of arrays, no stacked
-    or permuted copy), by a pool of processes, with a progress bar."""
-    labelled, classes = scan_imagefolder(data_dir)
+    or permuted copy), by a pool of processes, with a progress bar. scanned: scan_imagefolder's answer, if known."""
+    labelled, classes = scanned or scan_imagefolder(data_dir)
     tensors, skipped = {}, 0
     total = sum(len(labelled[s]) for s in ("train", "test"))
     print(f"decoding {total} images of {data_dir}", flush=True)
@@ -266,7 +268,7 @@ def stream_imagefolder(data_dir: str, image_size: int) -> ImageData:
 # ------------------------------------------------------------------------------------- for the training loop
 def decoded_sizes(args):
     """(train images, test images) of the synthetic set or CIFAR-10, known before they are made or loaded (an image
-    folder's come with its cache's name: imagefolder_cache)."""
+    folder's are counted by scanning it)."""
     if args.dataset == "synthetic":
         return args.synthetic_size, max(4, args.synthetic_size // 4)
     return 50_000, 10_000
@@ -278,16 +280,19 @@ def load_data(args, accelerator):
     decoded by each node's first process first (the node's other processes then map its cache, which may be
     node-local); the main process computes the cache's name once for all."""
     def plan():
-        cache_path, n_train, n_test = (imagefolder_cache(args.data_dir, args.image_size, args.cache_dir,
-                                                         args.skip_bad_images)
-                                       if args.dataset == "imagefolder" else (None, *decoded_sizes(args)))
+        folder = args.dataset == "imagefolder"
+        labelled = scan_imagefolder(args.data_dir)[0] if folder else None
+        n_train, n_test = (len(labelled["train"]), len(labelled["test"])) if folder else decoded_sizes(args)
         image_bytes = 3 * args.image_size ** 2
         # A mapped cache is one copy per node; a generated or downloaded dataset, one per process of the node.
-        copies = 1 if cache_path else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        copies = 1 if folder else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         host_bytes = (n_train + n_test) * image_bytes * copies
         chosen, why = placement.choose(args.data_placement, n_train * image_bytes, host_bytes, accelerator.device,
                                        placement.device_free_bytes(accelerator.device),
-                                       placement.host_available_bytes(), streamable=bool(cache_path))
+                                       placement.host_available_bytes(), streamable=folder)
+        # Streamed folders need no cache, nor its stat of every file.
+        cache_path = (imagefolder_cache(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
+                                        labelled) if folder and chosen != "stream" else None)
         train, test = (files.size(n * image_bytes, exact=False) for n in (n_train, n_test))
         print(f"data: {n_train} train + {n_test} test images at {args.image_size} px ({train} + {test} as uint8); "
               f"placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)
