@@ -29,6 +29,7 @@ def add_distributed_arguments(parser) -> None:
 def make_accelerator(args, **options) -> Accelerator:
     """An Accelerator on the GPU when there is one, else on the CPU (gloo between processes), with the process
     group's backend and timeout from the options; `options` go to Accelerator (trackers, accumulation, ...)."""
+    share_gpus_if_outnumbered(args)
     # cpu=True without a GPU: processes started by torchrun (accelerate_configs/cpu.yaml) still find each other,
     # since Accelerate then picks gloo (MULTI_CPU) instead of running each process alone.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[process_group_options(args)],
@@ -36,6 +37,23 @@ def make_accelerator(args, **options) -> Accelerator:
     # cuDNN picks the fastest convolution for each input shape once; our shapes never change within a run.
     torch.backends.cudnn.benchmark = not getattr(args, "deterministic", False)
     return accelerator
+
+
+def share_gpus_if_outnumbered(args) -> bool:
+    """When a node runs more processes than it has GPUs (e.g. 2 processes on 1 GPU to test the multi-process path),
+    Accelerate puts process i on cuda:(i % GPUs), a valid device, but still hands DDP device_ids=[i]: DDP then
+    moves rank 1's inputs to cuda:1, which does not exist (IndexError at the first forward). DDP must get no
+    device_ids (it then uses the model's own device); ACCELERATE_BYPASS_DEVICE_MAP makes Accelerate pass None.
+    NCCL cannot run two ranks on one GPU at all: that is one line before any process group starts. True when
+    the GPUs are shared."""
+    processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if gpus == 0 or processes <= gpus:
+        return False
+    if (args.dist_backend or "nccl") == "nccl":
+        raise UserError(f"{processes} processes on this node's {gpus} GPU(s): NCCL cannot run two processes on one "
+                        f"GPU; pass --dist-backend gloo, or launch at most {gpus} process(es) per node")
+    os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = "true"
+    return True
 
 
 def distributed_checks(args) -> list:

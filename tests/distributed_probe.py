@@ -44,6 +44,45 @@ def checks(out):
     accelerator.end_training()
 
 
+def shared_gpu(out):
+    """Two processes on a node whose torch sees one GPU (device count patched; the processes run on the CPU, where
+    DDP ignores device_ids, so what Accelerate hands DDP is recorded rather than run on a GPU)."""
+    torch.cuda.device_count = lambda: 1
+    received = {}
+    ddp_init = torch.nn.parallel.DistributedDataParallel.__init__
+
+    def recording_init(self, module, *args, **kwargs):
+        received.update(device_ids=kwargs.get("device_ids"), output_device=kwargs.get("output_device"))
+        ddp_init(self, module, *args, **kwargs)
+    torch.nn.parallel.DistributedDataParallel.__init__ = recording_init
+    seen = {}
+    for backend in (None, "gloo"):
+        args = config.validate(config.build_parser("probe").parse_args(
+            ["--report-to", "none"] + (["--dist-backend", backend] if backend else [])))
+        try:
+            accelerator = distributed.make_accelerator(args)
+        except UserError as e:
+            seen[f"backend_{backend}"] = str(e)
+    # What Accelerate does for a model on several GPUs (MULTI_GPU), not its CPU branch, which never passes
+    # device_ids; DDP itself then runs on the CPU.
+    from accelerate.utils import DistributedType
+    cpu_type, accelerator.state.distributed_type = accelerator.state.distributed_type, DistributedType.MULTI_GPU
+    try:
+        model = accelerator.prepare(torch.nn.Linear(2, 1))
+    except ValueError as e:  # DDP refuses device_ids for a model on the CPU: what it was given is recorded
+        model, seen["ddp_error"] = None, str(e)
+    accelerator.state.distributed_type = cpu_type
+    if model is not None:
+        model(torch.ones(1, 2)).sum().backward()
+    rank = accelerator.process_index
+    seen.update(received, wrapped=type(model).__name__ if model is not None else None, local_process_index=accelerator.local_process_index,
+                accelerate_gpu=accelerator.local_process_index % torch.cuda.device_count())
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(seen, f)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def lag_behind(output_dir):
     """This process's os.path.isdir/exists do not see checkpoint folders, or output_dir/wandb_run_id, that others
     created after it started (NFS caches attributes and directory entries for a while)."""
@@ -78,5 +117,7 @@ def lagging(argv):
 if __name__ == "__main__":
     if sys.argv[1] == "checks":
         checks(sys.argv[2])
+    elif sys.argv[1] == "shared_gpu":
+        shared_gpu(sys.argv[2])
     else:
         cli.run(lambda: lagging(sys.argv[2:]))

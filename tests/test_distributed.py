@@ -26,6 +26,20 @@ def test_evaluation_and_directory_checks_agree_over_processes(tmp_path):
     assert not list(tmp_path.glob(".same-dir-*"))
 
 
+def test_two_processes_on_one_gpu_hand_ddp_no_device_ids(tmp_path):
+    # Accelerate's own choice would be device_ids=[1] on rank 1: cuda:1 on a one-GPU node, an IndexError in DDP.
+    result = probe("shared_gpu", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen["wrapped"] == "DistributedDataParallel" and seen["local_process_index"] == rank
+        assert seen["device_ids"] is None and seen["output_device"] is None, seen
+        assert seen["accelerate_gpu"] == 0  # both processes on cuda:0, the one GPU there is
+        # NCCL (the default on GPUs) cannot put two ranks on one GPU: one line saying what to pass instead
+        assert seen["backend_None"] == ("2 processes on this node's 1 GPU(s): NCCL cannot run two processes on one "
+                                        "GPU; pass --dist-backend gloo, or launch at most 1 process(es) per node")
+
+
 def test_a_rank_whose_view_of_the_output_dir_lags_still_stops_and_resumes_with_the_others(tmp_path):
     # Rank 1 sees no checkpoint and no wandb_run_id (NFS attribute caches); rank 0 gets SIGUSR1 on a checkpoint
     # step. Ranks that decided from their own view would enter different barriers (a hang) or fail to read.
