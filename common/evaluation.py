@@ -76,7 +76,7 @@ def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, ep
     num_classes = int(train_labels.max()) + 1
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # the probe must not shift the training's random stream
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator only: CUDA ones are not forked
         probe = nn.Linear(xtr.shape[1], num_classes).to(dev)
     steps = epochs * ((len(xtr) + batch_size - 1) // batch_size)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)

@@ -93,7 +93,7 @@ def train_classifiers(train_views: dict, train_labels: torch.Tensor, test_featur
     device = train_labels.device
     num_classes = int(train_labels.max()) + 1
     with torch.random.fork_rng(devices=[]):  # the probes must not shift the caller's random stream
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator only: CUDA ones are not forked
         heads = nn.ModuleDict({block: nn.ModuleDict({kind: BUILDERS[kind](views[0].shape[1], num_classes)
                                                      for kind in classifiers})
                                for block, views in train_views.items()}).to(device)
