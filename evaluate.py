@@ -75,9 +75,8 @@ def main(argv=None):
     blocks = probes.check_blocks(trained, args.blocks)
     dims = dict(zip(blocks, probes.feature_dims(trained, blocks, args.max_feature_dim)))
 
-    # Data: decoded once (main process first), uint8 until each batch is encoded.
-    with accelerator.local_main_process_first():  # the others then read its cache, which may be node-local
-        dataset = data.load_dataset(args)
+    # Data: the folder scanned by the main process, decoded once per node; uint8 until each batch is encoded.
+    dataset = data.load_shared(args, accelerator)
     subset = None
     if args.train_subset is not None and args.train_subset < len(dataset.train_labels):
         subset = torch.randperm(len(dataset.train_labels), generator=torch.Generator().manual_seed(args.seed))

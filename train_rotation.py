@@ -30,6 +30,7 @@ def evaluate(accelerator, model, dataset, args, suffix=""):
 
 
 def main(argv=None):
+    stop_signals = training.StopSignals()  # first: a preemption notice while the data loads stops the first step
     args = parse_args(argv)
     accelerator = training.make_accelerator(args)  # also seeds: the run's one seeding point
 
@@ -37,7 +38,7 @@ def main(argv=None):
     # or the host (--data-placement); the loader yields index batches, sharded over the processes by Accelerate.
     dataset, train_images = data.load_data(args, accelerator)
     config.require(config.dataset_checks(args, len(train_images)))
-    train_loader = data.index_loader(accelerator, args, len(train_images))
+    train_loader = data.index_loader(accelerator, args, len(train_images), on_draw=train_images.read_ahead)
 
     # Model: encoder (the product) + a 4-way rotation head (discarded after training).
     mean, std = dataset.channel_stats()
@@ -52,7 +53,8 @@ def main(argv=None):
         model, optimizer, train_loader, scheduler, device_placement=[True, True, train_images.on_device, True])
 
     # The run: resumes from OUTPUT_DIR's newest checkpoint if there is one; logs, checkpoints, stops on signals.
-    run = training.Run(args, accelerator, model, optimizer, scheduler, train_loader, "rotation", MUST_MATCH)
+    run = training.Run(args, accelerator, model, optimizer, scheduler, train_loader, "rotation", MUST_MATCH,
+                       stop_signals, images=train_images)
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
         run.log_initial_evaluation(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))

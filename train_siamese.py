@@ -42,6 +42,7 @@ def evaluate(accelerator, model, dataset, args, suffix=""):
 
 
 def main(argv=None):
+    stop_signals = training.StopSignals()  # first: a preemption notice while the data loads stops the first step
     args = parse_args(argv)
     accelerator = training.make_accelerator(args)  # also seeds: the run's one seeding point
 
@@ -49,7 +50,7 @@ def main(argv=None):
     # by Accelerate; each anchor's partner is a pure function of (seed, epoch, index), drawn where they are.
     dataset, train_images = data.load_data(args, accelerator)
     config.require(config.dataset_checks(args, len(train_images)))
-    train_loader = data.index_loader(accelerator, args, len(train_images))
+    train_loader = data.index_loader(accelerator, args, len(train_images), on_draw=train_images.read_ahead)
     pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed,
                         dataset.classes).to(train_images.index_device)
 
@@ -67,7 +68,8 @@ def main(argv=None):
         model, optimizer, train_loader, scheduler, device_placement=[True, True, train_images.on_device, True])
 
     # The run: resumes from OUTPUT_DIR's newest checkpoint if there is one; logs, checkpoints, stops on signals.
-    run = training.Run(args, accelerator, model, optimizer, scheduler, train_loader, "siamese", MUST_MATCH)
+    run = training.Run(args, accelerator, model, optimizer, scheduler, train_loader, "siamese", MUST_MATCH,
+                       stop_signals, images=train_images)
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
         run.log_initial_evaluation(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))

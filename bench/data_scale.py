@@ -2,6 +2,7 @@
 
     python bench/data_scale.py --data-dir ../cifar10-jpeg            # 25k and 100k JPEGs at 64 px, 2 processes
     python bench/data_scale.py --data-dir ../cifar10-jpeg --sizes 5000 --steps 20 --repo ../old-checkout
+    python bench/data_scale.py --data-dir ../cifar10-jpeg --sizes 5000 --placements device,stream --decode-delay 0.001
 
 Generates each image folder once (under --work-dir, never in the repository) from a CIFAR-10 ImageFolder copy:
 its train images upscaled to --image-size and re-encoded as JPEG (mirrored on a second pass through the set, so
@@ -14,7 +15,9 @@ train_rotation.py with simple_cnn on --processes CPU processes:
   data_mb     pss_mb less the same run's on a folder of --test-images train images: the memory the data takes;
   data/decoded  data_mb over the decoded dataset's size (train + test, uint8): 1.0 is one copy per node;
   images_s    training throughput (results.json images_per_s), and vs_device, its ratio to the device placement's.
---repo measures another checkout (e.g. before a change) with the same folders.
+--repo measures another checkout (e.g. before a change) with the same folders. --decode-delay adds that many
+seconds to every image's decode (SSL_SCRIPTS_DECODE_DELAY): a decode as costly as a training step (a GPU's, a slow
+file system's), without taking the CPUs the training runs on here.
 """
 import argparse
 import json
@@ -40,6 +43,7 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=256, help="the global batch")
     p.add_argument("--test-images", type=int, default=1000, help="of every generated folder, and the baseline's train")
     p.add_argument("--repo", default=REPO, help="the checkout whose train_rotation.py is measured")
+    p.add_argument("--decode-delay", type=float, default=0.0, help="seconds added to every image's decode")
     p.add_argument("--json", help="also write the rows here")
     return p.parse_args()
 
@@ -114,7 +118,9 @@ def run(args, folder: str, cache: str, placement: str, out: str) -> dict:
     if placement != "-":
         command += ["--data-placement", placement]
     start = time.time()
-    process = subprocess.Popen(command, cwd=args.repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "SSL_SCRIPTS_DECODE_DELAY": str(args.decode_delay)}
+    process = subprocess.Popen(command, cwd=args.repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env)
     peak, first_step = [0], [None]
 
     def sample():
@@ -170,7 +176,9 @@ def main():
                    "vs_device": warm["images_s"] / device_rate if device_rate else None}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{args.processes} processes, simple_cnn, {args.image_size} px, {args.steps} steps; repo {args.repo}")
+    delay = f", decode +{args.decode_delay * 1000:g} ms per image" if args.decode_delay else ""
+    print(f"\n{args.processes} processes, simple_cnn, {args.image_size} px, {args.steps} steps{delay}; "
+          f"repo {args.repo}")
     print("| train images | placement | decoded MiB | first start s | PSS then MiB | cached start s | PSS MiB | "
           "data MiB | data / decoded | images/s | vs device |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

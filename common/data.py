@@ -5,10 +5,17 @@ every process maps). Training batches index that tensor where common/placement.p
 airbench's way, or in host memory) with index batches from a seeded loader; common/augment.py transforms them on
 the device.
 """
+import atexit
+import errno
+import fcntl
+import functools
 import hashlib
 import os
+import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -19,6 +26,11 @@ from tqdm.auto import tqdm
 
 from common import UserError, distributed, files, placement
 
+# Seconds added to every image's decode, for the checks and bench/data_scale.py (a slow file system, or a decode
+# as costly as a GPU step); 0 in normal use.
+DECODE_DELAY_S = float(os.environ.get("SSL_SCRIPTS_DECODE_DELAY", "0") or 0)
+# Train images a streamed split's evaluation sample holds (seeded): evaluations never decode the train split.
+STREAM_EVAL_SAMPLE = 10_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -30,18 +42,29 @@ class ImageData:
     test_labels: torch.Tensor
     classes: list
     skipped_files: int = 0
+    # A streamed train split is never held whole: a seeded sample of it, decoded once, is what evaluation (k-NN
+    # memory, linear probe) and the channel statistics use instead. None where the train split is held.
+    sample_images: torch.Tensor = None
+    sample_labels: torch.Tensor = None
+
+    def evaluation_train(self):
+        """(images, labels) that evaluation trains its probes on: the train split, or its sample when streamed."""
+        if self.sample_images is not None:
+            return self.sample_images, self.sample_labels
+        return self.train_images, self.train_labels
 
     def channel_stats(self):
         """Per-channel mean and std of the train split in [0, 1], for the encoder's built-in normalization."""
         # A seeded sample of the whole split (exact to 3 decimals, and quick): image folders are sorted by class,
         # so their first images are a few classes only.
-        sample = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(0))[:20000]
+        images = self.evaluation_train()[0]
+        sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:20000]
         sums, squares = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
         for chunk in sample.sort().values.split(256):  # never a float copy of the sample: 12 GB at 224 px
-            x = self.train_images[chunk].double().div_(255)
+            x = images[chunk].double().div_(255)
             sums += x.sum(dim=(0, 2, 3))
             squares += x.square().sum(dim=(0, 2, 3))
-        n = len(sample) * self.train_images.shape[2] * self.train_images.shape[3]
+        n = len(sample) * images.shape[2] * images.shape[3]
         mean = sums / n
         return mean.tolist(), ((squares - n * mean.square()) / (n - 1)).sqrt().tolist()
 
@@ -100,6 +123,8 @@ def decode_image(path: str, size: int) -> np.ndarray:
     """Any PIL-readable image -> (size, size, 3) uint8: converted to RGB, shorter side resized, center-cropped."""
     from PIL import Image, ImageOps
 
+    if DECODE_DELAY_S:
+        time.sleep(DECODE_DELAY_S)
     with Image.open(path) as img:
         img.load()
         if img.mode != "RGB":
@@ -163,25 +188,124 @@ def imagefolder_cache(data_dir: str, image_size: int, cache_dir: str, skip_bad: 
 
 
 def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False,
-                     cache_path: str = None) -> ImageData:
+                     cache_path: str = None, needed: int = 0) -> ImageData:
     """The folder's images, memory-mapped from the cache (decoded into it first if missing or damaged): every
     process of a node maps the same file, so the node holds one copy, in its page cache."""
     scanned = None
     if cache_path is None:
         scanned = scan_imagefolder(data_dir)
         cache_path = imagefolder_cache(data_dir, image_size, cache_dir, skip_bad, scanned[0])
-    if os.path.exists(cache_path):
-        try:
-            return ImageData(**torch.load(cache_path, weights_only=True, mmap=True))
-        except Exception:
-            pass  # a damaged cache is rebuilt below
-    data = decode_imagefolder(data_dir, image_size, skip_bad, scanned)
+        needed = sum(len(scanned[0][s]) for s in scanned[0]) * 3 * image_size ** 2
+    return decoded_once(cache_path, lambda: decode_imagefolder(data_dir, image_size, skip_bad, scanned), needed)
+
+
+def cache_places(cache_path: str) -> list:
+    """Where a cache may be: the --cache-dir path, then node-local fallbacks for when it cannot be written there (a
+    full disk or quota): /dev/shm, then the job's temporary dir. The same list on every process of a node."""
+    name = os.path.basename(cache_path)
+    local = [d for d in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(d)]
+    return [cache_path] + [os.path.join(d, "ssl-scripts", name) for d in dict.fromkeys(local)]
+
+
+def _mapped(path: str):
     try:
-        files.save_tensors(vars(data), cache_path)
-    except files.WriteFailed as e:  # the cache only saves time: training goes on without it
-        print(f"warning: decoded images not cached: {e.problem}; the next start decodes them again", flush=True)
-        return data
-    return ImageData(**torch.load(cache_path, weights_only=True, mmap=True))  # the decoded copy goes
+        return ImageData(**torch.load(path, weights_only=True, mmap=True))
+    except Exception:
+        return None  # missing, or damaged (a killed writer leaves only its temporary): decoded again
+
+
+def decoded_once(cache_path: str, decode, needed: int = 0) -> ImageData:
+    """The cache at cache_path (or a node-local fallback) memory-mapped; built first with decode() if none exists.
+
+    One process decodes; every other process of its node, and of the other nodes where the cache dir is shared,
+    waits for the cache file by waiting on a file lock (not in a collective, whose timeout a long decode would
+    pass) and then maps it. If the cache cannot be written in --cache-dir, the decoder writes it to a node-local
+    place instead, said in one line, where its node's other processes find it: still one decode and one copy per
+    node. Where it fits nowhere (needed: its bytes, if known), the run stops with one line before anything is
+    decoded."""
+    places = cache_places(cache_path)
+    for path in places:
+        data = _mapped(path)
+        if data is not None:
+            return data
+    with _decoder_lock(places):
+        for path in places:  # the lock's previous holder may have written it
+            data = _mapped(path)
+            if data is not None:
+                return data
+        if needed:
+            free = {os.path.dirname(p): files.free_bytes(os.path.dirname(p)) for p in places}
+            if all(room < needed for room in free.values()):
+                where = ", ".join(f"{d!r} {files.size(room, exact=False)}" for d, room in free.items())
+                raise UserError(f"the decoded images take {files.size(needed, exact=False)} and fit in no cache "
+                                f"place of this node (free: {where}): free space, or pass --cache-dir on a disk "
+                                f"with room (or --data-placement stream, which needs no cache)")
+        data = decode()
+        problems = []
+        for path in places:
+            try:
+                files.save_tensors(vars(data), path)
+            except files.WriteFailed as e:
+                problems.append(e.problem)
+                continue
+            if path != cache_path:
+                print(f"warning: decoded images not cached in --cache-dir: {problems[0]}; cached for this run in "
+                      f"{path!r} instead, which this node's processes share (removed when this process exits; "
+                      f"the next start decodes again unless --cache-dir has room)", flush=True)
+                atexit.register(files.remove, path)
+            return ImageData(**torch.load(path, weights_only=True, mmap=True))  # the decoded copy goes
+    raise UserError(f"the decoded images could not be cached anywhere on this node ({'; '.join(problems)}): free "
+                    f"space, or pass --cache-dir on a disk with room")
+
+
+class _decoder_lock:
+    """An exclusive lock (fcntl.lockf, which NFS passes to its server) beside the cache: the one decoder holds it,
+    the others wait for it. Taken next to the first place whose folder can be written. The file is removed by its
+    holder on release; a waiter that then gets the lock of a removed file takes the one the path names now."""
+
+    def __init__(self, places: list):
+        self.places, self.fd, self.path = places, None, None
+
+    def __enter__(self):
+        for place in self.places:
+            if self._lock(place + ".lock", place):
+                return self
+        raise UserError(f"cannot create a lock file beside the image cache in any of "
+                        f"{[os.path.dirname(p) for p in self.places]}: pass a writable --cache-dir")
+
+    def _lock(self, path: str, place: str) -> bool:
+        said = False
+        while True:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return False
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):  # no POSIX locks on this file system
+                    os.close(fd)
+                    return False
+                if not said:
+                    print(f"waiting for another process to decode the images into {place!r}", flush=True)
+                    said = True
+                fcntl.lockf(fd, fcntl.LOCK_EX)  # until it is done, or has died
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                self.fd, self.path = fd, path
+                return True
+            os.close(fd)  # its holder removed it after we opened it
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
 
 
 def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, scanned=None) -> ImageData:
@@ -191,7 +315,7 @@ def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, s
     tensors, skipped = {}, 0
     total = sum(len(labelled[s]) for s in ("train", "test"))
     print(f"decoding {total} images of {data_dir}", flush=True)
-    workers = min(8, decode_workers())
+    workers = decode_workers()  # the node's other processes wait meanwhile: all of this one's CPUs decode
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool, \
             tqdm(total=total, desc="decode", unit="img", mininterval=1 if sys.stderr.isatty() else 30) as bar:
         for split in ("train", "test"):
@@ -222,14 +346,20 @@ def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, s
 class StreamedImages:
     """An image folder's split as (N, 3, H, W) uint8 that is never held whole: images[indices] decodes those files
     (a pool of processes) with the same decode_image as the cache, so the pixels are the same. For folders larger
-    than host memory (--data-placement stream)."""
+    than host memory (--data-placement stream). submit() decodes a batch on a reader thread instead, for training
+    to read ahead (placement.TrainImages)."""
 
     dtype, device = torch.uint8, torch.device("cpu")
 
     def __init__(self, paths: list, image_size: int, workers: int):
         self.paths, self.workers = paths, workers
         self.shape = (len(paths), 3, image_size, image_size)
-        self._pool = None
+        self._pool = self._reader = None
+        self.decoded = 0  # images decoded so far
+        # The first unreadable file met while reading ahead, as one line: its image is zeros, and the run stops at
+        # its next log or checkpoint step, where every process agrees (one rank raising would leave the others
+        # waiting in a collective).
+        self.problem = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -237,32 +367,76 @@ class StreamedImages:
     def __getitem__(self, indices):
         if isinstance(indices, int):
             return self[torch.tensor([indices])][0]
-        indices = torch.as_tensor(indices).tolist()
         out = torch.empty((len(indices), *self.shape[1:]), dtype=torch.uint8)
-        self.decode_into(indices, out)
+        problem = self._decode_into(torch.as_tensor(indices).tolist(), out)
+        if problem:
+            raise UserError(problem)
         return out
 
-    def decode_into(self, indices: list, out: torch.Tensor) -> None:
-        if self._pool is None:  # forked on first use: after the process's own setup, never in a checkpoint
+    def submit(self, indices: list, pin: bool):
+        """A Future of the batch of these images, decoded by the pool while this thread goes on, and put together
+        by a reader thread in a new batch (pinned when `pin`, for a copy to the GPU without a wait)."""
+        self._start_pool()
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="stream-reader")
+        # Allocated here: pinned memory made on another thread would open a CUDA context on that thread's current
+        # device, cuda:0, for every process.
+        out = torch.empty((len(indices), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        return self._reader.submit(self._read, indices, out)
+
+    def _read(self, indices: list, out: torch.Tensor) -> torch.Tensor:
+        problem = self._decode_into(indices, out)
+        if problem and self.problem is None:
+            self.problem = problem
+        return out
+
+    def _start_pool(self) -> None:
+        if self._pool is None:  # forked on first use from the training thread: after the process's own setup
             self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("fork"))
-        size = self.shape[-1]
+
+    def _decode_into(self, indices: list, out: torch.Tensor):
+        """Decodes into out; an unreadable file's image is zeros, and the first one's line is returned."""
+        self._start_pool()
+        size, problem = self.shape[-1], None
         jobs = [(self.paths[i], size) for i in indices]
         for k, image in enumerate(self._pool.map(_decode_or_none, jobs, chunksize=max(1, len(jobs) // self.workers))):
-            if not isinstance(image, np.ndarray):
-                raise UserError(f"cannot read image {jobs[k][0]!r} ({image}): streamed images are read as training "
-                                f"goes; fix or remove it, or decode the folder up front (--data-placement host "
-                                f"--skip-bad-images)")
-            out[k] = torch.from_numpy(image).permute(2, 0, 1)
+            if isinstance(image, np.ndarray):
+                out[k] = torch.from_numpy(image).permute(2, 0, 1)
+            else:
+                out[k] = 0
+                problem = problem or (f"cannot read image {jobs[k][0]!r} ({image}): streamed images are read as "
+                                      f"training goes; fix or remove it, or decode the folder up front "
+                                      f"(--data-placement host --skip-bad-images)")
+        self.decoded += len(indices)
+        return problem
 
 
-def stream_imagefolder(data_dir: str, image_size: int) -> ImageData:
-    """The folder's labels now and its images as they are needed (StreamedImages): nothing decoded up front."""
-    labelled, classes = scan_imagefolder(data_dir)
+def stream_sample(labelled: dict, seed: int = 0) -> list:
+    """The train files a streamed split's evaluation sample holds: STREAM_EVAL_SAMPLE of them, seeded, in order."""
+    n = len(labelled["train"])
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:STREAM_EVAL_SAMPLE].sort().values
+    return [labelled["train"][i] for i in chosen.tolist()]
+
+
+def stream_imagefolder(data_dir: str, image_size: int, scanned=None, cache_dir: str = None,
+                       sample_cache: str = None) -> ImageData:
+    """The folder's labels now and its train images as they are needed (StreamedImages); the test split and a
+    seeded sample of the train split (evaluation's) decoded once per node into a cache, as an image folder's are.
+    scanned: scan_imagefolder's answer, as the main process saw it (every rank must stream the same list);
+    sample_cache: the sample's cache path, as the main process named it."""
+    labelled, classes = scanned or scan_imagefolder(data_dir)
+    evaluated = {"train": stream_sample(labelled), "test": labelled["test"]}
+    if sample_cache is None:
+        sample_cache = imagefolder_cache(data_dir, image_size, cache_dir, True, evaluated)
+    needed = sum(map(len, evaluated.values())) * 3 * image_size ** 2
+    # Unreadable files are left out of the sample (a train one stops the training when a batch reaches it).
+    sample = decoded_once(sample_cache, lambda: decode_imagefolder(data_dir, image_size, True, (evaluated, classes)),
+                          needed)
     workers = max(1, decode_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    splits = {split: (StreamedImages([p for p, _ in labelled[split]], image_size, workers),
-                      torch.tensor([label for _, label in labelled[split]], dtype=torch.int64))
-              for split in ("train", "test")}
-    return ImageData(*splits["train"], *splits["test"], classes=classes)
+    train = StreamedImages([p for p, _ in labelled["train"]], image_size, workers)
+    train_labels = torch.tensor([label for _, label in labelled["train"]], dtype=torch.int64)
+    return ImageData(train, train_labels, sample.test_images, sample.test_labels, classes,
+                     sample_images=sample.train_images, sample_labels=sample.train_labels)
 
 
 # ------------------------------------------------------------------------------------- for the training loop
@@ -276,38 +450,69 @@ def decoded_sizes(args):
 
 def load_data(args, accelerator):
     """The dataset (host memory, uint8) and its train split where --data-placement puts it (a TrainImages, which
-    gives batches on the device). The placement is chosen before anything large is allocated. Image folders are
-    decoded by each node's first process first (the node's other processes then map its cache, which may be
-    node-local); the main process computes the cache's name once for all."""
+    gives batches on the device). The main process scans the file system once for all (an image folder's list of
+    files, the cache's name, the placement), before anything large is allocated; every process uses its answer, so
+    ranks never disagree over what a shared folder holds. Then one process per node decodes (see decoded_once)."""
     def plan():
         folder = args.dataset == "imagefolder"
-        labelled = scan_imagefolder(args.data_dir)[0] if folder else None
-        n_train, n_test = (len(labelled["train"]), len(labelled["test"])) if folder else decoded_sizes(args)
+        scanned = scan_imagefolder(args.data_dir) if folder else None
+        n_train, n_test = (len(scanned[0]["train"]), len(scanned[0]["test"])) if folder else decoded_sizes(args)
         image_bytes = 3 * args.image_size ** 2
         # A mapped cache is one copy per node; a generated or downloaded dataset, one per process of the node.
-        copies = 1 if folder else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        host_bytes = (n_train + n_test) * image_bytes * copies
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        host_bytes = (n_train + n_test) * image_bytes * (1 if folder else processes)
+        sharing = placement.processes_per_device(accelerator.device)
+        on_gpu = accelerator.device.type == "cuda"
+        eval_bytes = placement.evaluation_bytes(args, n_train + n_test, sharing) if on_gpu else 0
         chosen, why = placement.choose(args.data_placement, n_train * image_bytes, host_bytes, accelerator.device,
                                        placement.device_free_bytes(accelerator.device),
-                                       placement.host_available_bytes(), streamable=folder)
-        # Streamed folders need no cache, nor its stat of every file.
-        cache_path = (imagefolder_cache(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
-                                        labelled) if folder and chosen != "stream" else None)
+                                       placement.host_available_bytes(), streamable=folder,
+                                       processes_per_device=sharing, eval_bytes=eval_bytes)
+        # Streamed folders need no cache of the train split, nor its stat of every file: only of their sample's.
+        if chosen == "stream":
+            cache_path = imagefolder_cache(args.data_dir, args.image_size, args.cache_dir, True,
+                                           {"train": stream_sample(scanned[0]), "test": scanned[0]["test"]})
+        elif folder:
+            cache_path = imagefolder_cache(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
+                                           scanned[0])
+        else:
+            cache_path = None
         train, test = (files.size(n * image_bytes, exact=False) for n in (n_train, n_test))
         print(f"data: {n_train} train + {n_test} test images at {args.image_size} px ({train} + {test} as uint8); "
               f"placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)
-        return cache_path, chosen
-    cache_path, chosen = distributed.decided_by_main(accelerator, plan)
+        return cache_path, chosen, (scanned if chosen == "stream" else None), (n_train + n_test) * image_bytes
+    cache_path, chosen, scanned, decoded_bytes = distributed.decided_by_main(accelerator, plan)
     if chosen == "stream":
-        dataset = stream_imagefolder(args.data_dir, args.image_size)
+        dataset = stream_imagefolder(args.data_dir, args.image_size, scanned, sample_cache=cache_path)
+    elif cache_path:
+        dataset = load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
+                                   cache_path, decoded_bytes)
     else:
-        with accelerator.local_main_process_first():
-            dataset = (load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
-                                        cache_path) if cache_path else load_dataset(args))
+        dataset = load_generated(args, accelerator)
     if dataset.skipped_files and accelerator.is_main_process:
         print(f"warning: {dataset.skipped_files} unreadable image file(s) of {args.data_dir!r} left out "
               f"(--skip-bad-images); results.json counts them as skipped_images", flush=True)
     return dataset, placement.TrainImages(dataset.train_images, chosen, accelerator.device)
+
+
+def load_shared(args, accelerator) -> ImageData:
+    """The dataset, with the file system scanned once (by the main process) and an image folder decoded once per
+    node: for entry points that need no placement (evaluate.py)."""
+    if args.dataset != "imagefolder":
+        return load_generated(args, accelerator)
+    cache_path = distributed.decided_by_main(accelerator, lambda: imagefolder_cache(
+        args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images, scan_imagefolder(args.data_dir)[0]))
+    return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images, cache_path)
+
+
+def load_generated(args, accelerator) -> ImageData:
+    """The synthetic set or CIFAR-10. CIFAR-10 is downloaded (into a --data-dir that may be shared) by the main
+    process alone, then checked by the first process of each other node, then read by all."""
+    if args.dataset == "cifar10":
+        with accelerator.main_process_first():
+            with accelerator.local_main_process_first():
+                return load_dataset(args)
+    return load_dataset(args)
 
 
 def micro_batch_size(args, num_processes: int) -> int:
@@ -321,12 +526,15 @@ def micro_batch_size(args, num_processes: int) -> int:
     return args.batch_size // parts
 
 
-def index_loader(accelerator, args, num_samples: int):
+def index_loader(accelerator, args, num_samples: int, on_draw=None):
     """Batches of sample indices for this process's micro-batches; the images stay on the device and are indexed
     there. Pinned on a GPU, so Accelerate's copy of each batch to the device does not make the host wait.
 
     The loader gets a generator of its own: without one, every new iterator draws a seed from the global RNG (at
-    the start of an epoch; mid-epoch after a resume), shifting the augmentations a resumed run draws."""
+    the start of an epoch; mid-epoch after a resume), shifting the augmentations a resumed run draws.
+
+    on_draw(indices): called with each batch as the loader draws it, one batch ahead of the one training uses
+    (TrainImages.read_ahead starts decoding a streamed batch there)."""
     if num_samples < args.batch_size:
         raise UserError(f"the train split ({num_samples} images) is smaller than one --batch-size "
                         f"({args.batch_size}): lower it")
@@ -334,4 +542,9 @@ def index_loader(accelerator, args, num_samples: int):
     # Per process: Accelerate's prepare shards the sampler, each process taking every num_processes-th batch.
     return torch.utils.data.DataLoader(torch.arange(num_samples), batch_size=batch, shuffle=True, drop_last=True,
                                        generator=torch.Generator().manual_seed(0),
-                                       pin_memory=accelerator.device.type == "cuda")
+                                       pin_memory=accelerator.device.type == "cuda",
+                                       collate_fn=functools.partial(_drawn, on_draw) if on_draw else None)
+
+
+def _drawn(on_draw, samples):
+    return on_draw(torch.utils.data.default_collate(samples))

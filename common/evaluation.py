@@ -94,16 +94,17 @@ def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, ep
 
 
 def encoder_metrics(accelerator, encoder, data, args) -> dict:
-    """eval/knn_acc and eval/linear_probe_acc of the frozen encoder: the train split as memory / probe data, the
-    test split scored."""
-    train_feats = features(accelerator, encoder, data.train_images, args.eval_batch_size)
+    """eval/knn_acc and eval/linear_probe_acc of the frozen encoder: the train split (a streamed one's decoded
+    sample) as memory / probe data, the test split scored."""
+    train_images, train_labels = data.evaluation_train()
+    train_feats = features(accelerator, encoder, train_images, args.eval_batch_size)
     test_feats = features(accelerator, encoder, data.test_images, args.eval_batch_size)
     if not accelerator.is_main_process:
         return {}
     return {
-        "eval/knn_acc": knn_accuracy(train_feats, data.train_labels, test_feats, data.test_labels,
+        "eval/knn_acc": knn_accuracy(train_feats, train_labels, test_feats, data.test_labels,
                                      args.knn_k, args.knn_temperature),
-        "eval/linear_probe_acc": linear_probe_accuracy(train_feats, data.train_labels, test_feats, data.test_labels,
+        "eval/linear_probe_acc": linear_probe_accuracy(train_feats, train_labels, test_feats, data.test_labels,
                                                  epochs=args.linear_probe_epochs, seed=args.seed),
     }
 

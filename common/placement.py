@@ -4,6 +4,7 @@ busy with the previous step; or nowhere (stream, image folders): each batch deco
 the split's decoded size against free memory, before anything large is allocated. An image folder's split is
 memory-mapped from its cache file: one copy per node, however many processes.
 """
+import collections
 import os
 
 import torch
@@ -15,6 +16,8 @@ PLACEMENTS = ("auto", "device", "host", "stream")
 DEVICE_SHARE = 0.7
 # Of the host's available memory, what the decoded dataset may take (the page cache of its mapped file included).
 HOST_SHARE = 0.8
+# stream: batches decoding ahead at most (the loader draws one ahead; a run's end leaves one never trained on).
+MAX_READ_AHEAD = 4
 
 
 def _size(n: int) -> str:
@@ -45,22 +48,49 @@ def device_free_bytes(device: torch.device) -> int:
     return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else host_available_bytes()
 
 
+def processes_per_device(device: torch.device) -> int:
+    """How many of this node's processes train on `device` (Accelerate puts local process i on GPU i % GPUs), each
+    holding its own copy of a split placed there. 1 on a CPU, where the device placement is the host's tensor."""
+    if device.type != "cuda":
+        return 1
+    processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), max(1, torch.cuda.device_count())
+    index = device.index or 0
+    return len(range(index, processes, gpus))
+
+
+def evaluation_bytes(args, images: int, processes_per_device: int = 1) -> int:
+    """GPU memory an evaluation's frozen features take at their peak on the main process's GPU: the features of
+    every image (train and test, float32) gathered on every process there (its own part and the gathered whole: 2
+    copies each) and, on the main process, normalized for k-NN and standardized for the linear probe (2 more).
+    0 with --skip-eval."""
+    if getattr(args, "skip_eval", False):
+        return 0
+    from common.models import build_encoder
+    feature_dim = build_encoder(args.model, args.image_size).feature_dim
+    return images * feature_dim * 4 * (2 * processes_per_device + 2)
+
+
 def choose(requested: str, train_bytes: int, host_bytes: int, device: torch.device, device_free: int,
-           host_free: int, streamable: bool = False):
+           host_free: int, streamable: bool = False, processes_per_device: int = 1, eval_bytes: int = 0):
     """(placement, why) for a train split of train_bytes and a dataset taking host_bytes of host memory on this
     node; UserError, naming what is needed and free, when the requested placement (or, for auto, any) cannot
     hold it. streamable: image files that `stream` can decode as they are needed. On a CPU the device is the host:
-    device and host hold the data in the same memory."""
+    device and host hold the data in the same memory. On a GPU, the device placement holds one copy of the split
+    per process sharing the GPU, next to evaluation's features (eval_bytes) wherever the split is."""
     if requested == "stream":
         if not streamable:
             raise UserError("--data-placement stream decodes image files as they are needed: it takes --dataset "
                             "imagefolder (generated and downloaded sets are held in memory)")
         return "stream", "each batch decoded from its files as it is needed; nothing decoded is kept"
     on_host = host_bytes <= HOST_SHARE * host_free
-    on_device = on_host if device.type != "cuda" else train_bytes <= DEVICE_SHARE * device_free
+    on_gpu = train_bytes * processes_per_device + eval_bytes
+    on_device = on_host if device.type != "cuda" else on_gpu <= DEVICE_SHARE * device_free
     host_says = f"the dataset takes {_size(host_bytes)} of host memory per node, {_size(host_free)} available"
+    shared = f" x {processes_per_device} processes sharing it" if processes_per_device > 1 else ""
+    features = f" + {_size(eval_bytes)} for evaluation's features" if eval_bytes else ""
     device_says = (host_says if device.type != "cuda" else
-                   f"the train split takes {_size(train_bytes)} on each GPU, {_size(device_free)} free on {device}")
+                   f"the train split takes {_size(train_bytes)} on each GPU{shared}{features}, {_size(device_free)} "
+                   f"free on {device}")
     larger = "use --data-placement stream" if streamable else "lower --image-size or use fewer images"
     if requested == "device" and not on_device:
         share = f"at most {(DEVICE_SHARE if device.type == 'cuda' else HOST_SHARE):.0%} of it is used"
@@ -85,8 +115,11 @@ class TrainImages:
     """The train split where it was placed; images[indices] is a batch of uint8 images on the training device.
 
     device: indexed on the device. host: gathered on the host into pinned memory and copied without making the host
-    wait (PyTorch's pinned-memory cache keeps a buffer until its copy is done). index_device: where the index
-    batches must be (the loader's device placement) for the gather to need no copy back to the host."""
+    wait (PyTorch's pinned-memory cache keeps a buffer until its copy is done). stream: decoded from the files,
+    ahead of training: read_ahead(indices), the index loader's hook, starts decoding each batch as the loader draws
+    it (Accelerate's loader draws one batch ahead of the one training uses), so a batch is decoded while the
+    previous step runs. index_device: where the index batches must be (the loader's device placement) for the
+    gather to need no copy back to the host."""
 
     def __init__(self, images: torch.Tensor, placement: str, device: torch.device):
         self.placement, self.device = placement, device
@@ -95,17 +128,39 @@ class TrainImages:
         # copy into: one private copy of the split per process instead of the shared mapped cache).
         self.images = images.to(device) if self.on_device and device.type != "cpu" else images
         self.index_device = device if self.on_device else torch.device("cpu")
+        self._ahead = collections.deque()  # stream: (indices, Future of their batch), in the order drawn
 
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def problem(self):
+        """stream: the first unreadable file met, as one line (the run stops on it where all processes agree)."""
+        return self.images.problem if self.placement == "stream" else None
+
+    def read_ahead(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.placement == "stream":
+            pin = self.device.type == "cuda"
+            self._ahead.append((indices, self.images.submit(indices.tolist(), pin)))
+            while len(self._ahead) > MAX_READ_AHEAD:  # drawn but never trained on (the end of a run)
+                self._ahead.popleft()
+        return indices
+
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         if self.on_device:
             return self.images[indices]
-        batch = torch.empty((len(indices), *self.images.shape[1:]), dtype=torch.uint8,
-                            pin_memory=self.device.type == "cuda")
-        if self.placement == "host":
+        if self.placement == "stream":
+            batch = self._read(indices)
+        else:
+            batch = torch.empty((len(indices), *self.images.shape[1:]), dtype=torch.uint8,
+                                pin_memory=self.device.type == "cuda")
             torch.index_select(self.images, 0, indices, out=batch)
-        else:  # stream: common.data.StreamedImages
-            self.images.decode_into(indices.tolist(), batch)
         return batch.to(self.device, non_blocking=True)
+
+    def _read(self, indices: torch.Tensor) -> torch.Tensor:
+        """The batch read ahead for these indices (waiting for it if it is not ready yet), or decoded now."""
+        while self._ahead:
+            drawn, batch = self._ahead.popleft()
+            if torch.equal(drawn.cpu(), indices.cpu()):
+                return batch.result()
+        return self.images.submit(indices.tolist(), self.device.type == "cuda").result()

@@ -14,7 +14,7 @@ import time
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from common import Preempted, UserError, checkpoints, diagnostics, distributed, files, runlock, schedules
@@ -110,7 +110,9 @@ class TrainState:
 
 class StopSignals:
     """SIGUSR1 / SIGTERM (Slurm's preemption notice, scancel, a time limit): noted when they arrive, acted on at a
-    step's end, where every rank can agree."""
+    step's end, where every rank can agree. Made first thing in a script's main(): a notice that arrives while the
+    data loads or decodes is kept (the launcher's "ignore USR1" is inherited until then), and the run stops at
+    its first step."""
 
     def __init__(self):
         self.received = 0
@@ -120,13 +122,20 @@ class StopSignals:
     def _note(self, signum, frame) -> None:
         self.received = signum
 
-    def agreed(self, accelerator) -> bool:
-        """True on every rank when any rank got a stop signal: all stop after the same step (a lone rank
-        stopping would leave the others waiting forever in the next all-reduce)."""
+    def agreed(self, accelerator, problem: str = None) -> bool:
+        """An all-reduce: True on every rank when any rank got a stop signal, so that all stop after the same step
+        (a lone rank stopping would leave the others waiting forever in the next all-reduce). problem: this rank's
+        reason to stop with an error (an unreadable streamed file); if any rank has one, every rank raises it."""
         if accelerator.num_processes == 1:
+            if problem:
+                raise UserError(problem)
             return self.received != 0
-        flag = torch.tensor(float(self.received != 0), device=accelerator.device)
-        return accelerator.reduce(flag, reduction="sum").item() > 0
+        flags = torch.tensor([float(self.received != 0), float(problem is not None)], device=accelerator.device)
+        signalled, problems = accelerator.reduce(flags, reduction="sum").tolist()
+        if problems:
+            said = [p for p in gather_object([problem]) if p]
+            raise UserError(said[0], agreed=True)
+        return signalled > 0
 
     def name(self) -> str:
         return signal.Signals(self.received).name if self.received else "a signal on another process"
@@ -217,9 +226,11 @@ class Run:
     schedule prepared): it resumes from OUTPUT_DIR's newest intact checkpoint, if any, and starts the logs.
 
     must_match: the script's options a checkpoint cannot be resumed under when changed, besides
-    checkpoints.MUST_MATCH."""
+    checkpoints.MUST_MATCH. stop_signals: the script's, made first thing (else one is made here). images: the
+    train split (placement.TrainImages), whose problem (an unreadable streamed file) stops the run."""
 
-    def __init__(self, args, accelerator, model, optimizer, scheduler, train_loader, project: str, must_match=()):
+    def __init__(self, args, accelerator, model, optimizer, scheduler, train_loader, project: str, must_match=(),
+                 stop_signals: StopSignals = None, images=None):
         self.args, self.accelerator = args, accelerator
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, train_loader
         self.steps_per_epoch = steps_per_epoch(args, len(train_loader))  # prepared: this process's batches
@@ -237,10 +248,12 @@ class Run:
         self.start_time = time.time()
         self.metrics = TrainMetrics(accelerator)
         self.guard = NonFiniteGuard(args, accelerator, self.state)
-        self.stop_signals = StopSignals()
+        self.stop_signals = stop_signals or StopSignals()
+        self.images = images
         self.record_indices = diagnostics.index_recorder(accelerator)
         self._saved_step = None  # the step whose checkpoint this process last saved or resumed from
         self._resume()
+        self._first_step = self.state.step + 1  # stops are agreed on there too: a notice during loading
         self._start_logs()
 
     def _resume(self) -> None:
@@ -373,16 +386,21 @@ class Run:
         self.progress.update(1)
         at_log = self.state.step % self.args.log_every == 0 or self.finished
         at_checkpoint = self.state.step % self.args.checkpoint_every == 0 or self.finished
-        if at_log or at_checkpoint:
+        # Checked where the host waits for the device anyway (a check every step would stall a GPU every step; one
+        # process agrees with itself without the device), and before a checkpoint is written: a checkpoint never
+        # holds a step trained on a bad batch.
+        check = at_log or at_checkpoint or self.state.step == self._first_step
+        if check:
             self._check_finite()
+        stop = False
+        if check or accelerator.num_processes == 1:
+            stop = self.stop_signals.agreed(accelerator, self.images.problem if self.images is not None else None)
         if at_log:
             self._log_train()
         if at_checkpoint:
             self._save_checkpoint()
         if self.sync_counter:
             self.sync_counter.step_done(self.state.step, quiet=not (at_log or at_checkpoint))
-        # Checked where the log already waits for the device: a check every step would stall a GPU every step.
-        stop = (at_log or accelerator.num_processes == 1) and self.stop_signals.agreed(accelerator)
         if stop and not self.finished:
             self._save_checkpoint()
             self.progress.close()

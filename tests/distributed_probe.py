@@ -75,7 +75,8 @@ def shared_gpu(out):
     if model is not None:
         model(torch.ones(1, 2)).sum().backward()
     rank = accelerator.process_index
-    seen.update(received, wrapped=type(model).__name__ if model is not None else None, local_process_index=accelerator.local_process_index,
+    seen.update(received, wrapped=type(model).__name__ if model is not None else None,
+                local_process_index=accelerator.local_process_index,
                 accelerate_gpu=accelerator.local_process_index % torch.cuda.device_count())
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(seen, f)

@@ -57,9 +57,9 @@ def test_a_rank_whose_view_of_the_output_dir_lags_still_stops_and_resumes_with_t
     assert [run.name.endswith(run_id) for run in wandb_runs(out)] == [True, True]
 
 
-def test_each_node_decodes_an_image_folder_once_into_its_own_cache(tmp_path, image_folder):
-    # Two "nodes" of two processes each on this machine, with node-local caches (their own $HOME): the first
-    # process of each node decodes, its node's other process reads that cache.
+def test_nodes_sharing_a_cache_dir_decode_an_image_folder_once_in_all(tmp_path, image_folder):
+    # Two "nodes" of two processes each on this machine, sharing the cache dir (the main process's --cache-dir):
+    # one process decodes while the three others wait for its file (a lock, not a collective), then all map it.
     out, port = tmp_path / "out", free_port()
     options = [*SMALL, "--dataset", "imagefolder", "--data-dir", image_folder, "--image-size", "16",
                "--batch-size", "4", "--knn-k", "3", "--max-steps", "2", "--skip-eval", "--output-dir", out]
@@ -73,5 +73,5 @@ def test_each_node_decodes_an_image_folder_once_into_its_own_cache(tmp_path, ima
                                       text=True))
     logs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)[-4000:]
-    assert [log.count("decoding 18 images") for log in logs] == [1, 1]
+    assert sum(log.count("decoding 18 images") for log in logs) == 1, "\n".join(logs)[-4000:]
     assert json.loads((out / "results.json").read_text())["world_size"] == 4

@@ -54,6 +54,7 @@ def test_an_evaluation_never_seeds_the_gpus(monkeypatch):
     # training's augmentations on the GPU would replay step 0's after each evaluation.
     from types import SimpleNamespace
     from common import evaluation
+    from common.data import ImageData
     from common.models import build_encoder
     seeded = []
     for name in ("manual_seed", "manual_seed_all", "set_rng_state", "set_rng_state_all"):
@@ -61,8 +62,7 @@ def test_an_evaluation_never_seeds_the_gpus(monkeypatch):
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(cpu=True)
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    data = SimpleNamespace(train_images=images, train_labels=torch.arange(40) % 4, test_images=images[:20],
-                           test_labels=torch.arange(20) % 4)
+    data = ImageData(images, torch.arange(40) % 4, images[:20], torch.arange(20) % 4, ["a", "b", "c", "d"])
     args = SimpleNamespace(eval_batch_size=16, knn_k=3, knn_temperature=0.07, linear_probe_epochs=1, seed=0)
     metrics = evaluation.encoder_metrics(accelerator, build_encoder("simple_cnn", image_size=8), data, args)
     assert set(metrics) == {"eval/knn_acc", "eval/linear_probe_acc"} and seeded == []

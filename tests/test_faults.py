@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common import UserError
 from common.checkpoints import verify_checkpoint
 from common.models import load_encoder
 
@@ -243,20 +244,35 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_nothing(small_disk):
 
 
 def test_a_cache_dir_on_a_full_disk_is_one_warning_and_the_next_start_caches(small_disk, image_folder, tmp_path):
+    # Two processes: one decodes into a node-local fallback and the other maps it (before, each decoded on its own
+    # after the first one's cache failed: one private copy per process).
     cache = small_disk.path / "cache"
     options = ["--dataset", "imagefolder", "--data-dir", image_folder, "--cache-dir", cache, "--model", "simple_cnn",
                "--batch-size", "4", "--knn-k", "5", "--max-steps", "2", "--skip-eval", "--report-to", "none"]
     small_disk.fill()
-    full = python_script("train_rotation.py", *options, "--output-dir", tmp_path / "a")
+    full = accelerate_launch("train_rotation.py", *options, "--output-dir", tmp_path / "a", num_processes=2)
     assert full.returncode == 0, full.stderr[-3000:]  # the cache only saves time: the training goes on
+    assert full.stdout.count("decoding 18 images") == 1, full.stdout[-3000:]
     warnings = [line for line in full.stdout.splitlines() if "not cached" in line]
     assert len(warnings) == 1 and "no space left on device; it needs about" in warnings[0], full.stdout[-2000:]
     assert str(cache / "imagefolder-") in warnings[0] and os.listdir(cache) == []
+    fallback = warnings[0].split("cached for this run in '")[1].split("'")[0]
+    assert fallback.startswith("/dev/shm/ssl-scripts/imagefolder-") and not os.path.exists(fallback)  # removed
 
     small_disk.free()
     again = python_script("train_rotation.py", *options, "--output-dir", tmp_path / "b")
     assert again.returncode == 0 and "not cached" not in again.stdout, again.stderr[-3000:]
     assert [p.suffix for p in cache.iterdir()] == [".pt"]
+
+
+def test_an_image_cache_that_fits_nowhere_stops_before_decoding(tmp_path, image_folder, monkeypatch):
+    from common import data, files
+    monkeypatch.setattr(files, "free_bytes", lambda path: 1000)
+    decoded = []
+    with pytest.raises(UserError, match=r"^the decoded images take 17.1 KiB and fit in no cache place of this node "
+                                        r"\(free: '.*/cache' 1000 bytes, '/dev/shm/ssl-scripts' 1000 bytes"):
+        data.decoded_once(str(tmp_path / "cache" / "x.pt"), lambda: decoded.append(1), needed=18 * 3 * 18 * 18)
+    assert decoded == [] and os.listdir(tmp_path / "cache") == []
 
 
 def test_a_checkpoint_onto_a_full_disk_stops_every_process_and_resumes_once_there_is_room(small_disk):
@@ -314,3 +330,28 @@ def test_final_and_results_onto_a_full_disk_are_written_by_the_same_command_once
     assert json.loads((out / "results.json").read_text())["steps"] == 4
     encoder = load_encoder(str(out / "final"))
     assert sum(p.numel() for p in encoder.parameters()) > 0
+
+
+def test_a_stop_signal_while_the_images_decode_stops_the_first_step_with_a_checkpoint(tmp_path, image_folder):
+    # As under slurm/node.sh: the launcher ignores USR1 and its workers inherit that until they install their
+    # handler. A notice that arrives while the data decodes (slowed here) must not be lost: the first step stops.
+    import signal
+    out = tmp_path / "out"
+    command = accelerate_command("train_rotation.py", "--dataset", "imagefolder", "--data-dir", image_folder,
+                                 "--cache-dir", tmp_path / "cache", "--model", "simple_cnn", "--batch-size", "4",
+                                 "--knn-k", "3", "--max-steps", "6", "--log-every", "3", "--skip-eval",
+                                 "--report-to", "none", "--output-dir", out, num_processes=2)
+    launch = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", "SSL_SCRIPTS_DECODE_DELAY": "0.3"},
+                              preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+    log = []
+    for line in launch.stdout:
+        log.append(line)
+        if line.startswith("decoding 18 images"):
+            break
+    subprocess.run(["pkill", "-USR1", "-f", f"train_rotation.py .*{out}"], check=True)  # the workers
+    log += launch.stdout.readlines()
+    launch.wait(timeout=120)
+    text = "".join(log)
+    assert "stopping on SIGUSR1 at step 1: checkpoint saved" in text, text[-3000:]
+    assert checkpoints(out) == [1] and not (out / "results.json").exists()

@@ -43,6 +43,33 @@ def test_a_placement_that_cannot_hold_the_data_is_refused_naming_need_free_and_w
         choose("stream", GiB, GiB, CPU, device_free=20 * GiB, host_free=20 * GiB, streamable=False)
 
 
+def test_processes_sharing_a_gpu_and_evaluation_features_count_against_its_memory(monkeypatch):
+    # Two processes on the one GPU each place the split: at 50% of free memory each, 100% in all (the old estimate
+    # counted one copy, allowed 70%, and the second copy ran out of memory later).
+    from common import placement
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (80 * GiB, 141 * GiB))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    sharing = placement.processes_per_device(CUDA)
+    assert sharing == 2
+    with pytest.raises(UserError) as refused:
+        choose("device", 40 * GiB, 100 * GiB, CUDA, placement.device_free_bytes(CUDA), 1800 * GiB,
+               processes_per_device=sharing)
+    assert str(refused.value) == ("--data-placement device: the train split takes 40.0 GiB on each GPU x 2 processes "
+                                  "sharing it, 80.0 GiB free on cuda:0 (at most 70% of it is used): use "
+                                  "--data-placement host")
+    assert choose("auto", 40 * GiB, 100 * GiB, CUDA, 80 * GiB, 1800 * GiB, processes_per_device=sharing)[0] == "host"
+    assert choose("auto", 20 * GiB, 100 * GiB, CUDA, 80 * GiB, 1800 * GiB, processes_per_device=sharing)[0] == "device"
+    # one process per GPU on a 2-GPU node: one copy each
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert placement.processes_per_device(CUDA) == 1
+    # evaluation's gathered features: 60,000 images x 512 floats, 2 copies per process and 2 more on the main one
+    args = type("Args", (), {"skip_eval": False, "model": "resnet18", "image_size": 32})()
+    assert placement.evaluation_bytes(args, 60_000, processes_per_device=2) == 60_000 * 512 * 4 * 6
+    with pytest.raises(UserError, match=r"40.0 GiB on each GPU \+ 30.0 GiB for evaluation's features, 80.0 GiB"):
+        choose("device", 40 * GiB, 100 * GiB, CUDA, 80 * GiB, 1800 * GiB, eval_bytes=30 * GiB)
+
+
 def test_auto_streams_an_image_folder_that_fits_in_no_memory():
     placement, why = choose("auto", 193 * GiB, 230 * GiB, CUDA, device_free=79 * GiB, host_free=100 * GiB,
                             streamable=True)
@@ -103,6 +130,109 @@ def test_every_placement_trains_on_the_same_samples_with_the_same_loss(tmp_path,
         runs[placement] = steps_of(out, processes), losses
     assert sorted(runs["device"][0]) == [1, 2, 3]
     assert runs["device"] == runs["host"] == runs["stream"]  # the same pixels and arithmetic: equal to the last bit
+
+
+def test_streamed_batches_are_decoded_ahead_off_the_training_thread(folder, tmp_path, monkeypatch):
+    import threading
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from common import config, data
+    AcceleratorState._reset_state(True)
+    accelerator = Accelerator(cpu=True)
+    dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
+    images = TrainImages(dataset.train_images, "stream", CPU)
+    events, decode_into, read_ahead = [], data.StreamedImages._decode_into, images.read_ahead
+
+    def recorded(self, indices, out):
+        events.append(("decode", threading.current_thread().name, indices[0]))
+        return decode_into(self, indices, out)
+    monkeypatch.setattr(data.StreamedImages, "_decode_into", recorded)
+
+    def drawn(indices):
+        events.append(("drawn", threading.current_thread().name, indices[0].item()))
+        return read_ahead(indices)
+    args = config.validate(config.build_parser("t").parse_args(["--batch-size", "16", "--report-to", "none"]))
+    loader = accelerator.prepare(data.index_loader(accelerator, args, len(images), on_draw=drawn))
+    batches = []
+    for indices in loader:
+        events.append(("train", threading.current_thread().name, indices[0].item()))
+        batches.append((indices, images[indices]))
+    trained = [e[2] for e in events if e[0] == "train"]
+    assert len(trained) == 6 and [e[2] for e in events if e[0] == "drawn"] == trained
+    # every batch was decoded by the reader thread, none by the training thread
+    assert sorted(e[2] for e in events if e[0] == "decode") == sorted(trained)
+    assert {e[1] for e in events if e[0] == "decode"} == {"stream-reader_0"}
+    # each batch's decode was asked for before the previous one was handed to training
+    order = [e[:1] + e[2:] for e in events if e[0] in ("drawn", "train")]
+    for before, after in zip(trained, trained[1:]):
+        assert order.index(("drawn", after)) < order.index(("train", before))
+    for indices, batch in batches:  # the pixels of a plain decode
+        assert torch.equal(batch, dataset.train_images[indices])
+
+
+def test_evaluating_a_streamed_split_decodes_nothing(folder, tmp_path):
+    # The k-NN memory and the probe's data are a seeded sample of the train split, decoded once (here, all 96)
+    from types import SimpleNamespace
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from common import data, evaluation
+    from common.models import build_encoder
+    AcceleratorState._reset_state(True)
+    dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
+    assert dataset.sample_images.shape == (96, 3, 32, 32) and isinstance(dataset.test_images, torch.Tensor)
+    args = SimpleNamespace(eval_batch_size=64, knn_k=5, knn_temperature=0.07, linear_probe_epochs=1, seed=0)
+    metrics = evaluation.encoder_metrics(Accelerator(cpu=True), build_encoder("simple_cnn", 32), dataset, args)
+    assert set(metrics) == {"eval/knn_acc", "eval/linear_probe_acc"} and dataset.train_images.decoded == 0
+    monkey = data.STREAM_EVAL_SAMPLE
+    try:
+        data.STREAM_EVAL_SAMPLE = 10
+        sampled = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
+    finally:
+        data.STREAM_EVAL_SAMPLE = monkey
+    assert len(sampled.sample_images) == 10 and len(sampled.train_images) == 96
+
+
+def test_an_unreadable_streamed_file_on_one_rank_stops_every_rank_with_one_line(tmp_path, folder):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "train" / "c1" / "zz.png").write_bytes(b"not a png")  # 97 train files; the sample leaves it out
+    out = tmp_path / "out"
+    began = time.time()
+    result = accelerate_launch("train_rotation.py", *folder_options(broken, tmp_path), "--data-placement", "stream",
+                               "--epochs", "1", "--log-every", "100", "--checkpoint-every", "2", "--dist-timeout",
+                               "300", "--output-dir", out, num_processes=2, timeout=280)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and time.time() - began < 120, result.stderr[-3000:]
+    assert len(errors) == 1 and "cannot read image" in errors[0] and "zz.png" in errors[0], result.stderr[-3000:]
+    assert f'{REPO}/common/' not in result.stderr  # no worker's traceback: only the launcher's report
+    assert not (out / "results.json").exists()
+
+
+def test_a_rank_whose_listing_of_the_folder_misses_a_file_streams_the_main_process_list(tmp_path, folder):
+    # On a shared file system two nodes can list a folder differently for a while. Rank 1's os.scandir here misses
+    # one train file: had it listed the folder itself, its images after that file would shift by one (other
+    # losses), or its loader would be shorter (a hang in the next collective).
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    scandir = os.scandir\n"
+        "    class Listing(list):\n"
+        "        def __enter__(self): return self\n"
+        "        def __exit__(self, *exc): pass\n"
+        "    os.scandir = lambda path='.': Listing(e for e in scandir(path) if e.name != '0.png')\n")
+    losses = {}
+    for name, env in (("as_listed", {}), ("rank1_misses_a_file", {"PYTHONPATH": str(site)})):
+        out = tmp_path / name
+        result = accelerate_launch("train_rotation.py", *folder_options(folder, tmp_path), "--augment", "none",
+                                   "--max-steps", "3", "--log-every", "1", "--data-placement", "stream",
+                                   "--dist-timeout", "60", "--output-dir", out, num_processes=2, env=env, timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[name] = [json.loads(line)["train/loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                        if '"train/loss"' in line]
+    assert len(losses["as_listed"]) == 3 and losses["rank1_misses_a_file"] == losses["as_listed"]
 
 
 @pytest.mark.parametrize("placement", ["host", "stream"])
