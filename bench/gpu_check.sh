@@ -5,11 +5,12 @@
 # OUT_DIR/logs/, its small outputs (results.json, metrics.jsonl, probes.json) to OUT_DIR/<step>/. Checkpoints and
 # models go to WORK_DIR (default: a temporary folder, removed at the end unless KEEP_WORK=1).
 #
-# Made for one unattended run on a machine without internet, dataset or wandb: CIFAR-sized synthetic data,
-# --report-to none. Two processes share the one GPU under gloo (NCCL refuses two ranks on one device; Accelerate
-# puts process i on cuda:(i % device_count)). Every step is independent: a failing one is reported as FAIL with
-# the tail of its log and the next one runs; each has a time limit, and the whole run a budget (BUDGET_S). Exit
-# status: 0 when no step failed.
+# Made for one unattended run on a machine without internet, dataset or wandb: CIFAR-sized synthetic data (and a
+# small generated folder of JPEGs for 6c-6d), --report-to none. Two processes share the one GPU under gloo (NCCL
+# refuses two ranks on one device; Accelerate puts process i on cuda:(i % device_count)). Every step is
+# independent: a failing one is reported as FAIL with the tail of its log and the next one runs; each has a time
+# limit, and the whole run a budget (BUDGET_S, from the start, pre-flight included). Exit status: 0 when no step
+# failed, 2 when the pre-flight stopped it.
 #
 #   1a-1d  both scripts, bf16 and fp16, --eval-at-start and evaluation every epoch, 2 epochs (resnet18: batch norm)
 #   2      SIGUSR1: checkpoint and stop (worker exit code 3, "stopping on SIGUSR1 at step N"), then resume to the end
@@ -18,12 +19,18 @@
 #   4      resume with --compile toggled: N steps eager, then the same output dir with --compile to 2N
 #   5      evaluate.py (2 processes) on the encoder of step 1a: probes.json
 #   6a-6b  --count-host-syncs, 1 process, bf16: synchronizing CUDA operations per steady step (target 0)
-#   7      bash bench/gpu.sh: the throughput table
+#   6c-6d  the same with the other data placements, on a generated folder of JPEGs: the train split in host memory
+#          (--data-placement host, rotation) and decoded from its files batch by batch (stream, siamese)
+#   7      bash bench/gpu.sh: the throughput table (2 s a measurement; the compiled row only if time is left)
+#
+# Before any step, a pre-flight: the Python packages import (with $PYTHON, default python3), and torch sees the GPU
+# that nvidia-smi lists (unless DEVICE=cpu); else one line says what to do, the report says so, exit status 2.
 #
 # Without a GPU (or with DEVICE=cpu) the same steps run at tiny sizes on the CPU (accelerate_configs/cpu.yaml,
-# gloo, no mixed precision: the bf16 and fp16 steps run as "no"), in about 2 minutes on 2 cores; steps 6a-6b (the
-# scripts count host syncs only on CUDA) and 7 are SKIPPED. Steps 1-6 run in three concurrent lanes (most of their
-# time is process start-up; PARALLEL=0 runs them one after the other), step 7 alone at the end.
+# gloo, no mixed precision: the bf16 and fp16 steps run as "no"), in about 3 minutes on 2 cores; steps 6a-6d (the
+# scripts count host syncs only on CUDA; 6c-6d still check the placement the run took) and 7 are SKIPPED. Steps 1-6
+# run in three concurrent lanes (most of their time is process start-up; PARALLEL=0 runs them one after the
+# other), step 7 alone at the end, with at least GPU_SH_MIN_S of the budget kept for it.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 out=${1:-${OUT:-runs/gpu_check}}
@@ -31,22 +38,73 @@ mkdir -p "$out/logs" || exit 2
 out=$(cd "$out" && pwd)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled HF_HUB_OFFLINE=1
 
-# ------------------------------------------------------------------------------------------------- mode and sizes
+START=$SECONDS
+PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-auto}
-if [[ $DEVICE == auto ]]; then
-  if python -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() > 0 else 1)" 2>/dev/null; then
-    DEVICE=gpu
-  else
-    DEVICE=cpu
-  fi
+
+# ----------------------------------------------------------------------------------------------------- pre-flight
+# A missing package would fail every step one by one, and a torch that sees no GPU would run the CPU mode on a GPU
+# machine and pass: stop at once with one line, and a report that says so.
+json_string() { printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | tr -d '\000-\037')"; }
+preflight_fail() {  # preflight_fail LINE: print it, write it as the report, exit 2 (no step has run)
+  echo "gpu_check: $*" >&2
+  echo "gpu_check: $*" >"$out/gpu_check.txt"
+  printf '{"ok": false, "preflight_error": %s, "device": %s, "steps": [], "pass": 0, "fail": 0, "skipped": 0}\n' \
+    "$(json_string "gpu_check: $*")" "$(json_string "$DEVICE")" >"$out/gpu_check.json"
+  exit 2
+}
+[[ $DEVICE =~ ^(auto|cpu|gpu)$ ]] || preflight_fail "DEVICE must be auto, cpu or gpu, not '$DEVICE'"
+command -v "$PYTHON" >/dev/null \
+  || preflight_fail "no Python interpreter '$PYTHON': set PYTHON to the environment's python (default python3)"
+command -v accelerate >/dev/null \
+  || preflight_fail "no 'accelerate' command on PATH: activate the environment, or pip install -r requirements.txt"
+probe=$("$PYTHON" - 2>"$out/logs/preflight.log" <<'EOF'
+import importlib, sys
+# leaves first: accelerate imports safetensors, torchvision torch; the first to fail is the one named
+for name in ("numpy", "PIL", "safetensors", "torch", "torchvision", "accelerate"):
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        print("missing", name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        sys.exit(1)
+import accelerate, torch
+print("ok", torch.cuda.device_count(), torch.__version__, torch.version.cuda or "none", accelerate.__version__)
+EOF
+)
+read -r probe_status probe_1 probe_2 probe_3 probe_4 <<<"$(tail -n 1 <<<"$probe")"
+if [[ $probe_status == missing ]]; then
+  preflight_fail "cannot import $probe_1 with $PYTHON ($probe_2 $probe_3 $probe_4): pip install -r requirements.txt" \
+    "(or set PYTHON to the environment's python)"
+elif [[ $probe_status != ok ]]; then
+  preflight_fail "$PYTHON failed importing torch, torchvision, accelerate, safetensors, numpy, PIL" \
+    "($(tail -n 1 "$out/logs/preflight.log")): pip install -r requirements.txt"
 fi
+TORCH_GPUS=$probe_1 VERSIONS="torch $probe_2, accelerate $probe_4"
+if [[ $DEVICE != cpu ]]; then
+  listed=$(timeout 20 nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+  if ((TORCH_GPUS == 0 && listed == 0)) && [[ $DEVICE == gpu ]]; then
+    preflight_fail "DEVICE=gpu but neither torch nor nvidia-smi sees a GPU: run it on a GPU machine, or DEVICE=cpu"
+  elif ((TORCH_GPUS == 0 && listed > 0)); then
+    if [[ $probe_3 == none ]]; then
+      why="torch $probe_2 is a CPU build: pip install -r requirements.txt from a CUDA wheel index"
+    elif [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
+      why="CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES' hides them: unset it"
+    else
+      why="torch $probe_2 (CUDA $probe_3) cannot use them: check the driver with nvidia-smi"
+    fi
+    preflight_fail "nvidia-smi lists $listed GPU(s) but torch sees none: $why (or DEVICE=cpu for the CPU check)"
+  fi
+  [[ $DEVICE == gpu ]] || DEVICE=$( ((TORCH_GPUS > 0)) && echo gpu || echo cpu)
+fi
+
+# ------------------------------------------------------------------------------------------------- mode and sizes
 if [[ $DEVICE == cpu ]]; then
   export CUDA_VISIBLE_DEVICES=""  # the scripts pick the CPU (and gloo) when torch sees no GPU
   # 96 images: the siamese pair AUC needs 2 test images (a quarter: 24) of each of the 10 classes
   SIZE=96 BATCH=16 PROBE_EPOCHS=2 BN_MODEL=simple_cnn DET_MODEL=simple_cnn USR1_STEPS=60 USR1_LOG=5
   COMPILE_N=4 SYNC_STEPS=12 SYNC_BATCH=16 EVAL_BATCH=64
   BF16=no FP16=no  # fp16 is not supported on the CPU; bf16 would only be slow: both steps run without autocast
-  BUDGET_S=${BUDGET_S:-600}
+  BUDGET_S=${BUDGET_S:-600} GPU_SH_MIN_S=0
 else
   # 4096 images, 256 per step (128 per process): 16 steps an epoch. resnet18 where batch norm matters (1a-1d:
   # BN buffers under evaluation at start and every epoch; 3: its ~50 ms steps leave time to kill the run between
@@ -54,11 +112,15 @@ else
   SIZE=4096 BATCH=256 PROBE_EPOCHS=5 BN_MODEL=resnet18 DET_MODEL=resnet18 USR1_STEPS=1000 USR1_LOG=10
   COMPILE_N=20 SYNC_STEPS=60 SYNC_BATCH=128 EVAL_BATCH=512
   BF16=bf16 FP16=fp16
-  BUDGET_S=${BUDGET_S:-465}
+  # Steps 1-6 end by BUDGET_S - GPU_SH_MIN_S, so that step 7 (its eager table at 2 s a measurement) gets that much
+  # at least; it gets whatever steps 1-6 leave.
+  BUDGET_S=${BUDGET_S:-465} GPU_SH_MIN_S=${GPU_SH_MIN_S:-150}
 fi
 PARALLEL=${PARALLEL:-1}
 DIST=(--dist-backend gloo --dist-timeout 120)
 DATA=(--dataset synthetic --synthetic-size "$SIZE" --report-to none)
+# 6c-6d: 10 classes of 64 train and 10 test JPEGs at 32 px (batches of SYNC_BATCH leave steady steps in an epoch)
+FOLDER_TRAIN=64 FOLDER_TEST=10
 
 if [[ -n ${WORK_DIR:-} ]]; then
   work=$WORK_DIR
@@ -68,7 +130,6 @@ else
   [[ ${KEEP_WORK:-0} == 1 ]] || trap 'rm -rf "$work"' EXIT
 fi
 work=$(cd "$work" && pwd)
-START=$SECONDS
 DEADLINE=$((START + BUDGET_S))
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -129,10 +190,11 @@ run_step() {  # run_step ID LIMIT_S FUNCTION TITLE
   rm -f "$dir/detail"
   : >"$dir/detail"
   local end=$((SECONDS + limit))
-  ((end > DEADLINE)) && end=$DEADLINE
+  ((end > STEP_DEADLINE)) && end=$STEP_DEADLINE
   if ((end - SECONDS < 20)); then
     status=FAIL
-    echo "not run: the time budget (BUDGET_S=$BUDGET_S) was spent" >"$dir/detail"
+    echo "not run: the time budget (BUDGET_S=$BUDGET_S, GPU_SH_MIN_S=$GPU_SH_MIN_S of it kept for step 7) was spent" \
+      >"$dir/detail"
     : >"$out/logs/$id.log"
   else
     (STEP_ID=$id STEP_DIR=$dir STEP_END=$end; "$fn" "$dir") >"$out/logs/$id.log" 2>&1 </dev/null
@@ -156,7 +218,7 @@ train_and_eval() {  # train_and_eval DIR SCRIPT PRECISION
     --eval-at-start --eval-every 1 --eval-batch-size "$EVAL_BATCH" --linear-probe-epochs "$PROBE_EPOCHS" \
     --log-every 4 --checkpoint-every 1000 --output-dir "$run" "${DIST[@]}" || die "the run $(failed $?)"
   keep "$run"
-  python - "$run" "$script" "$prec" "$dir/extra.json" "$dir/detail" <<'EOF' || exit 1
+  "$PYTHON" - "$run" "$script" "$prec" "$dir/extra.json" "$dir/detail" <<'EOF' || exit 1
 import json, math, sys
 run, script, prec, extra, detail_file = sys.argv[1:]
 r = json.load(open(f"{run}/results.json"))
@@ -238,7 +300,7 @@ step_sigusr1() {
   run_cmd "${cmd[@]}" || die "the resumed run $(failed $?)"
   grep -aq "resumed from .* at step $n " "$log" || die "the rerun did not say 'resumed from ... at step $n'"
   keep "$run"
-  n=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$run/results.json") \
+  n=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$run/results.json") \
     || die "no results.json after the resume"
   ((n == USR1_STEPS)) || die "results.json says $n steps, expected $USR1_STEPS"
   say "resumed from that checkpoint, results.json: $n steps"
@@ -271,7 +333,7 @@ step_deterministic() {
   at=$(grep -aoE 'resumed from [^ ]* at step [0-9]+' "$out/logs/$STEP_ID.log" | tail -n 1 | grep -oE '[0-9]+$')
   [[ -n $at ]] || die "the rerun did not say 'resumed from'"
   say "killed with checkpoints [${before% }], resumed at step $at"
-  python - "$whole/checkpoints/step_00000012/model.safetensors" "$cut/checkpoints/step_00000012/model.safetensors" \
+  "$PYTHON" - "$whole/checkpoints/step_00000012/model.safetensors" "$cut/checkpoints/step_00000012/model.safetensors" \
     "$dir/extra.json" "$at" <<'EOF' || die "weights differ or could not be compared (see the log)"
 import json, sys
 import torch
@@ -283,7 +345,9 @@ json.dump({"compared_tensors": len(a), "equal": not differ, "differing": differ[
 print(f"{len(a)} tensors compared, {len(differ)} differ: {differ[:5]}")
 sys.exit(1 if differ or not a else 0)
 EOF
-  say "step-12 model.safetensors: all $(python -c "import json,sys; print(json.load(open(sys.argv[1]))['compared_tensors'])" "$dir/extra.json") tensors bitwise equal (torch.equal)"
+  local compared
+  compared=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['compared_tensors'])" "$dir/extra.json")
+  say "step-12 model.safetensors: all $compared tensors bitwise equal (torch.equal)"
 }
 
 # 4: N steps without --compile, then the same output dir resumed with --compile to 2N.
@@ -297,7 +361,7 @@ step_compile() {
   run_cmd "${L[@]}" "${opts[@]}" --max-steps $((2 * COMPILE_N)) --compile || die "the resume with --compile $(failed $?)"
   grep -aq "resumed from .* at step $COMPILE_N " "$out/logs/$STEP_ID.log" || die "the --compile run did not resume at step $COMPILE_N"
   keep "$run"
-  python - "$run" "$((2 * COMPILE_N))" <<'EOF' || die "results.json: wrong step count or non-finite loss"
+  "$PYTHON" - "$run" "$((2 * COMPILE_N))" <<'EOF' || die "results.json: wrong step count or non-finite loss"
 import json, math, sys
 r = json.load(open(f"{sys.argv[1]}/results.json"))
 losses = [json.loads(l).get("train/loss") for l in open(f"{sys.argv[1]}/metrics.jsonl") if l.strip()]
@@ -322,7 +386,7 @@ step_evaluate() {
     --classifier-epochs 2 --eval-batch-size "$EVAL_BATCH" --output "$dir/probes.json" "${DIST[@]}" \
     || die "evaluate.py $(failed $?)"
   keep "$dir"
-  python - "$dir/probes.json" "$dir/extra.json" "$dir/detail" <<'EOF' || exit 1
+  "$PYTHON" - "$dir/probes.json" "$dir/extra.json" "$dir/detail" <<'EOF' || exit 1
 import json, math, sys
 p = json.load(open(sys.argv[1]))
 trained, untrained = p.get("trained", {}), p.get("untrained", {})
@@ -340,20 +404,36 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
-# 6a-6b: synchronizing CUDA operations per steady step, 1 process, bf16.
-host_syncs() {  # host_syncs DIR SCRIPT
-  local dir=$1 script=$2 run=$1/run
+# 6a-6d: synchronizing CUDA operations per steady step, 1 process, bf16; 6c-6d on the image folder, with the train
+# split in host memory or streamed from its files (the placement the run's data line names is checked too).
+host_syncs() {  # host_syncs DIR SCRIPT [PLACEMENT]
+  local dir=$1 script=$2 placement=${3:-} run=$1/run data=("${DATA[@]}") log=$out/logs/$STEP_ID.log
+  if [[ -n $placement ]]; then
+    [[ -f $work/images.done ]] || die "no image folder: generating it failed (logs/image_folder.log)"
+    data=(--dataset imagefolder --data-dir "$work/images" --cache-dir "$dir/cache" --data-placement "$placement"
+          --report-to none)
+  fi
   launcher 1 "$BF16"
-  run_cmd "${L[@]}" "train_$script.py" "${DATA[@]}" --model simple_cnn --batch-size "$SYNC_BATCH" --skip-eval \
+  run_cmd "${L[@]}" "train_$script.py" "${data[@]}" --model simple_cnn --batch-size "$SYNC_BATCH" --skip-eval \
     --max-steps "$SYNC_STEPS" --log-every 10 --checkpoint-every 25 --output-dir "$run" --count-host-syncs \
     || die "the run $(failed $?)"
   keep "$run"
-  local line
-  line=$(tr '\r' '\n' <"$out/logs/$STEP_ID.log" | grep -a '^host syncs' | tail -n 1)
+  local line first steps shown=""
+  if [[ -n $placement ]]; then
+    first=$(tr '\r' '\n' <"$log" | grep -a -m 1 '^data: ')
+    [[ $first == *"; placement $placement (--data-placement $placement)"* ]] \
+      || die "the run's data line says '${first:-nothing}': expected 'placement $placement'"
+    shown="its data line says placement $placement (--data-placement $placement), "
+  fi
+  steps=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$run/results.json") \
+    || die "no results.json (or no steps in it)"
+  ((steps == SYNC_STEPS)) || die "results.json says $steps steps, expected $SYNC_STEPS"
+  shown+="results.json: $steps steps"
+  line=$(tr '\r' '\n' <"$log" | grep -a '^host syncs' | tail -n 1)
   [[ -n $line ]] || die "no log line starting 'host syncs'"
-  # Without CUDA the scripts count nothing ("host syncs: not counted"): the run checked the command line only.
-  [[ $DEVICE == gpu ]] || skip "GPU only (the CPU run of the same command passed and logged: $line)"
-  python - "$run/results.json" "$dir/extra.json" "$dir/detail" "$line" <<'EOF' || exit 1
+  # Without CUDA the scripts count nothing ("host syncs: not counted"): the run checked the rest only.
+  [[ $DEVICE == gpu ]] || skip "GPU only (the CPU run of the same command passed: $shown; $line)"
+  "$PYTHON" - "$run/results.json" "$dir/extra.json" "$dir/detail" "$line" "$shown" <<'EOF' || exit 1
 import json, math, sys
 r = json.load(open(sys.argv[1]))
 mean, worst = r.get("host_syncs_per_step"), r.get("host_syncs_max_step")
@@ -365,8 +445,9 @@ elif mean > 0 or worst > 0:
     problem = "target 0 per steady step missed"
 else:
     problem = None
-detail = (f"host_syncs_per_step {mean}, host_syncs_max_step {worst} over {r.get('host_syncs_steady_steps')} steady "
-          f"steps ({r.get('host_syncs_other_steps_total')} in the other steps; target 0)")
+detail = (f"{sys.argv[5]}; host_syncs_per_step {mean}, host_syncs_max_step {worst} over "
+          f"{r.get('host_syncs_steady_steps')} steady steps ({r.get('host_syncs_other_steps_total')} in the other "
+          f"steps; target 0)")
 open(sys.argv[3], "a").write(("FAILED: " + problem + ": " if problem else "") + detail)
 print(detail)
 sys.exit(1 if problem else 0)
@@ -374,20 +455,45 @@ EOF
 }
 step_syncs_rotation() { host_syncs "$1" rotation; }
 step_syncs_siamese() { host_syncs "$1" siamese; }
+step_placement_host() { host_syncs "$1" rotation host; }
+step_placement_stream() { host_syncs "$1" siamese stream; }
 
-# 7: the existing throughput table, alone on the GPU.
+# The image folder of 6c-6d: JPEGs, seeded; each class a colour of its own under the noise.
+make_image_folder() {  # make_image_folder DIR
+  "$PYTHON" - "$1" "$FOLDER_TRAIN" "$FOLDER_TEST" <<'EOF'
+import os, sys
+import numpy as np
+from PIL import Image
+root, counts = sys.argv[1], {"train": int(sys.argv[2]), "test": int(sys.argv[3])}
+rng = np.random.default_rng(0)
+for split, per_class in counts.items():
+    for c in range(10):
+        os.makedirs(f"{root}/{split}/class{c}", exist_ok=True)
+        tint = rng.integers(0, 256, 3)
+        for i in range(per_class):
+            pixels = np.clip(tint + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(f"{root}/{split}/class{c}/{i}.jpg", quality=90)
+print(f"{root}: {10 * counts['train']} train and {10 * counts['test']} test JPEGs, 10 classes, 32 px")
+EOF
+}
+
+# 7: the existing throughput table, alone on the GPU: 2 s a measurement, and bench/gpu.sh given the step's time but
+# a margin, so that it ends by itself (the compiled row only if enough is left) and this step still reports.
 step_gpu_sh() {
-  local dir=$1
-  run_cmd bash bench/gpu.sh "$dir" || die "bench/gpu.sh $(failed $?)"
+  local dir=$1 note
+  run_cmd env MEASURE_S=2 BUDGET_S=$(($(left) - 15)) PYTHON="$PYTHON" bash bench/gpu.sh "$dir" \
+    || die "bench/gpu.sh $(failed $?)"
   mkdir -p "$out/$STEP_ID"
   cp "$dir"/throughput_gpu*.json "$dir"/throughput_gpu*.txt "$out/$STEP_ID/" 2>/dev/null
-  python - "$dir" "$dir/extra.json" "$dir/detail" <<'EOF' || exit 1
+  note=$(grep -a -m 1 '^compiled row: ' "$out/logs/$STEP_ID.log")
+  "$PYTHON" - "$dir" "$dir/extra.json" "$dir/detail" "$note" <<'EOF' || exit 1
 import json, os, sys
 rows = json.load(open(os.path.join(sys.argv[1], "throughput_gpu.json")))["rows"]
 compiled = os.path.join(sys.argv[1], "throughput_gpu_compiled.json")
 rows += [dict(r, model=r["model"] + "+compile") for r in json.load(open(compiled))["rows"]] if os.path.exists(compiled) else []
 parts = [f"{r['script']} {r['model']}: {r['project']['samples_per_s']:.0f} samples/s, efficiency {r['efficiency']:.2f}, "
          f"{r['project']['samples_per_s'] / r['tutorial']['samples_per_s']:.1f}x tutorial" for r in rows]
+parts += [sys.argv[4]] if sys.argv[4] else []  # why the compiled row is missing
 json.dump({"rows": rows}, open(sys.argv[2], "w"))
 open(sys.argv[3], "a").write("; ".join(parts))
 print("; ".join(parts))
@@ -396,7 +502,8 @@ EOF
 
 # --------------------------------------------------------------------------------------------------- the run
 STEPS=(1a_rotation_bf16 1b_siamese_fp16 1c_rotation_fp16 1d_siamese_bf16 2_sigusr1_resume 3_deterministic_resume
-       4_compile_resume 5_evaluate 6a_host_syncs_rotation 6b_host_syncs_siamese 7_gpu_sh)
+       4_compile_resume 5_evaluate 6a_host_syncs_rotation 6b_host_syncs_siamese 6c_placement_host
+       6d_placement_stream 7_gpu_sh)
 lane_a() {
   PORT=$1
   run_step 1a_rotation_bf16 90 step_rotation_bf16 "rotation, $BF16, $BN_MODEL, eval at start + every epoch"
@@ -404,6 +511,7 @@ lane_a() {
   run_step 1c_rotation_fp16 90 step_rotation_fp16 "rotation, $FP16, $BN_MODEL, eval at start + every epoch"
   run_step 1d_siamese_bf16 90 step_siamese_bf16 "siamese, $BF16, $BN_MODEL, eval at start + every epoch"
   run_step 5_evaluate 90 step_evaluate "evaluate.py, 2 processes"
+  run_step 6d_placement_stream 60 step_placement_stream "host syncs per step, --data-placement stream, siamese, $BF16"
 }
 lane_b() {
   PORT=$1
@@ -415,12 +523,15 @@ lane_c() {
   PORT=$1
   run_step 2_sigusr1_resume 120 step_sigusr1 "SIGUSR1: checkpoint, stop, resume"
   run_step 3_deterministic_resume 120 step_deterministic "--deterministic: kill + resume = straight run, bitwise"
+  run_step 6c_placement_host 60 step_placement_host "host syncs per step, --data-placement host, rotation, $BF16"
 }
 
 rm -rf "$out/steps"
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
 echo "gpu_check: device $DEVICE${gpu:+ ($gpu)}, lanes $([[ $PARALLEL == 1 ]] && echo concurrent || echo sequential)," \
      "budget ${BUDGET_S} s; logs in $out/logs, runs in $work"
+make_image_folder "$work/images" >"$out/logs/image_folder.log" 2>&1 && touch "$work/images.done"
+STEP_DEADLINE=$((DEADLINE - GPU_SH_MIN_S))
 if [[ $PARALLEL == 1 ]]; then
   lane_a 29610 &
   lane_b 29620 &
@@ -431,6 +542,7 @@ else
   lane_c 29610
   lane_b 29610
 fi
+STEP_DEADLINE=$DEADLINE
 if [[ $DEVICE == gpu ]]; then
   run_step 7_gpu_sh 330 step_gpu_sh "bench/gpu.sh: throughput table"
 else
@@ -461,7 +573,7 @@ count() {  # steps with this status; a step without a result counts as FAIL
 {
   echo "GPU check of $(git rev-parse --short HEAD 2>/dev/null)$([[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]] && echo ' (dirty)')," \
        "$(date -u +%Y-%m-%dT%H:%M:%SZ), device: $DEVICE${gpu:+, $gpu}"
-  python -c "import torch, accelerate; print(f'torch {torch.__version__}, accelerate {accelerate.__version__}')" 2>/dev/null
+  echo "$VERSIONS"
   echo
   printf '%-26s %-7s %6s  %s\n' step status time detail
   for id in "${STEPS[@]}"; do
@@ -484,9 +596,9 @@ count() {  # steps with this status; a step without a result counts as FAIL
   done
 } >"$out/gpu_check.txt"
 
-python - "$out" "$DEVICE" "$TOTAL" "$BUDGET_S" "$PARALLEL" "${gpu:-}" "${STEPS[@]}" <<'EOF'
+"$PYTHON" - "$out" "$DEVICE" "$TOTAL" "$BUDGET_S" "$PARALLEL" "${gpu:-}" "$VERSIONS" "${STEPS[@]}" <<'EOF'
 import json, os, subprocess, sys
-out, device, total, budget, parallel, gpu, *ids = sys.argv[1:]
+out, device, total, budget, parallel, gpu, versions, *ids = sys.argv[1:]
 steps = []
 for i in ids:
     try:
@@ -501,11 +613,7 @@ for i in ids:
         except ValueError:
             pass
     steps.append(step)
-try:
-    import torch, accelerate
-    versions = {"torch": torch.__version__, "accelerate": accelerate.__version__}
-except ImportError:
-    versions = {}
+versions = dict(v.split(" ", 1) for v in versions.split(", "))  # "torch X, accelerate Y" from the pre-flight
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 counts = {s: sum(step["status"] == s for step in steps) for s in ("PASS", "FAIL", "SKIPPED")}
 json.dump({"device": device, "gpu": gpu, "git_commit": commit, **versions, "total_s": int(total),

@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from conftest import REPO
 
@@ -41,7 +44,8 @@ def test_rotnet_table_script_pretrains_then_prints_the_table(tmp_path, image_fol
 
 GPU_CHECK_STEPS = ["1a_rotation_bf16", "1b_siamese_fp16", "1c_rotation_fp16", "1d_siamese_bf16", "2_sigusr1_resume",
                    "3_deterministic_resume", "4_compile_resume", "5_evaluate", "6a_host_syncs_rotation",
-                   "6b_host_syncs_siamese", "7_gpu_sh"]
+                   "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream", "7_gpu_sh"]
+GPU_ONLY = {"6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream", "7_gpu_sh"}
 
 
 def gpu_check(tmp_path, **env):
@@ -55,17 +59,22 @@ def gpu_check(tmp_path, **env):
 
 
 def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path):
-    # The GPU check's every step at its CPU size (about 2 minutes here): what can be checked before a GPU run.
+    # The GPU check's every step at its CPU size (about 3 minutes here): what can be checked before a GPU run.
     result, report, steps = gpu_check(tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    gpu_only = {"6a_host_syncs_rotation", "6b_host_syncs_siamese", "7_gpu_sh"}
     for name, step in steps.items():
-        assert step["status"] == ("SKIPPED" if name in gpu_only else "PASS"), (name, step["detail"])
+        assert step["status"] == ("SKIPPED" if name in GPU_ONLY else "PASS"), (name, step["detail"])
     assert report["device"] == "cpu" and report["fail"] == 0 and report["ok"]
-    # GPU-only steps say why; the host-sync runs still ran the same command line on the CPU
+    # GPU-only steps say why; the host-sync runs still ran the same command line on the CPU, to its end
     assert "no GPU" in steps["7_gpu_sh"]["detail"]
-    for name in ("6a_host_syncs_rotation", "6b_host_syncs_siamese"):
-        assert "GPU only" in steps[name]["detail"] and "host syncs: not counted" in steps[name]["detail"]
+    for name in GPU_ONLY - {"7_gpu_sh"}:
+        detail = steps[name]["detail"]
+        assert "GPU only" in detail and "host syncs: not counted" in detail and "results.json: 12 steps" in detail
+    # the placement steps trained on the generated image folder with the placement they asked for
+    for placement in ("host", "stream"):
+        assert f"its data line says placement {placement} (--data-placement {placement})" in \
+            steps[f"6{'c' if placement == 'host' else 'd'}_placement_{placement}"]["detail"]
+    assert sum(1 for _ in (tmp_path / "work" / "images" / "train").rglob("*.jpg")) == 640
     # evaluation at start, after epoch 1 and at the end, with finite metrics
     for name in GPU_CHECK_STEPS[:4]:
         results = steps[name]["results"]
@@ -79,19 +88,81 @@ def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path)
     assert steps["5_evaluate"]["results"]["world_size"] == 2
 
 
+def fake_command(bin_dir, name, script):
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/sh\n" + script)
+    (bin_dir / name).chmod(0o755)
+    return bin_dir / name
+
+
+FAKE_NVIDIA_SMI = "echo 'GPU 0: NVIDIA H200 (UUID: GPU-00000000-0000-0000-0000-000000000000)'\n"
+
+
 def test_gpu_check_reports_failing_steps_and_goes_on(tmp_path):
     # An `accelerate` that always fails: every step still runs, fails with its log's errors in the report, and
-    # the exit status says so.
+    # the exit status says so. nvidia-smi lists a GPU torch does not see: DEVICE=cpu, asked for, runs anyway.
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "accelerate").write_text("#!/bin/sh\necho 'RuntimeError: injected launcher failure' >&2\nexit 1\n")
-    (bin_dir / "accelerate").chmod(0o755)
-    result, report, steps = gpu_check(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    assert result.returncode != 0
-    assert [s["status"] for s in report["steps"]] == ["FAIL"] * 10 + ["SKIPPED"]
-    assert report["fail"] == 10 and not report["ok"]
-    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 10
+    fake_command(bin_dir, "accelerate", "echo 'RuntimeError: injected launcher failure' >&2\nexit 1\n")
+    fake_command(bin_dir, "nvidia-smi", FAKE_NVIDIA_SMI)
+    result, report, steps = gpu_check(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}", CUDA_VISIBLE_DEVICES="")
+    assert result.returncode != 0 and report["device"] == "cpu"
+    assert [s["status"] for s in report["steps"]] == ["FAIL"] * 12 + ["SKIPPED"]
+    assert report["fail"] == 12 and not report["ok"]
+    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 12
     assert "FAILED: the run failed (exit 1)" in steps["1a_rotation_bf16"]["detail"]
+
+
+def preflight(tmp_path, **env):
+    """gpu_check.sh where its pre-flight should stop it: (result, seconds it took, its report or None)."""
+    out = tmp_path / "report"
+    environ = {k: v for k, v in os.environ.items() if k != "DEVICE"}  # DEVICE unset: auto
+    start = time.time()
+    result = subprocess.run(["bash", f"{REPO}/bench/gpu_check.sh", str(out)], capture_output=True, text=True,
+                            timeout=300, env={**environ, "WORK_DIR": str(tmp_path / "work"), **env})
+    seconds = time.time() - start
+    report = json.loads((out / "gpu_check.json").read_text()) if (out / "gpu_check.json").exists() else None
+    return result, seconds, report
+
+
+def assert_stopped_before_any_step(tmp_path, result, report, line):
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stderr.splitlines() == [line] and result.stdout == ""  # one line, nothing started
+    assert report["ok"] is False and report["steps"] == [] and report["preflight_error"] == line
+    assert (tmp_path / "report" / "gpu_check.txt").read_text() == line + "\n"
+    assert not (tmp_path / "work").exists() and not (tmp_path / "report" / "steps").exists()
+
+
+def test_gpu_check_stops_at_once_when_torch_does_not_see_the_gpu_nvidia_smi_lists(tmp_path):
+    # A GPU machine where torch sees no GPU (here: CUDA_VISIBLE_DEVICES=""; a CPU build of torch alike) used to run
+    # the whole check in CPU mode and report success.
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "nvidia-smi", FAKE_NVIDIA_SMI)
+    result, seconds, report = preflight(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}", CUDA_VISIBLE_DEVICES="")
+    assert_stopped_before_any_step(tmp_path, result, report,
+                                   "gpu_check: nvidia-smi lists 1 GPU(s) but torch sees none: CUDA_VISIBLE_DEVICES='' "
+                                   "hides them: unset it (or DEVICE=cpu for the CPU check)")
+    assert seconds < 30  # one import of torch
+
+
+@pytest.mark.parametrize("how", ["pythonpath", "python_wrapper"])
+def test_gpu_check_stops_at_once_when_a_package_does_not_import(tmp_path, how):
+    # safetensors shadowed by a module that fails to import (PYTHONPATH), or PIL failing only in the interpreter
+    # that PYTHON names (a wrapper around python3): the check says which, with which Python, and runs nothing.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    package = "safetensors" if how == "pythonpath" else "PIL"
+    (broken / f"{package}.py").write_text(f"raise ImportError('injected: {package} is broken')\n")
+    if how == "pythonpath":
+        env, python = {"PYTHONPATH": str(broken)}, "python3"
+    else:
+        python = str(fake_command(tmp_path / "bin", "python-env", f'PYTHONPATH={broken} exec python3 "$@"\n'))
+        env = {"PYTHON": python}
+    result, seconds, report = preflight(tmp_path, **env)
+    assert_stopped_before_any_step(tmp_path, result, report,
+                                   f"gpu_check: cannot import {package} with {python} (ImportError: injected: "
+                                   f"{package} is broken): pip install -r requirements.txt (or set PYTHON to the "
+                                   "environment's python)")
+    assert seconds < 15  # before torch is imported
 
 
 def test_data_scale_benchmark_prints_a_row_per_placement(tmp_path, image_folder):
