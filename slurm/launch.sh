@@ -6,6 +6,9 @@
 # training processes (scancel --signal=USR1 to the job steps), they checkpoint at the next step boundary and
 # exit, and this script requeues the job, which resumes from that checkpoint in the same output dir (and the
 # same W&B run: its id is stored there). A job that finished (results.json written) is not requeued.
+# The notice is --signal's 120 s (Slurm may send it up to 60 s earlier); at the time limit Slurm kills the job and
+# nothing requeues it. So the wait for the training to stop is at most STOP_GRACE_S (default 90) seconds: then the
+# job is requeued anyway, and resumes from the newest complete checkpoint (they are written atomically).
 set -uo pipefail
 script=$1
 shift
@@ -42,10 +45,13 @@ cpus_per_node=$(tr , '\n' <<<"${SLURM_JOB_CPUS_PER_NODE:-1}" | sed 's/(.*//' | s
 srun_command=(srun --ntasks-per-node=1 --cpus-per-task="$cpus_per_node" bash slurm/node.sh "$script" "${args[@]}")
 echo "${srun_command[*]}"
 
+STOP_GRACE_S=${STOP_GRACE_S:-90}
 stop_signal=""
+stop_at=0
 forward_stop() {
-    stop_signal=$1
     echo "batch script got SIG$1: asking the training to checkpoint and stop"
+    [ -n "$stop_signal" ] || stop_at=$SECONDS  # the grace period runs from the first signal
+    stop_signal=$1
     scancel --signal=USR1 "$SLURM_JOB_ID"  # to the job steps (not this batch shell)
 }
 trap 'forward_stop USR1' USR1
@@ -54,9 +60,18 @@ trap 'forward_stop TERM' TERM
 "${srun_command[@]}" &
 step=$!
 while :; do
-    wait "$step"
-    status=$?
-    kill -0 "$step" 2>/dev/null || break  # a trapped signal interrupts `wait`: wait again
+    if [ -z "$stop_signal" ]; then
+        wait "$step"  # a trapped signal interrupts it: the loop then waits again, at most the grace period
+        status=$?
+    elif ((SECONDS - stop_at >= STOP_GRACE_S)); then
+        echo "the training did not stop within STOP_GRACE_S=$STOP_GRACE_S s of SIG$stop_signal: requeueing job" \
+             "$SLURM_JOB_ID anyway; it resumes from the newest complete checkpoint in $output_dir"
+        scontrol requeue "$SLURM_JOB_ID"
+        exit 0
+    else
+        sleep 1
+    fi
+    kill -0 "$step" 2>/dev/null || { wait "$step"; status=$?; break; }
 done
 
 if [ -n "$stop_signal" ] && [ ! -f "$output_dir/results.json" ]; then

@@ -11,10 +11,12 @@
 # Why not --cpus-per-gpu / --mem-per-gpu: Slurm 22.05 then refuses the GPU-less job on nodes without GPUs
 # ("Requested node configuration is not available"), and nothing on the command line undoes them
 # (--cpus-per-gpu=0 is invalid, --cpus-per-task and --mem are "mutually exclusive" with them).
-# Without GPUs, pass --cpus-per-task and --mem that the nodes have, else the job pends (or is refused).
+# Without GPUs, pass --cpus-per-task and --mem that the nodes have, else the job pends (or is refused):
+#   bash slurm/check.sh [sbatch options] slurm/rotation.sh   # says whether it can start, else what to add
 # Environment: OUTPUT_DIR (else runs/<job name>-<job id>, unless --output-dir is given), REPO_DIR (else the
 # submission dir), PROCESSES_PER_NODE (CPU nodes only; default 1), DRY_RUN (see slurm/node.sh).
-# Preemption or the time limit: USR1 two minutes early -> checkpoint -> requeue -> resume (same job id).
+# Preemption or the time limit: USR1 two minutes early -> checkpoint -> requeue -> resume (same job id); the
+# requeue comes at most STOP_GRACE_S (default 90) s after the signal, whether or not the training has stopped.
 #SBATCH --job-name=rotation
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1

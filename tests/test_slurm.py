@@ -179,6 +179,100 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path, nodes):
     assert results["steps"] == total and results["world_size"] == nodes  # as many steps as uninterrupted
 
 
+# A stand-in for the training (launched like it: srun, slurm/node.sh, accelerate launch) that gets the USR1 but never
+# finishes its checkpoint, as a slow save would; once requeued (SLURM_RESTART_COUNT=1) it finishes at once.
+STUCK_TRAINING = """import json, os, signal, sys, time
+out = sys.argv[sys.argv.index("--output-dir") + 1]
+os.makedirs(out, exist_ok=True)
+if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+    json.dump({"steps": 0}, open(os.path.join(out, "results.json"), "w"))
+    print("stuck training: requeued, finished", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, lambda *_: print("stuck training: got SIGUSR1, still busy", flush=True))
+open(os.path.join(out, "started"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_training_that_does_not_stop_in_time_is_requeued_after_the_grace_period(cluster, tmp_path):
+    """Slurm kills a job at its time limit, 2-3 minutes after the USR1: a batch shell that waited for the training
+    to stop would never requeue it. launch.sh waits STOP_GRACE_S at most, then requeues anyway."""
+    out, log = tmp_path / "out", tmp_path / "slurm.out"
+    training = tmp_path / "stuck_training.py"
+    training.write_text(STUCK_TRAINING)
+    template = tmp_path / "rotation.sh"  # the real template and its #SBATCH lines, launching the stand-in
+    original = open(os.path.join(REPO, "slurm", "rotation.sh")).read()
+    template.write_text(original.replace("train_rotation.py", str(training)))
+    submitted = sbatch(*CPU_ONLY, f"--output={log}", template, "--output-dir", out, wait=False,
+                       env={"STOP_GRACE_S": "3"})
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    read = lambda: log.read_text(errors="replace") if log.exists() else "no log"  # noqa: E731
+    try:
+        deadline = time.time() + 120
+        while not (out / "started").exists():
+            assert time.time() < deadline and job_state(job_id)[0] not in ENDED, read()
+            time.sleep(0.2)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+        signalled = time.time()
+        while "requeueing job" not in read():
+            assert time.time() < deadline and job_state(job_id)[0] not in ENDED, read()
+            time.sleep(0.2)
+        waited = time.time() - signalled
+        while job_state(job_id)[0] != "COMPLETED":
+            assert time.time() < deadline and job_state(job_id)[0] not in ENDED - {"COMPLETED"}, read()
+            time.sleep(0.5)
+    finally:  # a job left running (the test failed) would hold a node
+        subprocess.run(["scancel", job_id], capture_output=True)
+    text = read()
+    assert job_state(job_id) == ("COMPLETED", 1), text
+    assert 2 <= waited < 10, (waited, text)  # STOP_GRACE_S=3, on the shell's whole seconds
+    runs = re.split(r"(?m)^(?=job \d+ on )", text)[1:]
+    assert len(runs) == 2 and "SLURM_RESTART_COUNT=1" in runs[1], text
+    first = runs[0]
+    # the training got the USR1 and was still running when the batch shell gave up on it and requeued the job
+    assert "stuck training: got SIGUSR1, still busy" in first
+    assert f"the training did not stop within STOP_GRACE_S=3 s of SIGUSR1: requeueing job {job_id} anyway; it " \
+           f"resumes from the newest complete checkpoint in {out}" in first.splitlines(), first
+    assert "stuck training: requeued, finished" in runs[1]
+    assert json.loads((out / "results.json").read_text()) == {"steps": 0}
+
+
+def check(*args):
+    return subprocess.run(["bash", "slurm/check.sh", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_check_says_why_a_job_cannot_start_and_what_to_add(cluster):
+    """The templates' defaults on the CPU nodes (1 CPU each): without GPUs the job would pend forever (reason
+    PartitionConfig); slurm/check.sh says why and which options make it fit, checked by sbatch --test-only."""
+    mem = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%m"], capture_output=True, text=True,
+                         check=True).stdout.split()[0]
+    result = check("--gpus-per-node=0", "slurm/rotation.sh", "--max-steps", "30")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "slurm/check.sh: Slurm cannot start this job (allocation failure: Requested node configuration is not "
+        "available): it asks 1 node(s) of partition debug for 64 CPUs, 480G memory and 0 GPUs each; the partition "
+        f"has 2 node(s), the best 1 with 1 CPUs, {mem}M and 0 GPUs",
+        f"slurm/check.sh: add before the template: --cpus-per-task=1 --mem={mem}M (sbatch --test-only accepts the "
+        "job with them)"]
+    # with the GPUs of the defaults as well, and a 3-node job on the 2 nodes of fakegpu
+    result = check("slurm/siamese.sh")
+    assert result.returncode == 1 and result.stdout.splitlines()[-1].startswith(
+        f"slurm/check.sh: add before the template: --gpus-per-node=0 --cpus-per-task=1 --mem={mem}M (sbatch "
+        "--test-only accepts"), result.stdout
+    result = check("--partition", "fakegpu", "-N", "3", "slurm/rotation.sh")
+    assert result.returncode == 1 and "add before the template: --nodes=2 (sbatch --test-only accepts" in result.stdout
+    # what fits is said to fit, and nothing is submitted
+    jobs_before = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout
+    for args in ((*CPU_ONLY, "slurm/rotation.sh"), ("--partition=fakegpu", "--nodes=2", "slurm/rotation.sh")):
+        result = check(*args)
+        assert result.returncode == 0 and result.stdout.startswith("slurm/check.sh: Slurm can start this job ("), \
+            result.stdout + result.stderr
+    assert subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout == jobs_before
+
+
 @pytest.mark.parametrize("gpu_options, gpus, cpus, mem", [
     ((), 8, 64, "480G"),  # the templates' defaults
     (("--gpus-per-node=4", "--cpus-per-task=32", "--mem=240G"), 4, 32, "240G"),
