@@ -57,7 +57,7 @@ def main(argv=None):
                        stop_signals, images=train_images)
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
-        run.log_initial_evaluation(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))
+        run.log_initial_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, args, suffix="_init"))
 
     # Loop: each step sees all four rotations of every image in the batch (4x batch-size samples).
     for epoch in run.epochs():
@@ -73,11 +73,11 @@ def main(argv=None):
             run.end_batch(images=len(indices), samples=len(inputs), loss=loss,
                           acc=(logits.argmax(1) == labels).float().mean())
         if run.evaluation_due(epoch):
-            run.log_evaluation(evaluate(accelerator, unwrapped, dataset, args))
+            run.log_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, args))
 
     # Evaluation of the final encoder, then final/, results.json and the tracker's summary.
-    run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args),
-               skipped_images=dataset.skipped_files)
+    final_metrics = {} if args.skip_eval else run.evaluate(evaluate, accelerator, unwrapped, dataset, args)
+    run.finish(unwrapped.encoder, final_metrics, skipped_images=dataset.skipped_files)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def main(argv=None):
                        stop_signals, images=train_images)
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
-        run.log_initial_evaluation(evaluate(accelerator, unwrapped, dataset, args, suffix="_init"))
+        run.log_initial_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, args, suffix="_init"))
 
     # Loop: both images of every pair go through the encoder in one forward pass (one DDP call per step).
     for epoch in run.epochs():
@@ -88,10 +88,10 @@ def main(argv=None):
             # After a step's last micro-batch: lr schedule, logs, checkpoint, stop on a preemption signal.
             run.end_batch(images=len(anchors), samples=2 * len(anchors), loss=loss, positive_fraction=similar.mean())
         if run.evaluation_due(epoch):
-            run.log_evaluation(evaluate(accelerator, unwrapped, dataset, args))
+            run.log_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, args))
 
-    run.finish(unwrapped.encoder, {} if args.skip_eval else evaluate(accelerator, unwrapped, dataset, args),
-               skipped_images=dataset.skipped_files)
+    final_metrics = {} if args.skip_eval else run.evaluate(evaluate, accelerator, unwrapped, dataset, args)
+    run.finish(unwrapped.encoder, final_metrics, skipped_images=dataset.skipped_files)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Feature extraction is split across processes (Accelerate's split_between_processes) and gathered, so every
 rank ends with the features of the whole split; the cheap probes then run once, on the main process.
 """
+import contextvars
 from contextlib import contextmanager
 
 import torch
@@ -13,6 +14,20 @@ from common import distributed, media
 from common.augment import to_float
 
 
+_between_batches = contextvars.ContextVar("between_batches", default=None)
+
+
+@contextmanager
+def checked_between_batches(check):
+    """Within it, map_batches calls check() after each batch on every process (e.g. a stop signal agreed on with
+    a collective: every process maps the same number of batches, the split being padded)."""
+    token = _between_batches.set(check)
+    try:
+        yield
+    finally:
+        _between_batches.reset(token)
+
+
 @torch.no_grad()
 def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int, dtype=torch.float32) -> torch.Tensor:
     """fn(float batch in [0, 1]) for every image, sharded over processes; returns all outputs in image order,
@@ -21,8 +36,11 @@ def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int, dtype=to
     # indexed with CUDA indices. The images stay where they are (host or device) until each batch is encoded.
     with accelerator.split_between_processes(list(range(len(images))), apply_padding=True) as mine:
         mine = torch.tensor(mine, dtype=torch.int64)
-        outputs = [fn(to_float(images[chunk.to(images.device)].to(accelerator.device))).to(dtype)
-                   for chunk in mine.split(batch_size)]
+        outputs, check = [], _between_batches.get()
+        for chunk in mine.split(batch_size):
+            outputs.append(fn(to_float(images[chunk.to(images.device)].to(accelerator.device))).to(dtype))
+            if check:
+                check()
         local = torch.cat(outputs), mine.to(accelerator.device)
     values, indices = accelerator.gather(local)
     result = torch.empty((len(images), *values.shape[1:]), dtype=values.dtype, device=values.device)

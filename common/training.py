@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from common import Preempted, UserError, checkpoints, diagnostics, distributed, files, runlock, schedules
+from common import Preempted, UserError, checkpoints, diagnostics, distributed, evaluation, files, runlock, schedules
 from common.cli import EXIT_PREEMPTED
 from common.config import environment, save_config
 from common.data import micro_batch_size
@@ -402,11 +402,15 @@ class Run:
         if self.sync_counter:
             self.sync_counter.step_done(self.state.step, quiet=not (at_log or at_checkpoint))
         if stop and not self.finished:
-            self._save_checkpoint()
-            self.progress.close()
-            accelerator.end_training()
-            raise Preempted(f"stopping on {self.stop_signals.name()} at step {self.state.step}: checkpoint saved; "
-                            f"the same command resumes from it (exit code {EXIT_PREEMPTED})")
+            self._stop_now()
+
+    def _stop_now(self, during: str = None) -> None:
+        self._save_checkpoint()
+        self.progress.close()
+        self.accelerator.end_training()
+        where = f" during {during}" if during else ""
+        raise Preempted(f"stopping on {self.stop_signals.name()} at step {self.state.step}{where}: checkpoint "
+                        f"saved; the same command resumes from it (exit code {EXIT_PREEMPTED})")
 
     def _check_finite(self) -> None:
         """--nan-policy abort: raises if any step so far had non-finite gradients (reads one number from the
@@ -448,6 +452,17 @@ class Run:
     def evaluation_due(self, epoch: int) -> bool:
         every = self.args.eval_every
         return not self.args.skip_eval and every > 0 and (epoch + 1) % every == 0 and not self.finished
+
+    def evaluate(self, evaluate, *args, **kwargs) -> dict:
+        """evaluate(*args, **kwargs), with stop signals agreed on between its batches (an all-reduce each): a
+        long evaluation must not outlast Slurm's notice. On a stop: a checkpoint of the training so far (a resume
+        evaluates again), then Preempted."""
+        with evaluation.checked_between_batches(self._stop_if_signalled):
+            return evaluate(*args, **kwargs)
+
+    def _stop_if_signalled(self) -> None:
+        if self.stop_signals.agreed(self.accelerator):
+            self._stop_now(during="an evaluation")
 
     def log_evaluation(self, metrics: dict) -> None:
         """Logs an evaluation's metrics; the time it took does not count as training (samples/s)."""

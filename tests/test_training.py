@@ -170,6 +170,31 @@ def test_a_stop_signal_saves_a_checkpoint_and_raises_preempted(tmp_path):
     assert [os.path.basename(c) for c in list_checkpoints(tmp_path)] == ["step_00000005"]
 
 
+def test_a_stop_signal_during_an_evaluation_stops_it_between_batches_with_a_checkpoint(tmp_path):
+    # An evaluation can outlast Slurm's two-minute notice: it is cut between two batches, not run to its end.
+    import signal
+    from common import Preempted
+    from common.evaluation import map_batches
+    run, model = toy_run(tmp_path, "--checkpoint-every", "100")
+    for _ in run.epochs():
+        for indices in run.batches():
+            run.end_batch(images=len(indices), samples=len(indices), loss=torch.tensor(1.0))
+        break  # the first epoch's 8 steps, then its evaluation
+    mapped = []
+
+    def encode(x):
+        mapped.append(len(x))
+        if len(mapped) == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return x.flatten(1)
+    images = torch.zeros(40, 3, 2, 2, dtype=torch.uint8)
+    with pytest.raises(Preempted, match="stopping on SIGUSR1 at step 8 during an evaluation: checkpoint saved"):
+        run.evaluate(map_batches, run.accelerator, encode, images, 8)
+    assert mapped == [8, 8]  # of 5 batches
+    assert [os.path.basename(c) for c in list_checkpoints(tmp_path)] == ["step_00000008"]
+    assert map_batches(run.accelerator, lambda x: x.flatten(1), images, 8).shape == (40, 12)  # unchecked outside
+
+
 @pytest.mark.parametrize("processes, grad_accum, samples", [(1, 1, 64), (2, 1, 70), (4, 2, 100), (3, 1, 99)])
 def test_the_schedule_spans_the_steps_every_process_takes(processes, grad_accum, samples):
     """make_schedule counts steps from the loader before prepare; Accelerate's shard of it (what the Run counts)
