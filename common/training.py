@@ -2,8 +2,8 @@
 that resumes, walks the epochs and micro-batches, takes optimizer steps, and around each step keeps the lr
 schedule, the logs, the checkpoints and the stop signals; at the end it writes final/ and results.json.
 
-Each script keeps its own loop (data, model, loss) and calls a Run at four points: optimizer_step, end_batch,
-evaluation_due, log_evaluation.
+Each script keeps its own loop (data, model, loss) and calls a Run at five points: optimizer_step, end_batch,
+evaluation_due, evaluate (its evaluation, stoppable between batches) and log_evaluation.
 """
 import math
 import os
