@@ -158,9 +158,11 @@ class TrainImages:
         return batch.to(self.device, non_blocking=True)
 
     def _read(self, indices: torch.Tensor) -> torch.Tensor:
-        """The batch read ahead for these indices (waiting for it if it is not ready yet), or decoded now."""
-        while self._ahead:
-            drawn, batch = self._ahead.popleft()
+        """The batch read ahead for these indices (waiting for it if it is not ready yet; those drawn before it
+        were never trained on and go), or decoded now (e.g. siamese partners, which no loader draws)."""
+        for position, (drawn, batch) in enumerate(self._ahead):
             if torch.equal(drawn.cpu(), indices.cpu()):
+                for _ in range(position + 1):
+                    self._ahead.popleft()
                 return batch.result()
         return self.images.submit(indices.tolist(), self.device.type == "cuda").result()

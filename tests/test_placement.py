@@ -169,6 +169,14 @@ def test_streamed_batches_are_decoded_ahead_off_the_training_thread(folder, tmp_
     for indices, batch in batches:  # the pixels of a plain decode
         assert torch.equal(batch, dataset.train_images[indices])
 
+    # Indices no loader drew (siamese partners) are decoded now, and leave the batch read ahead in place
+    events.clear()
+    drawn([torch.tensor([1, 2]), torch.tensor([3, 4])][0])
+    partners = images[torch.tensor([5, 6])]
+    assert torch.equal(partners, dataset.train_images[torch.tensor([5, 6])])
+    assert torch.equal(images[torch.tensor([1, 2])], dataset.train_images[torch.tensor([1, 2])])
+    assert [e[2] for e in events if e[1].startswith("stream-reader")] == [1, 5]  # the drawn batch once
+
 
 def test_evaluating_a_streamed_split_decodes_nothing(folder, tmp_path):
     # The k-NN memory and the probe's data are a seeded sample of the train split, decoded once (here, all 96)
