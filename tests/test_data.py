@@ -100,6 +100,11 @@ def test_decoding_uses_the_cpus_this_process_may_run_on(image_folder, tmp_path, 
     monkeypatch.setattr(common.data, "ProcessPoolExecutor", counting_pool)
     load_imagefolder(str(image_folder), 16, str(tmp_path / "cache"))
     assert workers == [1]
+    # and all of them where it may use many: the node's other processes only wait meanwhile (there were 8 at most)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    workers.clear()
+    load_imagefolder(str(image_folder), 16, str(tmp_path / "other-cache"))
+    assert workers == [16]
 
 
 def test_the_cache_is_written_under_a_name_no_other_writer_holds(image_folder, tmp_path):
