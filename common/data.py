@@ -11,7 +11,6 @@ import fcntl
 import functools
 import hashlib
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -207,11 +206,15 @@ def cache_places(cache_path: str) -> list:
     return [cache_path] + [os.path.join(d, "ssl-scripts", name) for d in dict.fromkeys(local)]
 
 
-def _mapped(path: str):
-    try:
-        return ImageData(**torch.load(path, weights_only=True, mmap=True))
-    except Exception:
-        return None  # missing, or damaged (a killed writer leaves only its temporary): decoded again
+def _first_mapped(places: list):
+    """The first of these caches that loads, memory-mapped; None if none does (missing, or damaged: a killed writer
+    leaves only its temporary), and it is decoded again."""
+    for path in places:
+        try:
+            return ImageData(**torch.load(path, weights_only=True, mmap=True))
+        except Exception:
+            continue
+    return None
 
 
 def decoded_once(cache_path: str, decode, needed: int = 0) -> ImageData:
@@ -224,15 +227,13 @@ def decoded_once(cache_path: str, decode, needed: int = 0) -> ImageData:
     node. Where it fits nowhere (needed: its bytes, if known), the run stops with one line before anything is
     decoded."""
     places = cache_places(cache_path)
-    for path in places:
-        data = _mapped(path)
+    data = _first_mapped(places)
+    if data is not None:
+        return data
+    with _decoder_lock(places):
+        data = _first_mapped(places)  # the lock's previous holder may have written it
         if data is not None:
             return data
-    with _decoder_lock(places):
-        for path in places:  # the lock's previous holder may have written it
-            data = _mapped(path)
-            if data is not None:
-                return data
         if needed:
             free = {os.path.dirname(p): files.free_bytes(os.path.dirname(p)) for p in places}
             if all(room < needed for room in free.values()):
