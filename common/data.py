@@ -13,7 +13,6 @@ import hashlib
 import os
 import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -24,13 +23,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from common import UserError, distributed, files, placement
+from common.decode import DECODER, IMAGE_EXTENSIONS, _decode_or_none, decode_workers
 
-# Seconds added to every image's decode, for the checks and bench/data_scale.py (a slow file system, or a decode
-# as costly as a GPU step); 0 in normal use.
-DECODE_DELAY_S = float(os.environ.get("SSL_SCRIPTS_DECODE_DELAY", "0") or 0)
 # Train images a streamed split's evaluation sample holds (seeded): evaluations never decode the train split.
 STREAM_EVAL_SAMPLE = 10_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 @dataclass
@@ -118,35 +114,6 @@ def make_synthetic(image_size: int = 32, n_train: int = 1024, n_test: int = 256,
 
 
 # ------------------------------------------------------------------------------------------ image folders
-def decode_image(path: str, size: int) -> np.ndarray:
-    """Any PIL-readable image -> (size, size, 3) uint8: converted to RGB, shorter side resized, center-cropped."""
-    from PIL import Image, ImageOps
-
-    if DECODE_DELAY_S:
-        time.sleep(DECODE_DELAY_S)
-    with Image.open(path) as img:
-        img.load()
-        if img.mode != "RGB":
-            # Palette and alpha images go through RGBA so transparency becomes its colour, not garbage.
-            img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA", "LA") else img.convert("RGB")
-        if img.size != (size, size):
-            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
-        return np.asarray(img, dtype=np.uint8)
-
-
-def decode_workers() -> int:
-    """The CPUs this process may run on (Slurm and taskset restrict them), not all of the machine's."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def _decode_or_none(job):
-    path, size = job
-    try:
-        return decode_image(path, size)
-    except Exception as e:  # PIL raises OSError, UnidentifiedImageError, ValueError, SyntaxError ...
-        return f"{type(e).__name__}: {e}"
-
-
 def scan_imagefolder(data_dir: str):
     """Lists (path, class index) for train/ and test/; classes are the sub-folders of train/."""
     if not os.path.isdir(data_dir):
@@ -181,8 +148,9 @@ def imagefolder_cache(data_dir: str, image_size: int, cache_dir: str, skip_bad: 
     """The cache's path for a scanned folder (scan_imagefolder's labelled files): a digest of every file's path,
     size and mtime (one stat per file: 60k on CIFAR-10, 1.3M on ImageNet, so one process computes it for all)."""
     stats = [(p, os.stat(p)) for s in ("train", "test") for p, _ in labelled[s]]
-    key = hashlib.sha256(repr((os.path.abspath(data_dir), image_size, skip_bad,
-                               [(p, st.st_size, st.st_mtime_ns) for p, st in stats])).encode()).hexdigest()[:20]
+    key = repr((os.path.abspath(data_dir), image_size, skip_bad, DECODER,
+                [(p, st.st_size, st.st_mtime_ns) for p, st in stats]))
+    key = hashlib.sha256(key.encode()).hexdigest()[:20]
     return os.path.join(cache_dir, f"imagefolder-{key}.pt")
 
 

@@ -180,3 +180,15 @@ def test_data_scale_benchmark_prints_a_row_per_placement(tmp_path, image_folder)
     assert "| 64 | stream | 0 |" in result.stdout  # 80 images at 32 px: 0.2 MiB decoded
     generated = tmp_path / "work" / "folder-64-32"
     assert sum(1 for _ in (generated / "train").rglob("*.jpg")) == 64
+
+
+def test_decode_benchmark_prints_before_and_after_for_each_size(tmp_path, image_folder):
+    result = subprocess.run([sys.executable, f"{REPO}/bench/decode.py", "--data-dir", str(image_folder),
+                             "--images", "4", "--repeats", "1", "--image-sizes", "32,96"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 32 ") or
+            line.startswith("| 96 ")]
+    assert [row[0].strip() for row in rows] == ["32", "96"]
+    assert all(row[1].strip() == "125x94" if row[0].strip() == "32" else row[1].strip() == "250x188" for row in rows)
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common import UserError
-from common.data import decode_image, load_imagefolder, make_synthetic
+from common.data import load_imagefolder, make_synthetic
 
 
 def test_synthetic_is_seeded_and_shaped():
@@ -31,15 +31,6 @@ def test_image_folder_cache_is_used_and_invalidated(image_folder, tmp_path):
     os.remove(image_folder / "train" / "cat" / "0.png")  # a changed folder must not reuse the old cache
     changed = load_imagefolder(str(image_folder), 16, str(cache))
     assert len(changed.train_images) == 11 and len(os.listdir(cache)) == 2
-
-
-def test_grayscale_and_rgba_decode_to_rgb(tmp_path):
-    from PIL import Image
-    Image.new("L", (10, 20), 128).save(tmp_path / "g.png")
-    Image.new("RGBA", (20, 10), (10, 20, 30, 255)).save(tmp_path / "a.png")
-    g, a = decode_image(str(tmp_path / "g.png"), 8), decode_image(str(tmp_path / "a.png"), 8)
-    assert g.shape == a.shape == (8, 8, 3)
-    assert (g == 128).all() and (a == [10, 20, 30]).all()
 
 
 def test_corrupt_image_is_named_or_skipped(image_folder, tmp_path):
@@ -145,3 +136,12 @@ def test_channel_stats_in_chunks_equal_the_whole_sample_at_once():
     x = data.train_images.double() / 255
     torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)), rtol=0, atol=1e-9)
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), x.std(dim=(0, 2, 3)), rtol=0, atol=1e-9)
+
+
+def test_a_cache_of_another_decoders_pixels_is_not_used(image_folder, tmp_path, monkeypatch):
+    import common.data
+    from common.data import imagefolder_cache, scan_imagefolder
+    files = scan_imagefolder(str(image_folder))[0]
+    before = imagefolder_cache(str(image_folder), 16, str(tmp_path), False, files)
+    monkeypatch.setattr(common.data, "DECODER", "another-decoder")
+    assert imagefolder_cache(str(image_folder), 16, str(tmp_path), False, files) != before
