@@ -164,7 +164,10 @@ def pair_metrics(accelerator, embedder, images: torch.Tensor, labels: torch.Tens
     embeddings = F.normalize(features(accelerator, embedder, images, batch_size), dim=1).cpu()
     if not accelerator.is_main_process:
         return {}
-    anchors, partners, similar = balanced_test_pairs(labels.cpu(), num_pairs=min(4000, 4 * len(labels)))
+    pairs = balanced_test_pairs(labels.cpu(), num_pairs=min(4000, 4 * len(labels)))
+    if pairs is None:  # no class with two test images: no same-class pair to score
+        return {}
+    anchors, partners, similar = pairs
     distance = (embeddings[anchors] - embeddings[partners]).norm(dim=1)
     shown = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:2000]
     return {"eval/pair_auc": roc_auc(-distance, similar),

@@ -32,7 +32,7 @@ class PairSampler:
     """
 
     def __init__(self, labels: torch.Tensor, mode: str = "label", positive_fraction: float = 0.5, seed: int = 0,
-                 class_names=None):
+                 class_names=None, lonely_classes_allowed: bool = False):
         self.mode, self.positive_fraction, self.seed = mode, positive_fraction, seed
         self.num_images = len(labels)
         labels = labels.long()
@@ -42,7 +42,7 @@ class PairSampler:
         self.class_count = counts
         self.labels = labels
         lonely = [c for c, n in enumerate(counts.tolist()) if n == 1]
-        if mode == "label" and lonely:
+        if mode == "label" and lonely and not lonely_classes_allowed:
             names = [class_names[c] if class_names else str(c) for c in lonely]
             raise UserError(f"--pairs label needs at least two train images in every class, and {', '.join(names)} "
                             f"{'has' if len(names) == 1 else 'have'} one: add images, or use --pairs augment")
@@ -75,10 +75,18 @@ class PairSampler:
 
 
 def balanced_test_pairs(labels: torch.Tensor, num_pairs: int = 4000, seed: int = 0):
-    """A fixed, seeded set of test pairs, half same-class and half different-class (for eval/pair_auc)."""
-    sampler = PairSampler(labels, "label", seed=seed)
+    """A fixed, seeded set of test pairs, half same-class and half different-class (for eval/pair_auc). The
+    same-class half is anchored on classes with two images or more (a small evaluation set may have a class with
+    one); None if there is none."""
+    labels = labels.long()
+    sampler = PairSampler(labels, "label", seed=seed, lonely_classes_allowed=True)
+    paired = (torch.bincount(labels)[labels] >= 2).nonzero().squeeze(1)
+    if len(paired) == 0:
+        return None
     g = torch.Generator().manual_seed(seed)
-    anchors = torch.randint(0, len(labels), (num_pairs,), generator=g)
-    similar = torch.arange(num_pairs) < num_pairs // 2
+    half = num_pairs // 2
+    anchors = torch.cat([paired[torch.randint(0, len(paired), (half,), generator=g)],
+                         torch.randint(0, len(labels), (num_pairs - half,), generator=g)])
+    similar = torch.arange(num_pairs) < half
     partners, similar = sampler(anchors, epoch=0, force_similar=similar)
     return anchors, partners, similar

@@ -107,3 +107,13 @@ def test_a_class_with_one_image_is_named_for_label_pairs():
     with pytest.raises(UserError, match="every class, and bird has one: add images, or use --pairs augment"):
         PairSampler(labels, "label", class_names=["cat", "bird", "dog"])
     PairSampler(labels, "augment")  # augment pairs need no second image of a class
+
+
+def test_test_pairs_of_a_set_with_one_image_classes_anchor_same_class_pairs_on_the_others():
+    labels = torch.tensor([0, 0, 0, 1, 2, 3, 3, 4])  # classes 1, 2 and 4 have one image each
+    anchors, partners, similar = balanced_test_pairs(labels, num_pairs=200)
+    same = similar.bool()
+    assert same.sum() == 100 and bool((labels[anchors[same]] == labels[partners[same]]).all())
+    assert bool((anchors[same] != partners[same]).all())
+    assert bool((labels[anchors[~same]] != labels[partners[~same]]).all())
+    assert balanced_test_pairs(torch.tensor([0, 1, 2])) is None
