@@ -5,6 +5,9 @@ non-linear classifier (3 fully connected layers with batch norm) and a linear on
 features and scored on the test split. The same network, untrained, is probed alike and reported next to it.
 
     accelerate launch evaluate.py --encoder runs/rotation/final --dataset cifar10
+
+It takes the training scripts' data options: --dataset (and --data-dir) evaluate with the dataset's own labelled
+splits; --eval-dataset (and --eval-data-dir) with another labelled set, e.g. after training on unlabeled images.
 """
 import argparse
 import os
@@ -51,6 +54,9 @@ def parse_args(argv=None):
         (args.classifier_lr > 0, f"--classifier-lr must be > 0 (got {args.classifier_lr})"),
         (args.train_subset is None or args.train_subset > 1, f"--train-subset must be >= 2 (got {args.train_subset})"),
         *config.data_checks(args),
+        (args.eval_dataset != "none", f"evaluate.py trains classifiers on labelled images, and --dataset "
+                                      f"{args.dataset} has none: pass --eval-dataset (e.g. cifar10, or imagefolder "
+                                      f"--eval-data-dir DIR)"),
         *distributed.distributed_checks(args),
     ]
     config.require(checks)
@@ -75,8 +81,9 @@ def main(argv=None):
     blocks = probes.check_blocks(trained, args.blocks)
     dims = dict(zip(blocks, probes.feature_dims(trained, blocks, args.max_feature_dim)))
 
-    # Data: the folder scanned by the main process, decoded once per node; uint8 until each batch is encoded.
-    dataset = data.load_shared(args, accelerator)
+    # Data: the labelled set (--eval-dataset, by default --dataset's own), a folder scanned by the main process and
+    # decoded once per node; uint8 until each batch is encoded.
+    dataset = data.load_evaluation(args, accelerator)
     subset = None
     if args.train_subset is not None and args.train_subset < len(dataset.train_labels):
         subset = torch.randperm(len(dataset.train_labels), generator=torch.Generator().manual_seed(args.seed))

@@ -23,8 +23,9 @@ def parse_args(argv=None):
     return args
 
 
-def evaluate(accelerator, model, dataset, args, suffix=""):
-    metrics = evaluation.encoder_metrics(accelerator, model.encoder, dataset, args)
+def evaluate(accelerator, model, dataset, labelled, args, suffix=""):
+    """The frozen encoder on the labelled set (if any); the rotation accuracy on images never trained on."""
+    metrics = evaluation.encoder_metrics(accelerator, model.encoder, labelled, args) if labelled else {}
     metrics.update(evaluation.rotation_metrics(accelerator, model, dataset.test_images, args.eval_batch_size))
     return {f"{name}{suffix}": value for name, value in metrics.items()}
 
@@ -37,7 +38,8 @@ def main(argv=None):
     # Data: decoded once (each node's first process first, the others map its cache), kept as uint8 on the device
     # or the host (--data-placement); the loader yields index batches, sharded over the processes by Accelerate.
     dataset, train_images = data.load_data(args, accelerator)
-    config.require(config.dataset_checks(args, len(train_images)))
+    labelled = data.load_evaluation(args, accelerator, dataset)  # evaluates the encoder; None: --eval-dataset none
+    config.require(config.dataset_checks(args, labelled))
     train_loader = data.index_loader(accelerator, args, len(train_images), on_draw=train_images.read_ahead)
 
     # Model: encoder (the product) + a 4-way rotation head (discarded after training).
@@ -57,7 +59,8 @@ def main(argv=None):
                        stop_signals, images=train_images)
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
-        run.log_initial_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, args, suffix="_init"))
+        run.log_initial_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, labelled, args,
+                                                suffix="_init"))
 
     # Loop: each step sees all four rotations of every image in the batch (4x batch-size samples).
     for epoch in run.epochs():
@@ -73,11 +76,12 @@ def main(argv=None):
             run.end_batch(images=len(indices), samples=len(inputs), loss=loss,
                           acc=(logits.argmax(1) == labels).float().mean())
         if run.evaluation_due(epoch):
-            run.log_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, args))
+            run.log_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, labelled, args))
 
     # Evaluation of the final encoder, then final/, results.json and the tracker's summary.
-    final_metrics = {} if args.skip_eval else run.evaluate(evaluate, accelerator, unwrapped, dataset, args)
-    run.finish(unwrapped.encoder, final_metrics, skipped_images=dataset.skipped_files)
+    final_metrics = {} if args.skip_eval else run.evaluate(evaluate, accelerator, unwrapped, dataset, labelled, args)
+    run.finish(unwrapped.encoder, final_metrics, skipped_images=dataset.skipped_files,
+               evaluation=data.evaluation_summary(args, labelled, dataset))
 
 
 if __name__ == "__main__":

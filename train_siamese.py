@@ -27,6 +27,9 @@ def parse_args(argv=None):
     parser.add_argument("--embedding-dim", type=int, default=128)
     args = config.validate(parser.parse_args(argv))
     args.augment = args.augment or ("simclr" if args.pairs == "augment" else "crop_flip")
+    if args.pairs == "label" and args.dataset not in data.LABELLED:
+        raise UserError(f"--pairs label needs a label for every train image, and --dataset {args.dataset} has "
+                        f"unlabeled ones: use --pairs augment (two views of one image are a similar pair)")
     if not 0 <= args.positive_fraction <= 1:
         raise UserError(f"--positive-fraction must be within [0, 1] (got {args.positive_fraction})")
     if args.margin <= 0 or args.embedding_dim <= 0:
@@ -34,10 +37,17 @@ def parse_args(argv=None):
     return args
 
 
-def evaluate(accelerator, model, dataset, args, suffix=""):
-    metrics = evaluation.encoder_metrics(accelerator, model.encoder, dataset, args)
-    metrics.update(evaluation.pair_metrics(accelerator, model, dataset.test_images, dataset.test_labels,
-                                           args.eval_batch_size))
+def evaluate(accelerator, model, dataset, labelled, args, suffix=""):
+    """The frozen encoder and its class pairs on the labelled set (if any); augment pairs: two views of one image
+    told from two images, on images never trained on."""
+    metrics = {}
+    if labelled:
+        metrics.update(evaluation.encoder_metrics(accelerator, model.encoder, labelled, args))
+        metrics.update(evaluation.pair_metrics(accelerator, model, labelled.test_images, labelled.test_labels,
+                                               args.eval_batch_size))
+    if args.pairs == "augment":
+        metrics.update(evaluation.view_pair_metrics(accelerator, model, dataset.test_images, args.augment,
+                                                    args.eval_batch_size))
     return {f"{name}{suffix}": value for name, value in metrics.items()}
 
 
@@ -49,7 +59,8 @@ def main(argv=None):
     # Data: uint8 images on the device or the host (--data-placement); the loader yields anchor indices, sharded
     # by Accelerate; each anchor's partner is a pure function of (seed, epoch, index), drawn where they are.
     dataset, train_images = data.load_data(args, accelerator)
-    config.require(config.dataset_checks(args, len(train_images)))
+    labelled = data.load_evaluation(args, accelerator, dataset)  # evaluates the encoder; None: --eval-dataset none
+    config.require(config.dataset_checks(args, labelled))
     train_loader = data.index_loader(accelerator, args, len(train_images), on_draw=train_images.read_ahead)
     pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed,
                         dataset.classes).to(train_images.index_device)
@@ -72,7 +83,8 @@ def main(argv=None):
                        stop_signals, images=train_images)
     unwrapped = accelerator.unwrap_model(model)
     if args.eval_at_start and run.fresh:
-        run.log_initial_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, args, suffix="_init"))
+        run.log_initial_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, labelled, args,
+                                                suffix="_init"))
 
     # Loop: both images of every pair go through the encoder in one forward pass (one DDP call per step).
     for epoch in run.epochs():
@@ -88,10 +100,11 @@ def main(argv=None):
             # After a step's last micro-batch: lr schedule, logs, checkpoint, stop on a preemption signal.
             run.end_batch(images=len(anchors), samples=2 * len(anchors), loss=loss, positive_fraction=similar.mean())
         if run.evaluation_due(epoch):
-            run.log_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, args))
+            run.log_evaluation(run.evaluate(evaluate, accelerator, unwrapped, dataset, labelled, args))
 
-    final_metrics = {} if args.skip_eval else run.evaluate(evaluate, accelerator, unwrapped, dataset, args)
-    run.finish(unwrapped.encoder, final_metrics, skipped_images=dataset.skipped_files)
+    final_metrics = {} if args.skip_eval else run.evaluate(evaluate, accelerator, unwrapped, dataset, labelled, args)
+    run.finish(unwrapped.encoder, final_metrics, skipped_images=dataset.skipped_files,
+               evaluation=data.evaluation_summary(args, labelled, dataset))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import os
 import platform
 import subprocess
 
-from common import UserError, augment, files, models, placement
+from common import UserError, augment, data, files, models, placement
 from common.distributed import add_distributed_arguments, distributed_checks
 
 
@@ -84,19 +84,30 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 def add_data_arguments(parser: argparse.ArgumentParser, image_size=32):
     """Where the images come from: the same options for the training scripts and evaluate.py."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=("cifar10", "imagefolder", "synthetic"), default="cifar10")
-    data.add_argument("--data-dir", default="./data",
-                      help="cifar10: downloaded here when missing; "
-                           "imagefolder: holds train/<class>/* and test/<class>/*")
-    data.add_argument("--image-size", type=int, default=image_size, help="square side images are resized/cropped to")
-    data.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ssl-scripts"),
-                      help="decoded image folders are cached here so a second run starts in seconds")
-    data.add_argument("--synthetic-size", type=int, default=1024,
-                      help="train images of --dataset synthetic (test: a quarter); 50000 is CIFAR-10's size")
-    data.add_argument("--skip-bad-images", action="store_true",
-                      help="drop (and count) unreadable images instead of stopping at the first one")
-    return data
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=data.DATASETS, default="cifar10",
+                       help="cifar10, cifar100, stl10: torchvision's (downloaded into --data-dir; stl10: its 100,000 "
+                            "unlabeled + 5,000 train images); imagefolder: labelled images in train/<class>/ and "
+                            "test/<class>/; images: unlabeled images, any layout; synthetic: generated, for checks")
+    group.add_argument("--data-dir", default="./data",
+                       help="cifar10, cifar100, stl10: downloaded here when missing; imagefolder: holds "
+                            "train/<class>/* and test/<class>/*; images: a folder (searched at any depth) or a text "
+                            "file listing image paths, one per line")
+    group.add_argument("--eval-dataset", choices=data.DATASETS_TO_EVALUATE, default=None,
+                       help="the labelled set the frozen encoder is evaluated on (k-NN, linear probe) at "
+                            "--image-size; default: the training dataset when it has labels, else none (the "
+                            "pretext's own metrics only)")
+    group.add_argument("--eval-data-dir", default=None,
+                       help="where --eval-dataset is (default: --data-dir for the training dataset itself, else "
+                            "./data; imagefolder: required)")
+    group.add_argument("--image-size", type=int, default=image_size, help="square side images are resized/cropped to")
+    group.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ssl-scripts"),
+                       help="decoded image folders are cached here so a second run starts in seconds")
+    group.add_argument("--synthetic-size", type=int, default=1024,
+                       help="train images of --dataset synthetic (test: a quarter); 50000 is CIFAR-10's size")
+    group.add_argument("--skip-bad-images", action="store_true",
+                       help="drop (and count) unreadable images instead of stopping at the first one")
+    return group
 
 
 def validate(args: argparse.Namespace) -> argparse.Namespace:
@@ -129,15 +140,26 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def data_checks(args: argparse.Namespace) -> list:
-    """(ok, message) checks of the options add_data_arguments made (an unset --image-size is not checked)."""
+    """(ok, message) checks of the options add_data_arguments made (an unset --image-size is not checked). Fills
+    --eval-dataset's default first: the training dataset when it can evaluate itself, else none."""
+    if args.eval_dataset is None:
+        args.eval_dataset = args.dataset if args.dataset in data.EVALUATES_ITSELF else "none"
     return [(args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
-            (args.image_size is None or args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})")]
+            (args.image_size is None or args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})"),
+            (args.eval_dataset in data.EVALUATES_ITSELF + ("none",),
+             f"--eval-dataset {args.eval_dataset} has no labels to evaluate with: pass a labelled one "
+             f"({', '.join(data.EVALUATES_ITSELF)}) or none"),
+            (args.eval_dataset != "imagefolder" or args.eval_data_dir or args.dataset == "imagefolder",
+             "--eval-dataset imagefolder needs --eval-data-dir: a folder with train/<class>/ and test/<class>/")]
 
 
-def dataset_checks(args: argparse.Namespace, num_train_images: int) -> list:
-    """(ok, message) checks of the options against the train split, once it is loaded."""
-    return [(args.knn_k <= num_train_images, f"--knn-k {args.knn_k} is larger than the train split "
-                                             f"({num_train_images} images): lower it")]
+def dataset_checks(args: argparse.Namespace, labelled) -> list:
+    """(ok, message) checks of the options against the labelled evaluation set (data.load_evaluation), once loaded."""
+    if labelled is None:
+        return []
+    memory = len(labelled.evaluation_train()[1])
+    return [(args.knn_k <= memory, f"--knn-k {args.knn_k} is larger than the evaluation's train split "
+                                   f"({memory} images): lower it")]
 
 
 def require(checks: list) -> None:

@@ -1,10 +1,13 @@
 """Datasets as uint8 tensors, and the order their batches are drawn in.
 
-Every dataset is decoded once into (N, 3, H, W) uint8 plus int64 labels (an image folder into a cache file that
-every process maps). Training batches index that tensor where common/placement.py put it (on the device,
+Every dataset is decoded once into (N, 3, H, W) uint8 plus int64 labels, -1 where an image has none (torchvision's
+STL-10 convention); an image folder, a folder of unlabeled images and STL-10 into a cache file that every process of
+a node maps. The labelled set that evaluates the encoder is the training dataset itself or another one
+(--eval-dataset: load_evaluation). Training batches index that tensor where common/placement.py put it (on the device,
 airbench's way, or in host memory) with index batches from a seeded loader; common/augment.py transforms them on
 the device.
 """
+import argparse
 import atexit
 import errno
 import fcntl
@@ -29,13 +32,26 @@ from common.decode import DECODER, IMAGE_EXTENSIONS, _decode_or_none, decode_wor
 STREAM_EVAL_SAMPLE = 10_000
 
 
+# Datasets read from files the user has (scanned, decoded once per node, streamable); the others are generated or
+# downloaded by torchvision. LABELLED: every train image has a label (what --pairs label needs); EVALUATES_ITSELF:
+# a labelled split to evaluate on (STL-10's 5,000 labelled train images beside its 100,000 unlabeled ones).
+FILE_DATASETS = ("imagefolder", "images")
+LABELLED = ("cifar10", "cifar100", "imagefolder", "synthetic")
+EVALUATES_ITSELF = LABELLED + ("stl10",)
+DATASETS = ("cifar10", "cifar100", "stl10", "imagefolder", "images", "synthetic")
+DATASETS_TO_EVALUATE = EVALUATES_ITSELF + ("none",)
+# --dataset images: the share of the images held out of training for the pretext's own metrics (seeded, fixed by
+# the list of files, not by --seed: runs of other seeds are scored on the same images), within these bounds.
+HELD_OUT_SHARE, HELD_OUT_MIN, HELD_OUT_MAX = 0.02, 2, 10_000
+
+
 @dataclass
 class ImageData:
     train_images: torch.Tensor  # (N, 3, H, W) uint8
-    train_labels: torch.Tensor  # (N,) int64
-    test_images: torch.Tensor
+    train_labels: torch.Tensor  # (N,) int64; -1: no label
+    test_images: torch.Tensor  # images never trained on: the test split, or the images held out (--dataset images)
     test_labels: torch.Tensor
-    classes: list
+    classes: list  # [] for unlabeled images
     skipped_files: int = 0
     # A streamed train split is never held whole: a seeded sample of it, decoded once, is what evaluation (k-NN
     # memory, linear probe) and the channel statistics use instead. None where the train split is held.
@@ -47,6 +63,20 @@ class ImageData:
         if self.sample_images is not None:
             return self.sample_images, self.sample_labels
         return self.train_images, self.train_labels
+
+    def labelled(self):
+        """This dataset as a labelled evaluation set: itself if every image has a label; its labelled train images
+        if they come first (STL-10's 5,000 before its 100,000 unlabeled: views, no copy); None if it has none."""
+        if not self.classes:
+            return None
+        _, labels = self.evaluation_train()
+        count = int((labels >= 0).sum())
+        if count == len(labels):
+            return self
+        if count == 0 or bool((labels[:count] < 0).any()):
+            raise ValueError("labelled train images must come before the unlabeled ones")
+        return ImageData(self.train_images[:count], self.train_labels[:count], self.test_images, self.test_labels,
+                         self.classes, self.skipped_files)
 
     def channel_stats(self):
         """Per-channel mean and std of the train split in [0, 1], for the encoder's built-in normalization."""
@@ -65,33 +95,33 @@ class ImageData:
 
 
 def load_dataset(args) -> ImageData:
+    """The dataset --dataset names, loaded by this process (load_data and load_shared share the work of a node)."""
     if args.dataset == "synthetic":
         n_train, n_test = decoded_sizes(args)
         return make_synthetic(args.image_size, n_train=n_train, n_test=n_test)
-    if args.dataset == "cifar10":
-        return load_cifar10(args.data_dir, args.image_size)
-    return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images)
+    if args.dataset in ("cifar10", "cifar100"):
+        from common import downloads
+        return ImageData(**downloads.read_cifar(args.data_dir, args.image_size, int(args.dataset[5:])))
+    if args.dataset == "stl10":
+        return load_stl10(args.data_dir, args.image_size, args.cache_dir)
+    return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
+                            scan=SCANS[args.dataset])
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def load_cifar10(data_dir: str, image_size: int) -> ImageData:
-    from torchvision.datasets import CIFAR10
-
-    try:
-        splits = [CIFAR10(root=data_dir, train=train, download=True) for train in (True, False)]
-    except Exception as e:  # network errors come in many types; the fix is the same
-        raise UserError(f"could not load or download CIFAR-10 into {data_dir!r} ({e}); download it there, "
-                        f"or point --dataset imagefolder --data-dir at a folder with train/ and test/") from e
-    images = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in splits]
-    labels = [torch.tensor(s.targets, dtype=torch.int64) for s in splits]
-    if image_size != 32:
-        images = [resize_uint8(x, image_size) for x in images]
-    return ImageData(images[0], labels[0], images[1], labels[1], list(splits[0].classes))
+def load_stl10(data_dir: str, image_size: int, cache_dir: str) -> ImageData:
+    """STL-10 (its 5,000 labelled train images, then its 100,000 unlabeled ones, labelled -1; its 8,000 test
+    images), read from torchvision's files once per node into a cache that the node's processes map (3 GB each
+    otherwise)."""
+    from common import downloads
+    key = hashlib.sha256(repr(("stl10", os.path.abspath(data_dir), image_size)).encode()).hexdigest()[:20]
+    return decoded_once(os.path.join(cache_dir, f"stl10-{key}.pt"),
+                        lambda: _image_data(downloads.read_stl10(data_dir, image_size)),
+                        sum(decoded_sizes_of("stl10")) * 3 * image_size ** 2)
 
 
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+def _image_data(tensors: dict) -> ImageData:
+    return ImageData(**{k: v for k, v in tensors.items() if k in ImageData.__dataclass_fields__})
 
 
 def make_synthetic(image_size: int = 32, n_train: int = 1024, n_test: int = 256, n_classes: int = 10) -> ImageData:
@@ -144,26 +174,88 @@ def scan_imagefolder(data_dir: str):
     return labelled, class_names
 
 
+def scan_images(data_dir: str):
+    """Unlabeled images, in scan_imagefolder's form (label -1, no classes): every image file under a folder at any
+    depth (hidden files and folders skipped, symlinks followed, sorted by path: the same order on every node), or
+    the files a list names (one path per line, relative to the list's folder; in the list's order). A seeded
+    share of them, fixed by the list, is held out of training as the "test" split, for the pretext's metrics."""
+    if os.path.isfile(data_dir):
+        paths = _listed_images(data_dir)
+    elif os.path.isdir(data_dir):
+        paths = _images_under(data_dir)
+    else:
+        raise UserError(f"--data-dir {data_dir!r} does not exist: pass a folder of images (any layout) or a text "
+                        f"file that lists image paths, one per line")
+    held = min(HELD_OUT_MAX, max(HELD_OUT_MIN, int(len(paths) * HELD_OUT_SHARE)))
+    if len(paths) < 2 * held:
+        raise UserError(f"{data_dir!r} holds {len(paths)} image(s): --dataset images needs at least "
+                        f"{2 * HELD_OUT_MIN} ({HELD_OUT_MIN} are held out of training for the pretext's metrics)")
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))
+    test = set(order[:held].tolist())
+    split = {"train": [(p, -1) for i, p in enumerate(paths) if i not in test],
+             "test": [(p, -1) for i, p in enumerate(paths) if i in test]}
+    return split, []
+
+
+def _images_under(folder: str) -> list:
+    paths, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink back up the tree
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        paths += [os.path.join(root, n) for n in names
+                  if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
+    if not paths:
+        raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}")
+    return sorted(paths)
+
+
+def _listed_images(list_file: str) -> list:
+    base = os.path.dirname(os.path.abspath(list_file))
+    with open(list_file, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    paths = [os.path.join(base, line) for line in lines if line and not line.startswith("#")]
+    if not paths:
+        raise UserError(f"{list_file!r} lists no images: put one image path per line")
+    return paths
+
+
+# How each file dataset is scanned: (labelled files of "train" and "test", class names).
+SCANS = {"imagefolder": scan_imagefolder, "images": scan_images}
+
+
 def imagefolder_cache(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool, labelled: dict) -> str:
     """The cache's path for a scanned folder (scan_imagefolder's labelled files): a digest of every file's path,
     size and mtime (one stat per file: 60k on CIFAR-10, 1.3M on ImageNet, so one process computes it for all)."""
-    stats = [(p, os.stat(p)) for s in ("train", "test") for p, _ in labelled[s]]
-    key = repr((os.path.abspath(data_dir), image_size, skip_bad, DECODER,
-                [(p, st.st_size, st.st_mtime_ns) for p, st in stats]))
+    stats = [(p, *_size_and_mtime(p)) for s in ("train", "test") for p, _ in labelled[s]]
+    key = repr((os.path.abspath(data_dir), image_size, skip_bad, DECODER, stats))
     key = hashlib.sha256(key.encode()).hexdigest()[:20]
     return os.path.join(cache_dir, f"imagefolder-{key}.pt")
 
 
+def _size_and_mtime(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:  # a listed file that is missing: unreadable when decoded (--skip-bad-images drops it)
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
 def load_imagefolder(data_dir: str, image_size: int, cache_dir: str, skip_bad: bool = False,
-                     cache_path: str = None, needed: int = 0) -> ImageData:
+                     cache_path: str = None, needed: int = 0, scan=scan_imagefolder) -> ImageData:
     """The folder's images, memory-mapped from the cache (decoded into it first if missing or damaged): every
-    process of a node maps the same file, so the node holds one copy, in its page cache."""
+    process of a node maps the same file, so the node holds one copy, in its page cache. scan: how the folder is
+    read (SCANS)."""
     scanned = None
     if cache_path is None:
-        scanned = scan_imagefolder(data_dir)
+        scanned = scan(data_dir)
         cache_path = imagefolder_cache(data_dir, image_size, cache_dir, skip_bad, scanned[0])
         needed = sum(len(scanned[0][s]) for s in scanned[0]) * 3 * image_size ** 2
-    return decoded_once(cache_path, lambda: decode_imagefolder(data_dir, image_size, skip_bad, scanned), needed)
+    return decoded_once(cache_path, lambda: decode_imagefolder(data_dir, image_size, skip_bad,
+                                                               scanned or scan(data_dir)), needed)
 
 
 def cache_places(cache_path: str) -> list:
@@ -279,7 +371,7 @@ class _decoder_lock:
 
 def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, scanned=None) -> ImageData:
     """Every image decoded straight into one preallocated uint8 tensor per split (no list of arrays, no stacked
-    or permuted copy), by a pool of processes, with a progress bar. scanned: scan_imagefolder's answer, if known."""
+    or permuted copy), by a pool of processes, with a progress bar. scanned: the scan's answer (SCANS), if known."""
     labelled, classes = scanned or scan_imagefolder(data_dir)
     tensors, skipped = {}, 0
     total = sum(len(labelled[s]) for s in ("train", "test"))
@@ -300,11 +392,12 @@ def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, s
                 else:
                     bad.append((path, image))
                 bar.update()
+            where = f"{split}/" if classes else f"the {'held-out' if split == 'test' else 'training'} images"
             if bad and not skip_bad:
                 raise UserError(f"cannot read image {bad[0][0]!r} ({bad[0][1]}); fix or remove it, or pass "
-                                f"--skip-bad-images ({len(bad)} unreadable file(s) in {split}/)")
+                                f"--skip-bad-images ({len(bad)} unreadable file(s) in {where})")
             if not kept:
-                raise UserError(f"no readable images in {os.path.join(data_dir, split)!r}")
+                raise UserError(f"no readable images in {where} of {data_dir!r}")
             skipped += len(bad)
             # Unreadable files leave the end unused: a copy then, as torch.save would write the whole storage.
             tensors[f"{split}_images"] = images if kept == len(jobs) else images[:kept].clone()
@@ -409,30 +502,35 @@ def stream_imagefolder(data_dir: str, image_size: int, scanned=None, cache_dir: 
 
 
 # ------------------------------------------------------------------------------------- for the training loop
+def decoded_sizes_of(dataset: str, synthetic_size: int = 1024):
+    """(train images, test images) of a generated or downloaded dataset, known before it is made or loaded (a file
+    dataset's are counted by scanning it)."""
+    if dataset == "synthetic":
+        return synthetic_size, max(4, synthetic_size // 4)
+    return {"stl10": (105_000, 8_000)}.get(dataset, (50_000, 10_000))
+
+
 def decoded_sizes(args):
-    """(train images, test images) of the synthetic set or CIFAR-10, known before they are made or loaded (an image
-    folder's are counted by scanning it)."""
-    if args.dataset == "synthetic":
-        return args.synthetic_size, max(4, args.synthetic_size // 4)
-    return 50_000, 10_000
+    return decoded_sizes_of(args.dataset, args.synthetic_size)
 
 
 def load_data(args, accelerator):
     """The dataset (host memory, uint8) and its train split where --data-placement puts it (a TrainImages, which
-    gives batches on the device). The main process scans the file system once for all (an image folder's list of
+    gives batches on the device). The main process scans the file system once for all (a file dataset's list of
     files, the cache's name, the placement), before anything large is allocated; every process uses its answer, so
     ranks never disagree over what a shared folder holds. Then one process per node decodes (see decoded_once)."""
     def plan():
-        folder = args.dataset == "imagefolder"
-        scanned = scan_imagefolder(args.data_dir) if folder else None
+        folder = args.dataset in FILE_DATASETS
+        scanned = SCANS[args.dataset](args.data_dir) if folder else None
         n_train, n_test = (len(scanned[0]["train"]), len(scanned[0]["test"])) if folder else decoded_sizes(args)
         image_bytes = 3 * args.image_size ** 2
         # A mapped cache is one copy per node; a generated or downloaded dataset, one per process of the node.
+        cached = folder or args.dataset == "stl10"
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        host_bytes = (n_train + n_test) * image_bytes * (1 if folder else processes)
+        host_bytes = (n_train + n_test) * image_bytes * (1 if cached else processes)
         sharing = placement.processes_per_device(accelerator.device)
         on_gpu = accelerator.device.type == "cuda"
-        eval_bytes = placement.evaluation_bytes(args, n_train + n_test, sharing) if on_gpu else 0
+        eval_bytes = placement.evaluation_bytes(args, evaluated_images(args, n_train, n_test), sharing) if on_gpu else 0
         chosen, why = placement.choose(args.data_placement, n_train * image_bytes, host_bytes, accelerator.device,
                                        placement.device_free_bytes(accelerator.device),
                                        placement.host_available_bytes(), streamable=folder,
@@ -447,15 +545,20 @@ def load_data(args, accelerator):
         else:
             cache_path = None
         train, test = (files.size(n * image_bytes, exact=False) for n in (n_train, n_test))
-        print(f"data: {n_train} train + {n_test} test images at {args.image_size} px ({train} + {test} as uint8); "
-              f"placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)
+        if args.dataset == "images":
+            where = "listed in" if os.path.isfile(args.data_dir) else "under"
+            found = (f"{n_train + n_test:,} unlabeled images {where} {args.data_dir} at {args.image_size} px: "
+                     f"{n_train:,} train + {n_test:,} held out for the pretext's metrics ({train} + {test} as uint8)")
+        else:
+            found = f"{n_train:,} train + {n_test:,} test images at {args.image_size} px ({train} + {test} as uint8)"
+        print(f"data: {found}; placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)
         return cache_path, chosen, (scanned if chosen == "stream" else None), (n_train + n_test) * image_bytes
     cache_path, chosen, scanned, decoded_bytes = distributed.decided_by_main(accelerator, plan)
     if chosen == "stream":
         dataset = stream_imagefolder(args.data_dir, args.image_size, scanned, sample_cache=cache_path)
     elif cache_path:
         dataset = load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images,
-                                   cache_path, decoded_bytes)
+                                   cache_path, decoded_bytes, scan=SCANS[args.dataset])
     else:
         dataset = load_generated(args, accelerator)
     if dataset.skipped_files and accelerator.is_main_process:
@@ -464,20 +567,75 @@ def load_data(args, accelerator):
     return dataset, placement.TrainImages(dataset.train_images, chosen, accelerator.device)
 
 
+def evaluated_images(args, n_train: int, n_test: int) -> int:
+    """How many images an evaluation encodes (k-NN memory, probe data and test), for the memory it needs."""
+    if args.eval_dataset == "none":
+        return 0
+    if evaluates_itself(args):
+        if args.dataset == "stl10":
+            return 5_000 + n_test
+        return min(n_train, STREAM_EVAL_SAMPLE) + n_test if args.data_placement == "stream" else n_train + n_test
+    if args.eval_dataset == "imagefolder":
+        return sum(map(len, scan_imagefolder(args.eval_data_dir)[0].values()))
+    return sum(decoded_sizes_of(args.eval_dataset, args.synthetic_size))
+
+
+def evaluates_itself(args) -> bool:
+    """Whether the labelled evaluation set is the training dataset's own."""
+    return args.eval_dataset == args.dataset and args.eval_data_dir in (None, args.data_dir)
+
+
+def load_evaluation(args, accelerator, dataset: ImageData = None):
+    """The labelled set the encoder is evaluated on (--eval-dataset; an ImageData whose every image has a label), at
+    the training's --image-size, or None (--eval-dataset none, --skip-eval). dataset: the training dataset, if
+    loaded. Says once what the evaluation will use."""
+    if getattr(args, "skip_eval", False):
+        return None
+    if args.eval_dataset == "none":
+        held_out = f" on its {len(dataset.test_images):,} held-out images" if dataset is not None else ""
+        accelerator.print(f"evaluation: none (--eval-dataset none): no labelled images, so no k-NN or linear probe; "
+                          f"the pretext's own metrics only{held_out}. For them, pass --eval-dataset cifar10 (or "
+                          f"imagefolder --eval-data-dir DIR, ...)", flush=True)
+        return None
+    if evaluates_itself(args):
+        return (dataset or load_shared(args, accelerator)).labelled()
+    options = dict(vars(args), dataset=args.eval_dataset, data_dir=args.eval_data_dir or "./data")
+    labelled = load_shared(argparse.Namespace(**options), accelerator).labelled()
+    accelerator.print(f"evaluation: on the labelled images of {args.eval_dataset} {options['data_dir']} "
+                      f"({len(labelled.train_labels):,} train + {len(labelled.test_labels):,} test images, "
+                      f"{len(labelled.classes)} classes) at {args.image_size} px", flush=True)
+    return labelled
+
+
+def evaluation_summary(args, labelled: ImageData, dataset: ImageData) -> dict:
+    """What results.json says of the evaluation: the labelled set (or none) and the images the pretext's own
+    metrics are measured on."""
+    summary = {"labelled": "none" if labelled is None else args.eval_dataset,
+               "pretext_images": 0 if args.skip_eval else len(dataset.test_images)}
+    if labelled is not None:
+        summary.update(data_dir=args.data_dir if evaluates_itself(args) else args.eval_data_dir or "./data",
+                       classes=len(labelled.classes), train_images=len(labelled.evaluation_train()[1]),
+                       test_images=len(labelled.test_labels))
+    if args.skip_eval:
+        summary["skipped"] = True
+    return summary
+
+
 def load_shared(args, accelerator) -> ImageData:
-    """The dataset, with the file system scanned once (by the main process) and an image folder decoded once per
-    node: for entry points that need no placement (evaluate.py)."""
-    if args.dataset != "imagefolder":
+    """The dataset, with the file system scanned once (by the main process) and a file dataset decoded once per
+    node: for entry points that need no placement (evaluate.py, an evaluation set)."""
+    if args.dataset not in FILE_DATASETS:
         return load_generated(args, accelerator)
     cache_path = distributed.decided_by_main(accelerator, lambda: imagefolder_cache(
-        args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images, scan_imagefolder(args.data_dir)[0]))
-    return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images, cache_path)
+        args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images, SCANS[args.dataset](args.data_dir)[0]))
+    return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images, cache_path,
+                            scan=SCANS[args.dataset])
 
 
 def load_generated(args, accelerator) -> ImageData:
-    """The synthetic set or CIFAR-10. CIFAR-10 is downloaded (into a --data-dir that may be shared) by the main
-    process alone, then checked by the first process of each other node, then read by all."""
-    if args.dataset == "cifar10":
+    """The synthetic set or a dataset torchvision downloads. That is downloaded (into a --data-dir that may be
+    shared) by the main process alone, then checked by the first process of each other node, then read by all."""
+    if args.dataset in ("cifar10", "cifar100", "stl10"):
         with accelerator.main_process_first():
             with accelerator.local_main_process_first():
                 return load_dataset(args)

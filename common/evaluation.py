@@ -1,4 +1,5 @@
-"""Evaluation shared by both scripts: frozen-feature k-NN and linear probe, plus each pretext's own accuracy.
+"""Evaluation shared by both scripts: frozen-feature k-NN and linear probe on a labelled set, plus each pretext's own
+metrics on images never trained on (which need no labels).
 
 Feature extraction is split across processes (Accelerate's split_between_processes) and gathered, so every
 rank ends with the features of the whole split; the cheap probes then run once, on the main process.
@@ -154,6 +155,33 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
         ranks[tied] = ranks[tied].mean()
     n_pos, n_neg = positive.sum().item(), (~positive).sum().item()
     return ((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+
+
+# Held-out images whose two views eval/view_pair_auc compares: the views are drawn on the host, seeded.
+VIEW_PAIR_IMAGES = 1000
+
+
+def view_pair_metrics(accelerator, embedder, images: torch.Tensor, augmentation: str, batch_size: int,
+                      seed: int = 0) -> dict:
+    """eval/view_pair_auc: ROC-AUC of the negative embedding distance between two augmented views of one image
+    (similar) against a view of another image (dissimilar), on images never trained on: the augment pairs' own
+    task, which needs no labels. The same views at every evaluation (seeded, on the host's generator only)."""
+    from common.augment import augment
+
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:VIEW_PAIR_IMAGES]
+    originals = images[chosen.sort().values].cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        views = torch.cat([augment(originals, augmentation) for _ in range(2)])
+    views = views.mul_(255).round_().to(torch.uint8)  # map_batches encodes uint8 images, as stored
+    embeddings = F.normalize(features(accelerator, embedder, views, batch_size), dim=1).cpu()
+    if not accelerator.is_main_process:
+        return {}
+    first, second = embeddings.chunk(2)
+    similar = (first - second).norm(dim=1)
+    dissimilar = (first - second.roll(1, 0)).norm(dim=1)  # each image's view against the next image's
+    return {"eval/view_pair_auc": roc_auc(-torch.cat([similar, dissimilar]),
+                                          torch.arange(2 * len(first)) < len(first))}
 
 
 def pair_metrics(accelerator, embedder, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict:

@@ -36,6 +36,11 @@ class PairSampler:
         self.mode, self.positive_fraction, self.seed = mode, positive_fraction, seed
         self.num_images = len(labels)
         labels = labels.long()
+        if mode == "label" and bool((labels < 0).any()):
+            raise UserError("--pairs label needs a label for every train image, and this dataset has unlabeled "
+                            "ones: use --pairs augment (two views of one image are a similar pair)")
+        if mode == "augment":  # partners are any other image: the labels are not needed
+            labels = torch.zeros_like(labels)
         self.order = torch.argsort(labels, stable=True)  # indices grouped by class
         counts = torch.bincount(labels)
         self.class_start = torch.cumsum(counts, 0) - counts

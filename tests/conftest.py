@@ -235,3 +235,37 @@ def toy_train(output_dir, *extra, stop_after=None):
             if stop_after is not None and run.state.step == stop_after:
                 return seen, run
     return seen, run
+
+
+def write_unlabeled_images(root, count=40, nested=False):
+    """`count` unlabeled images as users have them: JPEG (RGB and grayscale) and PNG (RGBA, palette), of different
+    sizes, flat or in sub-folders of sub-folders; plus what the scan must leave out (hidden files and folders, a
+    text file) and a symlinked image, which it must take. Returns the image paths the scan should find, sorted."""
+    rng = np.random.default_rng(1)
+    found = []
+    for i in range(count):
+        folder = root / f"set{i % 3}" / f"day{i % 2}" if nested else root
+        folder.mkdir(parents=True, exist_ok=True)
+        width, height = [(32, 32), (48, 20), (21, 60), (100, 75)][i % 4]
+        img = Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
+        kind = i % 4
+        if kind == 0:
+            path = folder / f"img{i:03d}.jpg"
+            img.save(path, quality=90)
+        elif kind == 1:
+            path = folder / f"img{i:03d}.JPEG"
+            img.convert("L").save(path, "JPEG")
+        elif kind == 2:
+            path = folder / f"img{i:03d}.png"
+            img.convert("RGBA").save(path)
+        else:
+            path = folder / f"img{i:03d}.png"
+            img.convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+        found.append(str(path))
+    (root / ".hidden.jpg").write_bytes(open(found[0], "rb").read())
+    (root / ".thumbnails").mkdir()
+    (root / ".thumbnails" / "t.jpg").write_bytes(open(found[0], "rb").read())
+    (root / "README.txt").write_text("not an image: left out")
+    os.symlink(found[0], root / "linked.jpg")
+    found.append(str(root / "linked.jpg"))
+    return sorted(found)

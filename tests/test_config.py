@@ -3,6 +3,7 @@ import pytest
 
 from common import UserError
 from common.config import build_parser, dataset_checks, require, validate
+from common.data import make_synthetic
 
 
 @pytest.mark.parametrize("option, value", [("--lr", "0"), ("--batch-size", "0"), ("--model", "vgg"),
@@ -27,6 +28,21 @@ def test_the_models_recipe_fills_only_what_was_not_given():
 
 def test_options_are_checked_against_the_loaded_data():
     args = validate(build_parser("t").parse_args(["--knn-k", "50"]))
-    with pytest.raises(UserError, match="--knn-k 50 is larger than the train split"):
-        require(dataset_checks(args, 40))
-    require(dataset_checks(args, 50))
+    with pytest.raises(UserError, match="--knn-k 50 is larger than the evaluation's train split"):
+        require(dataset_checks(args, make_synthetic(8, n_train=40, n_test=8)))
+    require(dataset_checks(args, make_synthetic(8, n_train=50, n_test=8)))
+    require(dataset_checks(args, None))  # --eval-dataset none: no k-NN
+
+
+@pytest.mark.parametrize("dataset, evaluated", [("cifar10", "cifar10"), ("cifar100", "cifar100"), ("stl10", "stl10"),
+                                                ("imagefolder", "imagefolder"), ("images", "none")])
+def test_a_run_evaluates_on_its_own_dataset_when_it_has_labels_else_on_none(dataset, evaluated):
+    assert validate(build_parser("t").parse_args(["--dataset", dataset])).eval_dataset == evaluated
+
+
+def test_an_evaluation_set_needs_labels_and_a_folder_needs_its_path(capsys):
+    with pytest.raises(SystemExit):
+        build_parser("t").parse_args(["--eval-dataset", "images"])
+    assert "invalid choice: 'images'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--eval-dataset imagefolder needs --eval-data-dir"):
+        validate(build_parser("t").parse_args(["--eval-dataset", "imagefolder"]))

@@ -166,7 +166,7 @@ def test_one_process_and_two_with_the_same_batch_size_take_the_same_first_step(t
     ("train_rotation.py", "good", ["--output-dir", "/proc/forbidden"], "cannot write to output dir"),
     ("train_siamese.py", "good", ["--lr", "0"], "--lr must be > 0"),
     ("train_rotation.py", "good", ["--batch-size", "0"], "--batch-size must be >= 1"),
-    ("train_siamese.py", "good", ["--knn-k", "500"], "--knn-k 500 is larger than the train split"),
+    ("train_siamese.py", "good", ["--knn-k", "500"], "--knn-k 500 is larger than the evaluation's train split"),
     ("train_siamese.py", "good", ["--positive-fraction", "-0.1"], "--positive-fraction must be within [0, 1]"),
     ("train_rotation.py", "good", ["--model", "vgg"], "unknown model"),
 ])

@@ -2,6 +2,7 @@
 fits, and batches that are the same whichever placement gives them."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -243,10 +244,13 @@ def test_a_rank_whose_listing_of_the_folder_misses_a_file_streams_the_main_proce
     assert len(losses["as_listed"]) == 3 and losses["rank1_misses_a_file"] == losses["as_listed"]
 
 
-@pytest.mark.parametrize("placement", ["host", "stream"])
-def test_a_killed_run_resumes_bitwise_with_the_data_on_the_host_or_streamed(tmp_path, folder, placement):
+@pytest.mark.parametrize("placement, dataset", [("host", "imagefolder"), ("stream", "imagefolder"),
+                                                ("stream", "images")])
+def test_a_killed_run_resumes_bitwise_with_the_data_on_the_host_or_streamed(tmp_path, folder, placement, dataset):
     options = [*folder_options(folder, tmp_path), "--max-steps", "12", "--checkpoint-every", "4", "--deterministic",
                "--data-placement", placement]
+    if dataset == "images":  # the train images, unlabeled: their class folders are just folders
+        options += ["--dataset", "images", "--data-dir", folder / "train"]
     whole = python_script("train_rotation.py", *options, "--output-dir", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "cut"
@@ -261,6 +265,7 @@ def test_a_killed_run_resumes_bitwise_with_the_data_on_the_host_or_streamed(tmp_
     assert not (out / "results.json").exists()
     resumed = python_script("train_rotation.py", *options, "--output-dir", out)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
+    assert int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1)) < 12  # it was cut short
     final = [load_file(str(run / "checkpoints" / "step_00000012" / "model.safetensors"))
              for run in (tmp_path / "whole", out)]
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])

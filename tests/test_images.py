@@ -1,0 +1,65 @@
+"""--dataset images: unlabeled images under a folder at any depth, or listed in a file (common/data.py)."""
+import pytest
+import torch
+
+from common import UserError
+from common.data import HELD_OUT_MIN, ImageData, load_imagefolder, scan_images
+from conftest import write_unlabeled_images
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_every_image_at_any_depth_is_found_in_one_order_and_some_are_held_out(tmp_path, nested):
+    expected = write_unlabeled_images(tmp_path, count=40, nested=nested)
+    split, classes = scan_images(str(tmp_path))
+    found = [p for p, _ in split["train"] + split["test"]]
+    assert sorted(found) == expected and classes == []  # hidden files and folders and the text file left out
+    assert [p for p, _ in split["train"]] == sorted(p for p, _ in split["train"])
+    assert len(split["test"]) == HELD_OUT_MIN and all(label == -1 for _, label in split["train"] + split["test"])
+    assert scan_images(str(tmp_path)) == (split, classes)  # the held-out images are fixed by the files
+
+
+def test_a_list_file_names_images_relative_to_itself_in_its_order(tmp_path):
+    paths = write_unlabeled_images(tmp_path / "photos", count=12)
+    listed = list(reversed(paths))
+    (tmp_path / "list.txt").write_text("# my photos\n" + "\n".join(
+        p.replace(str(tmp_path) + "/", "") for p in listed) + "\n\n")
+    split, _ = scan_images(str(tmp_path / "list.txt"))
+    held = {p for p, _ in split["test"]}
+    assert [p for p, _ in split["train"]] == [p for p in listed if p not in held]
+
+
+def test_too_few_images_or_none_say_what_is_needed(tmp_path):
+    with pytest.raises(UserError, match="no image files"):
+        scan_images(str(tmp_path))
+    write_unlabeled_images(tmp_path, count=2)
+    (tmp_path / "linked.jpg").unlink()
+    with pytest.raises(UserError, match="needs at least 4"):
+        scan_images(str(tmp_path))
+    with pytest.raises(UserError, match="does not exist"):
+        scan_images(str(tmp_path / "missing"))
+
+
+def test_unlabeled_images_decode_into_a_cache_with_no_labels(tmp_path):
+    write_unlabeled_images(tmp_path / "photos", count=20, nested=True)
+    data = load_imagefolder(str(tmp_path / "photos"), 16, str(tmp_path / "cache"), scan=scan_images)
+    assert data.train_images.shape == (19, 3, 16, 16) and data.test_images.shape == (2, 3, 16, 16)
+    assert bool((data.train_labels == -1).all()) and data.classes == [] and data.labelled() is None
+
+
+def test_a_dataset_evaluates_on_its_labelled_train_images_only():
+    images = torch.zeros(7, 3, 8, 8, dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 0, -1, -1, -1, -1])  # STL-10's order: labelled train images, then unlabeled
+    data = ImageData(images, labels, images[:2], torch.tensor([0, 1]), ["a", "b"])
+    labelled = data.labelled()
+    assert labelled.train_labels.tolist() == [0, 1, 0] and labelled.train_images.data_ptr() == images.data_ptr()
+    whole = ImageData(images, labels.clamp(min=0), images[:2], torch.tensor([0, 1]), ["a", "b"])
+    assert whole.labelled() is whole
+
+
+def test_an_unreadable_image_is_named_or_skipped_and_counted(tmp_path):
+    write_unlabeled_images(tmp_path / "photos", count=20)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="cannot read image .*broken.jpg.*--skip-bad-images"):
+        load_imagefolder(str(tmp_path / "photos"), 16, str(tmp_path / "cache"), scan=scan_images)
+    data = load_imagefolder(str(tmp_path / "photos"), 16, str(tmp_path / "cache"), skip_bad=True, scan=scan_images)
+    assert data.skipped_files == 1 and len(data.train_images) + len(data.test_images) == 21
