@@ -11,7 +11,7 @@ import shutil
 
 from accelerate.utils import gather_object
 
-from common import UserError, distributed, files
+from common import UserError, diagnostics, distributed, files
 from common.config import save_config
 
 PREFIX = "step_"
@@ -52,6 +52,7 @@ def save(accelerator, args, step: int, environment: dict, needed: int) -> str:
     failure = None
     try:
         accelerator.save_state(tmp)
+        diagnostics.hold("checkpoint", step)
         if accelerator.is_main_process:
             save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,
                         environment=environment)

@@ -1,9 +1,10 @@
 """Opt-in instruments for the checks, off in normal use: fault injection for the fault tests (SSL_SCRIPTS_FAULT),
-the sample indices each process trains on (SSL_SCRIPTS_RECORD_INDICES) and counting the host's waits for the GPU
-per step (--count-host-syncs)."""
+points where a run waits for a test (SSL_SCRIPTS_HOLD), the sample indices each process trains on
+(SSL_SCRIPTS_RECORD_INDICES) and counting the host's waits for the GPU per step (--count-host-syncs)."""
 import json
 import math
 import os
+import time
 import warnings
 
 import torch
@@ -23,6 +24,21 @@ def inject_faults(model, run) -> None:
     def poison(module, inputs, output):
         return output * math.nan if module.training and run.state.step + 1 == int(step_spec) else output
     model.register_forward_hook(poison)
+
+
+def hold(point: str, step: int) -> None:
+    """SSL_SCRIPTS_HOLD="POINT@STEP:PATH": at that point of that optimizer step, every process writes PATH.held and
+    waits until PATH.go exists (or it is killed), so that a test acts at a known moment (a kill inside a checkpoint's
+    write, a second start while the first trains) instead of after a sleep. Points: "step" (the step done: updated,
+    logged, checkpointed), "checkpoint" (the step's checkpoint written but not its manifest: still incomplete).
+    Unset in normal use."""
+    spec = os.environ.get("SSL_SCRIPTS_HOLD")
+    where, _, path = (spec or "").partition(":")
+    if where != f"{point}@{step}":
+        return
+    open(path + ".held", "w").close()
+    while not os.path.exists(path + ".go"):
+        time.sleep(0.01)
 
 
 def index_recorder(accelerator):

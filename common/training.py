@@ -401,6 +401,7 @@ class Run:
             self._save_checkpoint()
         if self.sync_counter:
             self.sync_counter.step_done(self.state.step, quiet=not (at_log or at_checkpoint))
+        diagnostics.hold("step", self.state.step)
         if stop and not self.finished:
             self._stop_now()
 

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 import torch
@@ -14,7 +13,8 @@ from common import UserError
 from common.checkpoints import verify_checkpoint
 from common.models import load_encoder
 
-from conftest import REPO, SMALL, accelerate_command, accelerate_launch, python_script, run_script, steps_of
+from conftest import (REPO, SMALL, accelerate_command, accelerate_launch, killed_when_held, python_script, run_script,
+                      steps_of)
 
 
 def checkpoints(out):
@@ -29,23 +29,18 @@ def errors(result):
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
-def test_sigkill_while_checkpointing_every_step_leaves_a_resumable_run(tmp_path):
+def test_sigkill_inside_a_checkpoint_write_leaves_a_resumable_run(tmp_path):
     out = tmp_path / "run"
-    command = accelerate_command("train_rotation.py", *SMALL, "--max-steps", "60", "--checkpoint-every", "1",
+    command = accelerate_command("train_rotation.py", *SMALL, "--max-steps", "12", "--checkpoint-every", "1",
                                  "--keep-checkpoints", "2", "--output-dir", out, num_processes=2)
-    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_00000008").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.13)  # an arbitrary moment: with a checkpoint every step, most likely inside a write
-    subprocess.run(["pkill", "-KILL", "-f", str(out)])
-    process.wait()
-    assert not (out / "results.json").exists()
+    killed_when_held(command, out, "checkpoint@8")  # step 8's files written, its manifest not yet
+    partial = out / "checkpoints" / ".tmp-step_00000008"
+    assert (partial / "model.safetensors").exists() and not (partial / "manifest.json").exists()
+    assert checkpoints(out) == [6, 7] and not (out / "results.json").exists()
     again = run_script(command)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed from" in again.stdout
-    assert json.loads((out / "results.json").read_text())["steps"] == 60
+    assert f"resumed from {out / 'checkpoints' / 'step_00000007'} at step 7 " in again.stdout
+    assert json.loads((out / "results.json").read_text())["steps"] == 12
 
 
 def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path):
@@ -114,16 +109,12 @@ def test_deterministic_resume_ends_bitwise_identical(tmp_path, script, processes
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     out = tmp_path / "cut"
-    process = subprocess.Popen(accelerate_command(script, *options, "--output-dir", out, num_processes=processes),
-                               cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_00000004").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    subprocess.run(["pkill", "-KILL", "-f", str(out)])
-    process.wait()
-    assert not (out / "results.json").exists()
+    killed_when_held(accelerate_command(script, *options, "--output-dir", out, num_processes=processes), out,
+                     "step@6")  # after the checkpoint of step 4, before that of step 8
+    assert checkpoints(out) == [4] and not (out / "results.json").exists()
     resumed = accelerate_launch(script, *options, "--output-dir", out, num_processes=processes)
-    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 4 " in resumed.stdout and "resumed from" in resumed.stdout
 
     final_whole = weights(tmp_path / "whole" / "checkpoints" / "step_00000012")
     final_cut = weights(out / "checkpoints" / "step_00000012")

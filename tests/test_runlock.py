@@ -12,10 +12,10 @@ RUN = ["--dataset", "synthetic", "--model", "simple_cnn", "--report-to", "none",
        "--checkpoint-every", "10", "--log-every", "5", "--skip-eval"]
 
 
-def start(out, *extra):
+def start(out, *extra, env=None):
     return subprocess.Popen([sys.executable, os.path.join(REPO, "train_rotation.py"), *RUN, "--output-dir", str(out),
                              *map(str, extra)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def wait_for(condition, what, timeout=120):
@@ -31,24 +31,22 @@ def snapshot(folder):
 
 
 def test_a_second_start_on_the_same_output_dir_stops_at_once_and_writes_nothing(tmp_path):
-    out = tmp_path / "run"
-    first = start(out, "--max-steps", "400")
-    wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0,
-             "the first run's first logged step")
+    out, hold = tmp_path / "run", tmp_path / "hold"
+    # The first run waits after its step 5 (logged) until the second start has been refused: alive for sure.
+    first = start(out, "--max-steps", "20", env={"SSL_SCRIPTS_HOLD": f"step@5:{hold}"})
+    wait_for(lambda: os.path.exists(f"{hold}.held") or first.poll() is not None, "the first run's step 5")
+    assert first.poll() is None, first.stdout.read()[-3000:]
     before = snapshot(out)
-    began = time.time()
-    second = python_script("train_rotation.py", *RUN, "--max-steps", "400", "--output-dir", out)
-    took = time.time() - began
-    assert first.poll() is None, "the first run ended before the second start was tried: make it longer"
-    assert second.returncode == 2 and took < 30, (second.returncode, took, second.stderr[-2000:])
+    second = python_script("train_rotation.py", *RUN, "--max-steps", "20", "--output-dir", out)
+    assert second.returncode == 2, (second.returncode, second.stderr[-2000:])
     error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and f"pid {first.pid} on " in error[0] and "in use by another training" in error[0]
     assert "nothing was written" in error[0] and "started 20" in error[0]
-    changed = {name for name, mtime in snapshot(out).items() if before.get(name) != mtime}
-    assert not (changed - {"metrics.jsonl"} - {n for n in changed if n.startswith("checkpoints")}), changed
+    assert snapshot(out) == before  # the first run is held: any change is the second's
+    open(f"{hold}.go", "w").close()
     assert first.wait(timeout=600) == 0, first.stdout.read()[-3000:]
     steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl") if "train/loss" in line]
-    assert steps == list(range(5, 401, 5))  # each logged step once, in order: the second run logged nothing
+    assert steps == [5, 10, 15, 20]  # each logged step once, in order: the second run logged nothing
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block_the_next_start(tmp_path):

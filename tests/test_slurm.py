@@ -161,8 +161,8 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path, nodes):
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
 
     deadline = time.time() + 600
-    while time.time() < deadline and job_state(job_id)[0] != "COMPLETED":
-        assert job_state(job_id)[0] not in ENDED, log.read_text(errors="replace")
+    while (state := job_state(job_id)[0]) != "COMPLETED":  # read once a round: it may complete between reads
+        assert time.time() < deadline and state not in ENDED, log.read_text(errors="replace")
         time.sleep(0.5)
     text = log.read_text(errors="replace")
     assert job_state(job_id) == ("COMPLETED", 1), text
@@ -227,7 +227,8 @@ def test_a_training_that_does_not_stop_in_time_is_requeued_after_the_grace_perio
         subprocess.run(["scancel", job_id], capture_output=True)
     text = read()
     assert job_state(job_id) == ("COMPLETED", 1), text
-    assert 2 <= waited < 10, (waited, text)  # STOP_GRACE_S=3, on the shell's whole seconds
+    # STOP_GRACE_S=3 (on the shell's whole seconds) honoured, not the default 90: bounds far from both
+    assert 2 <= waited < 45, (waited, text)
     runs = re.split(r"(?m)^(?=job \d+ on )", text)[1:]
     assert len(runs) == 2 and "SLURM_RESTART_COUNT=1" in runs[1], text
     first = runs[0]
