@@ -289,3 +289,63 @@ def write_unlabeled_images(root, count=40, nested=False):
     os.symlink(found[0], root / "linked.jpg")
     found.append(str(root / "linked.jpg"))
     return sorted(found)
+
+
+def exited(output_dir):
+    """OUTPUT_DIR as this process leaves it when it exits: the run lock an in-process toy run took there (held until
+    the process exits, common/runlock.py) released and its file removed, as at exit."""
+    from common import runlock
+    lock = os.path.abspath(os.path.join(str(output_dir), runlock.LOCK_NAME))
+    for fd, path in list(runlock._held.items()):
+        if os.path.abspath(path) == lock:
+            runlock.release(fd)
+
+
+def tree_contents(folder) -> dict:
+    """Every file and folder under `folder`, hidden ones included: {relative path: SHA-256 of its bytes, or "dir"}.
+    Equal before and after: nothing was added, removed or overwritten."""
+    import hashlib
+    seen = {}
+    for root, dirs, names in os.walk(folder):
+        for name in dirs:
+            seen[os.path.relpath(os.path.join(root, name), folder)] = "dir"
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                seen[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return seen
+
+
+def script_toy_run(script, output_dir, *extra):
+    """toy_run with a training script's own options (its parse_args: e.g. train_siamese's --embedding-dim) and its
+    checkpoint fields (its MUST_MATCH, handed to the Run as the script hands it). Returns (run, model)."""
+    import importlib
+    import torch
+    from accelerate.state import AcceleratorState
+    from common import data, training
+    module = importlib.import_module(script)
+    AcceleratorState._reset_state(True)
+    args = module.parse_args(["--output-dir", str(output_dir), "--report-to", "none", "--batch-size", "8",
+                              "--checkpoint-every", "3", "--epochs", "2", "--log-every", "2", *map(str, extra)])
+    accelerator = training.make_accelerator(args)
+    model = torch.nn.Linear(2, 1)
+    loader = data.index_loader(accelerator, args, 64)
+    optimizer = training.make_optimizer(args, model)
+    scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    run = training.Run(args, accelerator, model, optimizer, scheduler, loader, script, module.MUST_MATCH)
+    return run, model
+
+
+def toy_steps(run, model, stop_after):
+    """toy_train's loop around a Run made elsewhere (e.g. script_toy_run), until step `stop_after`."""
+    import torch
+    for _ in run.epochs():
+        for indices in run.batches():
+            with run.accelerator.accumulate(model):
+                loss = model(torch.ones(len(indices), 2)).mean()
+                run.accelerator.backward(loss)
+                run.optimizer_step()
+            run.end_batch(images=len(indices), samples=len(indices), loss=loss)
+            if run.state.step == stop_after:
+                return run
+    return run

@@ -145,3 +145,33 @@ def test_a_cache_of_another_decoders_pixels_is_not_used(image_folder, tmp_path, 
     before = imagefolder_cache(str(image_folder), 16, str(tmp_path), False, files)
     monkeypatch.setattr(common.data, "DECODER", "another-decoder")
     assert imagefolder_cache(str(image_folder), 16, str(tmp_path), False, files) != before
+
+
+def test_an_image_changed_in_place_is_decoded_again_by_its_modification_time(image_folder, tmp_path, capsys):
+    # The cache is keyed by each file's path, size and mtime (no file is read to check it): an edit that keeps
+    # the size (raw formats such as BMP always do) is seen through the mtime alone.
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(2)
+    old, new = (rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
+    bmp = image_folder / "train" / "dog" / "zz.bmp"  # the last train image: index 12
+    Image.fromarray(old).save(bmp)
+    mtime, size = bmp.stat().st_mtime_ns, bmp.stat().st_size
+    cache = str(tmp_path / "cache")
+
+    def load():
+        data = load_imagefolder(str(image_folder), 16, cache)
+        return data, capsys.readouterr().out.count("decoding 19 images")
+    first, decoded = load()
+    assert decoded == 1 and torch.equal(first.train_images[12], torch.from_numpy(old).permute(2, 0, 1))
+    assert load()[1] == 0, "unchanged, yet decoded again"
+    os.utime(bmp, ns=(mtime, mtime + 10 ** 9))  # touched: the same bytes, a new mtime
+    touched, decoded = load()
+    assert decoded == 1, "touched (new mtime), yet its old cache used"
+    assert torch.equal(touched.train_images, first.train_images)
+    Image.fromarray(new).save(bmp)  # new pixels, the same size
+    os.utime(bmp, ns=(mtime, mtime + 2 * 10 ** 9))  # as a later edit's clock gives it (never that of the touch)
+    assert bmp.stat().st_size == size
+    changed, decoded = load()
+    assert decoded == 1, "new pixels of the same size, yet the old cache used"
+    assert torch.equal(changed.train_images[12], torch.from_numpy(new).permute(2, 0, 1))

@@ -268,3 +268,20 @@ def test_a_dataset_too_large_for_memory_is_refused_in_one_line_before_it_is_allo
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
     assert "the dataset takes 357.6 GiB of host memory per node" in errors[0] and "available" in errors[0]
+
+
+def test_auto_takes_a_placement_up_to_exactly_its_share_and_not_one_byte_more():
+    # The shares are promised: the device while the split takes at most 70% of the GPU's free memory, the host
+    # while the dataset takes at most 80% of the available host memory (both "at most": <=). 10 GiB makes both
+    # edges whole bytes: 7 GiB and 8 GiB.
+    free = 10 * GiB
+    assert choose("auto", 7 * GiB, GiB, CUDA, device_free=free, host_free=100 * GiB)[0] == "device"
+    assert choose("auto", 7 * GiB + 1, GiB, CUDA, device_free=free, host_free=100 * GiB)[0] == "host"
+    # the split fits no GPU: host up to 80% of the host's memory, then stream
+    assert choose("auto", 9 * GiB, 8 * GiB, CUDA, device_free=free, host_free=free, streamable=True)[0] == "host"
+    assert choose("auto", 9 * GiB, 8 * GiB + 1, CUDA, device_free=free, host_free=free, streamable=True)[0] \
+        == "stream"
+    # on a CPU the device is the host: its 80% decides
+    assert choose("auto", 8 * GiB, 8 * GiB, CPU, device_free=free, host_free=free, streamable=True)[0] == "device"
+    assert choose("auto", 8 * GiB + 1, 8 * GiB + 1, CPU, device_free=free, host_free=free, streamable=True)[0] \
+        == "stream"
