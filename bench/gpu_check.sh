@@ -28,8 +28,9 @@
 # that nvidia-smi lists (unless DEVICE=cpu); else one line says what to do, the report says so, exit status 2.
 #
 # Without a GPU (or with DEVICE=cpu) the same steps run at tiny sizes on the CPU (accelerate_configs/cpu.yaml,
-# gloo, no mixed precision: the bf16 and fp16 steps run as "no"), in about 3 minutes on 2 cores; steps 6a-6d (the
-# scripts count host syncs only on CUDA; 6c-6d still check the placement the run took) and 7 are SKIPPED. Steps 1-6
+# gloo, no mixed precision: the bf16 steps 1a and 1d run as "no", which their titles say), in about 3 minutes on 2
+# cores; steps 1b-1c (fp16 needs a GPU: they would be 1d and 1a again), 6a-6d (the scripts count host syncs only on
+# CUDA; 6c-6d still check the placement the run took) and 7 are SKIPPED, saying why. Steps 1-6
 # run in three concurrent lanes (most of their time is process start-up; PARALLEL=0 runs them one after the
 # other), step 7 alone at the end, with at least GPU_SH_MIN_S of the budget kept for it.
 set -uo pipefail
@@ -104,7 +105,8 @@ if [[ $DEVICE == cpu ]]; then
   # 96 images: the siamese pair AUC needs 2 test images (a quarter: 24) of each of the 10 classes
   SIZE=96 BATCH=16 PROBE_EPOCHS=2 BN_MODEL=simple_cnn DET_MODEL=simple_cnn USR1_STEPS=60 USR1_LOG=5
   COMPILE_N=4 SYNC_STEPS=12 SYNC_BATCH=16 EVAL_BATCH=64
-  BF16=no FP16=no  # fp16 is not supported on the CPU; bf16 would only be slow: both steps run without autocast
+  BF16=no  # bf16 would only be slow on the CPU: its steps run without autocast (their titles say "no")
+  FP16=fp16  # not supported on the CPU: its steps are SKIPPED (fp16_or_skip)
   BUDGET_S=${BUDGET_S:-600} GPU_SH_MIN_S=0
 else
   # 4096 images, 256 per step (128 per process): 16 steps an epoch. resnet18 where batch norm matters (1a-1d:
@@ -263,8 +265,11 @@ sys.exit(1 if problems else 0)
 EOF
 }
 step_rotation_bf16() { train_and_eval "$1" rotation "$BF16"; }
-step_siamese_fp16() { train_and_eval "$1" siamese "$FP16"; }
-step_rotation_fp16() { train_and_eval "$1" rotation "$FP16"; }
+fp16_or_skip() {  # fp16_or_skip STEP: fp16 needs CUDA (a GradScaler); on the CPU this step would be STEP's run again
+  [[ $DEVICE == gpu ]] || skip "fp16 needs a GPU (on the CPU it would be step $1's run again, without mixed precision)"
+}
+step_siamese_fp16() { fp16_or_skip 1d; train_and_eval "$1" siamese "$FP16"; }
+step_rotation_fp16() { fp16_or_skip 1a; train_and_eval "$1" rotation "$FP16"; }
 step_siamese_bf16() { train_and_eval "$1" siamese "$BF16"; }
 
 # 2: SIGUSR1 to the training processes: checkpoint, exit code 3; the same command resumes and finishes.

@@ -50,6 +50,12 @@ def image_folder(tmp_path):
 REQUIRE_SMALL_DISK = "SSL_SCRIPTS_REQUIRE_SMALL_DISK"  # set by .ci/run: no tmpfs is then a failure, not a skip
 
 
+def required_by(variable: str) -> bool:
+    """Whether an environment variable such as SSL_SCRIPTS_REQUIRE_SMALL_DISK asks for something: unset, empty,
+    "0", "false", "no" and "off" (any case, spaces around) do not; any other value does."""
+    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 class SmallDisk:
     """A file system of its own (a 64 MiB tmpfs) to fill: fill() leaves `leave` bytes free, free() frees them."""
 
@@ -81,7 +87,7 @@ def small_disk(tmp_path):
                              text=True)
     if mounted.returncode:
         reason = f"needs a small file system to fill: run as root, which may mount a tmpfs ({mounted.stderr.strip()})"
-        (pytest.fail if os.environ.get(REQUIRE_SMALL_DISK) else pytest.skip)(reason)
+        (pytest.fail if required_by(REQUIRE_SMALL_DISK) else pytest.skip)(reason)
     yield SmallDisk(path)
     subprocess.run(["umount", "-l", str(path)], check=True)
 
@@ -170,7 +176,9 @@ class HostWaits:
     stand in for a device here): tensors made from host data on a device, host tensors copied to a device, device
     values read by the host (.item(), bool(), ...), and boolean-mask indexing (its size is read by the host).
 
-    with HostWaits(device_only=False) as waits: ...; waits.seen is the list of what happened, in order."""
+    with HostWaits(device_only=False) as waits: ...; waits.seen is the list of what happened, in order. A test
+    that asserts nothing was seen also calls waits.alive() inside the same `with`: a detector that stopped seeing
+    would pass it otherwise."""
     READS = {"item", "tolist", "__bool__", "__float__", "__int__", "nonzero", "cpu", "numpy"}
 
     def __init__(self, device_only=True):
@@ -209,6 +217,16 @@ class HostWaits:
 
     def __exit__(self, *exc):
         self._mode.__exit__(*exc)
+
+    def alive(self) -> bool:
+        """Whether a deliberate wait made now (host data made into a `meta` tensor) is seen; it is then dropped
+        from `seen`. Call it inside the `with`, after the code under test."""
+        import torch
+        before = len(self.seen)
+        torch.tensor(0, device="meta")
+        caught = self.seen[before:] == ["torch.tensor(host data, device=meta)"]
+        del self.seen[before:]
+        return caught
 
 
 def prepared_run(args, accelerator, model, samples=64, project="test", accelerator_view=None):

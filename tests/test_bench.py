@@ -46,6 +46,7 @@ GPU_CHECK_STEPS = ["1a_rotation_bf16", "1b_siamese_fp16", "1c_rotation_fp16", "1
                    "3_deterministic_resume", "4_compile_resume", "5_evaluate", "6a_host_syncs_rotation",
                    "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream", "7_gpu_sh"]
 GPU_ONLY = {"6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream", "7_gpu_sh"}
+FP16 = {"1b_siamese_fp16": "1d", "1c_rotation_fp16": "1a"}  # GPU only too: on the CPU they would be these again
 
 
 def gpu_check(tmp_path, **env):
@@ -65,8 +66,14 @@ def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path)
     result, report, steps = gpu_check(tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     for name, step in steps.items():
-        assert step["status"] == ("SKIPPED" if name in GPU_ONLY else "PASS"), (name, step["detail"])
+        assert step["status"] == ("SKIPPED" if name in GPU_ONLY | set(FP16) else "PASS"), (name, step["detail"])
     assert report["device"] == "cpu" and report["fail"] == 0 and report["ok"]
+    # fp16 steps say why they did not run (they used to PASS here with fp16 off), and ran nothing
+    for name, same in FP16.items():
+        assert steps[name]["detail"] == f"fp16 needs a GPU (on the CPU it would be step {same}'s run again, without " \
+            "mixed precision)" and "accelerate launch" not in (tmp_path / "report" / "logs" / f"{name}.log").read_text()
+        assert steps[name]["title"].split(", ")[1] == "fp16"
+    assert [steps[name]["title"].split(", ")[1] for name in ("1a_rotation_bf16", "1d_siamese_bf16")] == ["no", "no"]
     # GPU-only steps say why; the host-sync runs still ran the same command line on the CPU, to its end
     assert "no GPU" in steps["7_gpu_sh"]["detail"]
     for name in GPU_ONLY - {"7_gpu_sh"}:
@@ -78,7 +85,7 @@ def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path)
             steps[f"6{'c' if placement == 'host' else 'd'}_placement_{placement}"]["detail"]
     assert sum(1 for _ in (tmp_path / "work" / "images" / "train").rglob("*.jpg")) == 640
     # evaluation at start, after epoch 1 and at the end, with finite metrics
-    for name in GPU_CHECK_STEPS[:4]:
+    for name in ("1a_rotation_bf16", "1d_siamese_bf16"):
         results = steps[name]["results"]
         assert len(results["eval_steps"]) == 3 and results["eval_steps"][0] == 0, (name, results)
     # the deterministic comparison really happened: a resumed run, every tensor of the step-12 weights equal
@@ -107,10 +114,15 @@ def test_gpu_check_reports_failing_steps_and_goes_on(tmp_path):
     fake_command(bin_dir, "accelerate", "echo 'RuntimeError: injected launcher failure' >&2\nexit 1\n")
     fake_command(bin_dir, "nvidia-smi", FAKE_NVIDIA_SMI)
     result, report, steps = gpu_check(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}", CUDA_VISIBLE_DEVICES="")
-    assert result.returncode != 0 and report["device"] == "cpu"
-    assert [s["status"] for s in report["steps"]] == ["FAIL"] * 12 + ["SKIPPED"]
-    assert report["fail"] == 12 and not report["ok"]
-    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 12
+    # It ran, past the pre-flight that stops DEVICE=auto here, and in the CPU mode: the CPU launcher and sizes.
+    assert result.returncode != 0 and "preflight_error" not in report
+    launch = [line for line in (tmp_path / "report" / "logs" / "1a_rotation_bf16.log").read_text().splitlines()
+              if line.startswith("$ accelerate launch")]
+    assert len(launch) == 1 and "--config_file accelerate_configs/cpu.yaml" in launch[0] and \
+        "--mixed_precision no" in launch[0] and "--synthetic-size 96 " in launch[0], launch
+    assert [s["status"] for s in report["steps"]] == ["FAIL", "SKIPPED", "SKIPPED"] + ["FAIL"] * 9 + ["SKIPPED"]
+    assert report["fail"] == 10 and not report["ok"]
+    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 10
     assert "FAILED: the run failed (exit 1)" in steps["1a_rotation_bf16"]["detail"]
 
 

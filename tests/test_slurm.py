@@ -49,7 +49,8 @@ def cluster():
     missing = _cluster_missing()
     if missing is None:
         return
-    if os.environ.get(REQUIRE, "") not in ("", "0"):
+    from conftest import required_by  # unset, "", "0", "false": not required
+    if required_by(REQUIRE):
         pytest.fail(f"{REQUIRE} is set but no local Slurm cluster answers ({missing}): start one with `{START}` "
                     "(root; installs Slurm with apt-get on Debian)", pytrace=False)
     pytest.skip(f"no local Slurm cluster answers ({missing}); to run these tests start one with `{START}` (root; "

@@ -1,4 +1,5 @@
 """The training loop's state (common/training.py's Run and Accelerator), in-process on one CPU process."""
+import json
 import os
 from types import SimpleNamespace
 
@@ -67,11 +68,79 @@ def test_steps_between_log_and_checkpoint_steps_never_make_the_host_wait(tmp_pat
                 run.end_batch(images=len(indices), samples=len(indices), loss=loss)
                 if accelerator.sync_gradients:
                     per_step[run.state.step], waits.seen = waits.seen, []
-    assert run.state.step == 16
+        alive = waits.alive()  # it did see what it sees: a detector that saw nothing would pass without this
+    assert run.state.step == 16 and alive
     # Epochs of 8 steps. Waits are allowed where the host reads anyway: at the first step of an epoch (the
     # sampler's order), at log (4, 8, 12, 16) and checkpoint (6, 12, 16) steps and at the end of an epoch (8, 16).
     quiet = [2, 3, 5, 7, 10, 11, 13, 14, 15]
     assert {step: per_step[step] for step in quiet} == {step: [] for step in quiet}
+
+
+# conftest's HostWaits is asserted to see nothing above, in test_augment.py and in test_pairs.py: here, that it
+# sees each kind of wait it claims to, and nothing else.
+def meta_waits():
+    x, host = torch.ones(4, device="meta"), torch.ones(4)
+    return {".item()": lambda: x[0].item(), "bool()": lambda: bool(x[0]), "if tensor": lambda: 1 if x[0] else 0,
+            "float()": lambda: float(x[0]), "int()": lambda: int(x[0]), ".tolist()": lambda: x.tolist(),
+            ".nonzero()": lambda: x.nonzero(), ".cpu()": lambda: x.cpu(), ".numpy()": lambda: x.numpy(),
+            "host tensor .to(device)": lambda: host.to("meta"),
+            "host tensor .to(device=...)": lambda: host.to(device=torch.device("meta")),
+            "torch.tensor(..., device=...)": lambda: torch.tensor([1, 2], device="meta"),
+            "torch.as_tensor(..., device=...)": lambda: torch.as_tensor([1, 2], device="meta"),
+            "boolean-mask indexing": lambda: x[x > 0]}
+
+
+def seen_by(device_only, kinds):
+    from conftest import HostWaits
+    seen = {}
+    for kind, make in kinds.items():
+        with HostWaits(device_only=device_only) as waits:
+            try:
+                make()
+            except (RuntimeError, NotImplementedError, TypeError):  # a meta tensor holds no value to read
+                pass
+        seen[kind] = waits.seen
+    return seen
+
+
+def test_the_host_wait_detector_sees_each_kind_of_wait():
+    read, copy = ".{}() of a device tensor", "torch.{}(host data, device=meta)"
+    assert seen_by(True, meta_waits()) == {
+        ".item()": [read.format("item")], "bool()": [read.format("__bool__")], "if tensor": [read.format("__bool__")],
+        "float()": [read.format("__float__")], "int()": [read.format("__int__")], ".tolist()": [read.format("tolist")],
+        ".nonzero()": [read.format("nonzero")], ".cpu()": [read.format("cpu")], ".numpy()": [read.format("numpy")],
+        "host tensor .to(device)": ["host tensor .to(device)"],
+        "host tensor .to(device=...)": ["host tensor .to(device)"],
+        "torch.tensor(..., device=...)": [copy.format("tensor")],
+        "torch.as_tensor(..., device=...)": [copy.format("as_tensor")],
+        "boolean-mask indexing": ["boolean-mask indexing"]}
+    # device_only=False: the same reads of CPU tensors (the training loop's test) ...
+    c = torch.ones(4)
+    cpu_reads = {".item()": lambda: c[0].item(), "bool()": lambda: bool(c[0]), "if tensor": lambda: 1 if c[0] else 0,
+                 ".tolist()": lambda: c.tolist(), ".numpy()": lambda: c.numpy(),
+                 "boolean-mask indexing": lambda: c[c > 0]}
+    assert seen_by(False, cpu_reads) == {
+        ".item()": [read.format("item")], "bool()": [read.format("__bool__")], "if tensor": [read.format("__bool__")],
+        ".tolist()": [read.format("tolist")], ".numpy()": [read.format("numpy")],
+        "boolean-mask indexing": ["boolean-mask indexing"]}
+    # ... which device_only leaves out, as it does what never waits for a device
+    quiet = {**{kind: make for kind, make in cpu_reads.items() if kind != "boolean-mask indexing"},
+             "arithmetic on meta": lambda: torch.ones(4, device="meta") * 2 + 1,
+             "integer indexing on meta": lambda: torch.ones(4, device="meta")[torch.arange(2, device="meta")],
+             "host tensor .to(cpu) and .to(dtype)": lambda: c.to("cpu").to(torch.float64),
+             "torch.tensor on the host": lambda: torch.tensor([1, 2], device="cpu")}
+    assert seen_by(True, quiet) == {kind: [] for kind in quiet}
+
+
+def test_a_required_by_variable_set_to_0_false_or_nothing_requires_nothing(monkeypatch):
+    # SSL_SCRIPTS_REQUIRE_SMALL_DISK / _SLURM: "0" used to count as set (any non-empty string did).
+    from conftest import required_by
+    monkeypatch.delenv("SSL_SCRIPTS_TEST_FLAG", raising=False)
+    assert not required_by("SSL_SCRIPTS_TEST_FLAG")
+    for value, required in [("", False), ("0", False), ("false", False), ("False", False), (" no ", False),
+                            ("off", False), ("1", True), ("true", True), ("yes", True)]:
+        monkeypatch.setenv("SSL_SCRIPTS_TEST_FLAG", value)
+        assert required_by("SSL_SCRIPTS_TEST_FLAG") == required, value
 
 
 def test_index_batches_are_pinned_on_a_gpu_and_copied_without_waiting(tmp_path):
@@ -152,9 +221,75 @@ def test_an_fp16_run_whose_every_step_overflows_stops_with_the_last_good_checkpo
             for indices in run.batches():
                 run.end_batch(images=len(indices), samples=len(indices), loss=torch.tensor(1.0))
     assert run.state.step == 4 + MAX_CONSECUTIVE_AMP_SKIPS - 1
+    assert run.state.amp_skipped_steps == MAX_CONSECUTIVE_AMP_SKIPS  # steps 5 to 54, the last one not done
     assert f"the last {MAX_CONSECUTIVE_AMP_SKIPS} steps" in str(stopped.value)
     assert f"step_{4 + MAX_CONSECUTIVE_AMP_SKIPS - 1 - (4 + MAX_CONSECUTIVE_AMP_SKIPS - 1) % 4:08d}" \
         in str(stopped.value)
+
+
+def test_fp16_overflow_steps_are_counted_exactly_and_left_to_the_scaler_under_nan_policy_skip(tmp_path, monkeypatch):
+    # As above, the GradScaler's part is played: steps 3, 5, 6 and 11 overflowed (never 50 in a row) and their
+    # updates are dropped; step 5's gradients are really non-finite (SSL_SCRIPTS_FAULT).
+    from accelerate import Accelerator
+    overflowed = {3, 5, 6, 11}
+    monkeypatch.setenv("SSL_SCRIPTS_FAULT", "nan@5")
+    run, model = toy_run(tmp_path, "--nan-policy", "skip", "--log-every", "4")
+    monkeypatch.setattr(run.accelerator, "scaler", torch.amp.GradScaler("cpu"), raising=False)
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped",
+                        property(lambda self: run.state.step + 1 in overflowed))
+    update = run.optimizer.step
+    monkeypatch.setattr(run.optimizer, "step", lambda: None if run.state.step + 1 in overflowed else update())
+    for _ in run.epochs():
+        for indices in run.batches():
+            with run.accelerator.accumulate(model):
+                run.accelerator.backward(model(torch.ones(len(indices), 2)).mean())
+                run.optimizer_step()
+            run.end_batch(images=len(indices), samples=len(indices), loss=torch.tensor(1.0))
+    assert run.state.step == 16 and run.state.amp_skipped_steps == 4
+    assert run.state.skipped_steps == 0 and torch.isfinite(model.weight).all()  # step 5 was the scaler's to skip
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {line["step"]: line["train/amp_skipped_steps"] for line in lines if "train/loss" in line} == \
+        {4: 1, 8: 3, 12: 4, 16: 4}  # so far, at each log step
+    assert not any("train/skipped_steps" in line for line in lines)
+
+
+def nan_run(tmp_path, monkeypatch, bad_step):
+    """toy_run's loop with --nan-policy abort, a log every 4 steps and a checkpoint every 3, 3 epochs of 8 steps,
+    the loss non-finite at `bad_step` (SSL_SCRIPTS_FAULT). Returns (the run, the UserError it stopped with)."""
+    from common import UserError
+    monkeypatch.setenv("SSL_SCRIPTS_FAULT", f"nan@{bad_step}")
+    run, model = toy_run(tmp_path, "--nan-policy", "abort", "--log-every", "4", "--checkpoint-every", "3",
+                         "--epochs", "3")
+    with pytest.raises(UserError) as stopped:
+        for _ in run.epochs():
+            for indices in run.batches():
+                with run.accelerator.accumulate(model):
+                    loss = model(torch.ones(len(indices), 2)).mean()
+                    run.accelerator.backward(loss)
+                    run.optimizer_step()
+                run.end_batch(images=len(indices), samples=len(indices), loss=loss)
+    return run, stopped.value
+
+
+@pytest.mark.parametrize("bad_step, stopped_at, kept", [
+    (5, 6, [3]),  # 6: a checkpoint step (not a log step), checked before its checkpoint is written
+    (19, 20, [12, 15, 18])])  # 20: a log step (not a checkpoint step); the newest 3 checkpoints are kept
+def test_nan_policy_abort_stops_at_the_next_log_or_checkpoint_step_with_no_checkpoint_after_the_bad_step(
+        tmp_path, monkeypatch, bad_step, stopped_at, kept):
+    """The check is read only at log and checkpoint steps (and the first step and epoch ends: 1, 8, 16, 24), not
+    at each step: the run trains on after the bad step up to the next of them, and stops there."""
+    from safetensors.torch import load_file
+    from common.checkpoints import path_of, verify_checkpoint
+    run, error = nan_run(tmp_path, monkeypatch, bad_step)
+    assert run.state.step == stopped_at
+    assert str(error).startswith(f"non-finite loss or gradients at step {bad_step}: stopped. The last good "
+                                 f"checkpoint is {path_of(str(tmp_path), kept[-1])}. ")
+    assert [int(os.path.basename(c)[len("step_"):]) for c in list_checkpoints(tmp_path)] == kept
+    last = path_of(str(tmp_path), kept[-1])
+    assert verify_checkpoint(last) is None
+    assert all(torch.isfinite(w).all() for w in load_file(os.path.join(last, "model.safetensors")).values())
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(line["step"] for line in logged) < bad_step  # nothing logged from a bad step
 
 
 def test_a_stop_signal_saves_a_checkpoint_and_raises_preempted(tmp_path):
