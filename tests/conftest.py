@@ -259,19 +259,9 @@ def toy_run(output_dir, *extra, accelerator_view=None):
 
 def toy_train(output_dir, *extra, stop_after=None):
     """The scripts' loop around toy_run's model; returns (the index batches it trained on, in order; the run)."""
-    import torch
     run, model = toy_run(output_dir, *extra)
     seen = []
-    for _ in run.epochs():
-        for indices in run.batches():
-            seen.append(indices.tolist())
-            with run.accelerator.accumulate(model):
-                loss = model(torch.ones(len(indices), 2)).mean()
-                run.accelerator.backward(loss)
-                run.optimizer_step()
-            run.end_batch(images=len(indices), samples=len(indices), loss=loss)
-            if stop_after is not None and run.state.step == stop_after:
-                return seen, run
+    toy_steps(run, model, stop_after, seen)
     return seen, run
 
 
@@ -354,11 +344,14 @@ def script_toy_run(script, output_dir, *extra):
     return run, model
 
 
-def toy_steps(run, model, stop_after):
-    """toy_train's loop around a Run made elsewhere (e.g. script_toy_run), until step `stop_after`."""
+def toy_steps(run, model, stop_after=None, seen=None):
+    """The scripts' loop around a toy Run (toy_run's, script_toy_run's), until step `stop_after` (None: the end);
+    the index batches it trains on are appended to `seen`, if given."""
     import torch
     for _ in run.epochs():
         for indices in run.batches():
+            if seen is not None:
+                seen.append(indices.tolist())
             with run.accelerator.accumulate(model):
                 loss = model(torch.ones(len(indices), 2)).mean()
                 run.accelerator.backward(loss)

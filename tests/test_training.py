@@ -11,7 +11,7 @@ from common.checkpoints import list_checkpoints
 from common.config import build_parser, validate
 from common.data import index_loader
 from common.training import make_accelerator
-from conftest import toy_run, toy_train
+from conftest import toy_run, toy_steps, toy_train
 
 
 def test_resume_continues_the_same_data_order(tmp_path):
@@ -261,13 +261,7 @@ def nan_run(tmp_path, monkeypatch, bad_step):
     run, model = toy_run(tmp_path, "--nan-policy", "abort", "--log-every", "4", "--checkpoint-every", "3",
                          "--epochs", "3")
     with pytest.raises(UserError) as stopped:
-        for _ in run.epochs():
-            for indices in run.batches():
-                with run.accelerator.accumulate(model):
-                    loss = model(torch.ones(len(indices), 2)).mean()
-                    run.accelerator.backward(loss)
-                    run.optimizer_step()
-                run.end_batch(images=len(indices), samples=len(indices), loss=loss)
+        toy_steps(run, model)
     return run, stopped.value
 
 
