@@ -3,9 +3,13 @@
     python bench/throughput.py --data-dir ../shared/data/cifar10-jpeg   # real CIFAR-10 (ImageFolder copy)
     python bench/throughput.py --models simple_cnn                      # CIFAR-sized synthetic data
 
-For each script (rotation, siamese) and model, at the same samples per step (images through the network):
-  limit    forward, backward and optimizer step on batches already on the device, in the memory format the
-           encoder trains in (its memory_format in models.MODELS): the model's own limit;
+For each row (rotation, siamese, and rotation at the tutorial's own batch: 64 images, one rotation each) and model,
+at the same samples per step (images through the network):
+  limit    the project's own step without its data and bookkeeping: forward, loss, backward and optimizer step,
+           over and over on one batch the script's augmentation made (kept hot in the caches), in a process set up
+           as the script's (the same launch, allocator settings, threads, Accelerator, model, memory format and
+           optimizer) and warmed up for as many steps as the script's first, untimed log window. Its steps are a
+           subset of the script's, so efficiency is at most 1 but for noise, and says what the project adds;
   project  `python train_<script>.py ... --skip-eval`: the scripts' real code path (uint8 data on the device,
            batched augmentation, rotations or pairs, step, logging), timed over its steady-state log windows;
   tutorial the tutorial's RotatedCIFAR10 / SiameseCIFAR10 (per-image PIL, ToTensor, Normalize, rotate) in a
@@ -34,15 +38,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 32),
               "MALLOC_TOP_PAD_": str(2 ** 29)}
 sys.path.insert(0, REPO)
-from common import augment, config, data, distributed, models, training  # noqa: E402
-from common.losses import contrastive_loss  # noqa: E402
+import train_rotation  # noqa: E402
+import train_siamese  # noqa: E402
+from common import augment, data, distributed, models, training  # noqa: E402
+from common.losses import PAIR_LOSSES, contrastive_loss  # noqa: E402
+from common.pairs import PairSampler  # noqa: E402
+
+SCRIPTS = {"rotation": train_rotation, "siamese": train_siamese}
+
+
+TUTORIAL_BATCH = 64  # the original tutorial's DataLoader batch: 64 images, one random rotation each
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="ImageFolder copy of CIFAR-10 (train/, test/); default: synthetic, 50k")
     p.add_argument("--synthetic-size", type=int, default=50000, help="train images of the synthetic data")
-    p.add_argument("--scripts", nargs="+", default=["rotation", "siamese"], choices=("rotation", "siamese"))
+    p.add_argument("--scripts", nargs="+", default=["rotation", "siamese", "rotation-tutorial-batch"],
+                   choices=("rotation", "siamese", "rotation-tutorial-batch"),
+                   help=f"rotation-tutorial-batch: the tutorial's own batch, {TUTORIAL_BATCH} images with one "
+                        f"rotation each (--rotations-per-image 1), whatever --samples-per-step says")
     p.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"], choices=tuple(models.MODELS))
     p.add_argument("--samples-per-step", type=int, default=None,
                    help="images through the network per step (default: 512 on a GPU, RotNet's 128 x 4; 256 on CPU)")
@@ -57,6 +72,7 @@ def parse_args():
     p.add_argument("--measure", choices=("limit", "tutorial"), help=argparse.SUPPRESS)  # one measurement, internal
     p.add_argument("--script", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--warmup-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     gpu = torch.cuda.is_available()
     args.samples_per_step = args.samples_per_step or (512 if gpu else 256)
@@ -72,16 +88,29 @@ def data_options(args) -> list:
     return ["--dataset", "synthetic", "--synthetic-size", str(args.synthetic_size)]
 
 
-def script_argv(args, script: str, model: str) -> list:
-    """The training script's command-line options for this measurement."""
-    images = args.samples_per_step // (4 if script == "rotation" else 2)
-    return [*data_options(args), "--model", model, "--batch-size", str(images), "--report-to", "none",
+def task_of(row: str) -> str:
+    """The training script a row runs: rotation-tutorial-batch is train_rotation.py."""
+    return "rotation" if row.startswith("rotation") else row
+
+
+def samples_per_step(args, row: str) -> int:
+    return TUTORIAL_BATCH if row == "rotation-tutorial-batch" else args.samples_per_step
+
+
+def script_argv(args, row: str, model: str, output_dir: str) -> list:
+    """The training script's command-line options for this row (what the limit's process builds as well)."""
+    if row == "rotation-tutorial-batch":
+        shape = ["--batch-size", str(TUTORIAL_BATCH), "--rotations-per-image", "1"]
+    else:
+        shape = ["--batch-size", str(args.samples_per_step // (4 if row == "rotation" else 2))]
+    return [*data_options(args), "--model", model, *shape, "--report-to", "none", "--output-dir", output_dir,
             *(["--compile"] if args.compile else [])]
 
 
-def script_args(args, script: str, model: str) -> argparse.Namespace:
-    """The training script's own options, as its parser fills them."""
-    return config.validate(config.build_parser("bench").parse_args(script_argv(args, script, model)))
+def script_args(args, row: str, model: str, output_dir: str) -> argparse.Namespace:
+    """The training script's own options, as its own parser fills them."""
+    script = SCRIPTS[task_of(row)]
+    return script.parse_args(script_argv(args, row, model, output_dir))
 
 
 # ---------------------------------------------------------------------------------------- the tutorial's data
@@ -127,106 +156,130 @@ def as_the_tutorial_ran_it(model: models.EncoderWithHead) -> models.EncoderWithH
 
 
 # ----------------------------------------------------------------------------------------- one measurement
-def measure(args) -> dict:
-    """limit or tutorial for one (script, model): samples/s over >= args.seconds after warm-up, and peak memory."""
+def limit_setup(args, opts):
+    """The script's own setup (Accelerator, data, model, optimizer) and one batch its augmentation made:
+    (accelerator, model, optimizer, step), step() being the script's forward, loss, backward and update."""
+    accelerator = training.make_accelerator(opts)  # as the script's: lock, checks, the seeding point
+    dataset, train_images = data.load_data(opts, accelerator)
+    encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
+    rotation = task_of(args.script) == "rotation"
+    head = models.rotation_head(encoder) if rotation else models.projection_head(encoder, opts.embedding_dim)
+    model = models.EncoderWithHead(encoder, head)
+    model, optimizer = accelerator.prepare(model, training.make_optimizer(opts, model))
+    indices = torch.arange(opts.batch_size, device=train_images.index_device)
+    if rotation:
+        inputs, labels = augment.rotate(augment.augment(train_images[indices], opts.augment),
+                                        opts.rotations_per_image)
+
+        def loss():
+            return F.cross_entropy(model(inputs), labels)
+    else:
+        pairs = PairSampler(dataset.train_labels, opts.pairs, opts.positive_fraction, opts.seed,
+                            dataset.classes).to(train_images.index_device)
+        partners, similar = pairs(indices, 0)
+        similar = similar.to(accelerator.device)
+        views = augment.augment(torch.cat([train_images[indices], train_images[partners]]), opts.augment)
+
+        def loss():
+            return PAIR_LOSSES[opts.loss](*model(views).chunk(2), similar, opts.margin)
+
+    def step():
+        accelerator.backward(loss())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return accelerator, step
+
+
+def tutorial_setup(args, opts):
+    """The tutorial's pipeline feeding the same network computed the tutorial's way: (accelerator, step)."""
     from torchvision import transforms
 
-    opts = script_args(args, args.script, args.model)
-    accelerator = distributed.make_accelerator(opts, mixed_precision=args.mixed_precision,
-                                               dynamo_backend="inductor" if args.compile else None)
+    accelerator = distributed.make_accelerator(opts)
     dataset = data.load_dataset(opts)
     encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
-    head = models.rotation_head(encoder) if args.script == "rotation" else models.projection_head(encoder, 128)
-    model = models.EncoderWithHead(encoder, head)
-    if args.measure == "tutorial":
-        model = as_the_tutorial_ran_it(model)
+    rotation = task_of(args.script) == "rotation"
+    head = models.rotation_head(encoder) if rotation else models.projection_head(encoder, opts.embedding_dim)
+    model = as_the_tutorial_ran_it(models.EncoderWithHead(encoder, head))
     optimizer = training.make_optimizer(opts, model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    n, dev = args.samples_per_step, accelerator.device
+    dev, n = accelerator.device, samples_per_step(args, args.script)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    images, labels = dataset.train_images.permute(0, 2, 3, 1).numpy(), dataset.train_labels.tolist()
+    if rotation:
+        loader = torch.utils.data.DataLoader(TutorialRotatedCIFAR10(images, labels, transform), batch_size=n,
+                                             shuffle=True, drop_last=True)
+    else:
+        loader = torch.utils.data.DataLoader(TutorialSiameseCIFAR10(images, labels, transform),
+                                             batch_size=n // 2, shuffle=True, drop_last=True)
 
-    def step(inputs, targets):
+    def batches():
+        while True:
+            yield from loader
+    batches = batches()
+
+    def step():
+        batch = next(batches)
         with accelerator.autocast():
-            if args.script == "rotation":
-                loss = F.cross_entropy(model(inputs), targets)
-            elif args.measure == "tutorial":  # the tutorial's SiameseNetwork: forward_once(img1), forward_once(img2)
-                loss = contrastive_loss(model(inputs[0]), model(inputs[1]), targets, 1.0)
-            else:  # the project's: both images of every pair in one forward pass
-                a, b = model(inputs).chunk(2)
-                loss = contrastive_loss(a, b, targets, 1.0)
+            if rotation:
+                loss = F.cross_entropy(model(batch[0].to(dev)), batch[1].to(dev))
+            else:  # the tutorial's SiameseNetwork: forward_once(img1), forward_once(img2)
+                loss = contrastive_loss(model(batch[0].to(dev)), model(batch[1].to(dev)), batch[2].to(dev), 1.0)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-    if args.measure == "limit":
-        # Real training batches (augmented, rotated or paired), made before the clock starts: the network's
-        # speed depends on its inputs (random noise trains ~15% slower on this CPU than images).
-        pool, images = [], dataset.train_images
-        for i in range(16):
-            chunk = images[(torch.arange(opts.batch_size) + i * opts.batch_size) % len(images)]
-            if args.script == "rotation":
-                pool.append(augment.rotate(augment.augment(chunk.to(dev), opts.augment or "crop_flip"), 4))
-            else:
-                partners = images[torch.randint(0, len(images), (len(chunk),))]
-                similar = (torch.rand(len(chunk)) < 0.5).float()
-                pool.append((augment.augment(torch.cat([chunk, partners]).to(dev)), similar.to(dev)))
-        batches = (pool[i % len(pool)] for i in range(10 ** 9))
-    else:
-        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-        images, labels = dataset.train_images.permute(0, 2, 3, 1).numpy(), dataset.train_labels.tolist()
-        if args.script == "rotation":
-            loader = torch.utils.data.DataLoader(TutorialRotatedCIFAR10(images, labels, transform), batch_size=n,
-                                                 shuffle=True, drop_last=True)
-        else:
-            loader = torch.utils.data.DataLoader(TutorialSiameseCIFAR10(images, labels, transform),
-                                                 batch_size=n // 2, shuffle=True, drop_last=True)
-
-        def tutorial_batches():
-            while True:
-                for batch in loader:
-                    if args.script == "rotation":
-                        yield batch[0].to(dev), batch[1].to(dev)
-                    else:
-                        yield (batch[0].to(dev), batch[1].to(dev)), batch[2].to(dev)
-        batches = tutorial_batches()
-
-    def run(min_steps, min_seconds):
-        steps, start = 0, time.perf_counter()
-        while steps < min_steps or time.perf_counter() - start < min_seconds:
-            step(*next(batches))
-            steps += 1
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return steps, time.perf_counter() - start
-
-    run(2, min(2.0, args.seconds / 4))  # warm-up: allocator, cudnn autotuning, compilation
-    steps, seconds = run(3, args.seconds)
-    return {"samples_per_s": steps * n / seconds, "peak_memory_mb": training.peak_memory_mb()}
+    return accelerator, step
 
 
-def run_measurement(args, kind: str, script: str, model: str) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--measure", kind, "--script", script, "--model", model,
+def measure(args) -> dict:
+    """limit or tutorial for one (row, model): samples/s over >= args.seconds after a warm-up as long as the
+    script's untimed first log window (args.seconds / 4), and peak memory."""
+    with tempfile.TemporaryDirectory() as out:
+        opts = script_args(args, args.script, args.model, out)
+        accelerator, step = (limit_setup if args.measure == "limit" else tutorial_setup)(args, opts)
+
+        def run(min_steps, min_seconds):
+            steps, start = 0, time.perf_counter()
+            while steps < min_steps or time.perf_counter() - start < min_seconds:
+                step()
+                steps += 1
+            if accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            return steps, time.perf_counter() - start
+
+        run(2, args.seconds / 4)  # warm-up: allocator, cudnn autotuning, compilation
+        steps, seconds = run(3, args.seconds)
+        return {"samples_per_s": steps * samples_per_step(args, args.script) / seconds,
+                "peak_memory_mb": training.peak_memory_mb()}
+
+
+def measurement_env(args) -> dict:
+    """Every measurement's process: the allocator settings and precision the script runs with."""
+    return {**MALLOC_ENV, **os.environ, "ACCELERATE_MIXED_PRECISION": args.mixed_precision}
+
+
+def run_measurement(args, kind: str, row: str, model: str) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--measure", kind, "--script", row, "--model", model,
                "--samples-per-step", str(args.samples_per_step), "--seconds", str(args.seconds),
                "--mixed-precision", args.mixed_precision, "--synthetic-size", str(args.synthetic_size),
                *(["--data-dir", args.data_dir] if args.data_dir else []),
                *(["--compile"] if args.compile else [])]
-    result = subprocess.run(command, capture_output=True, text=True, env={**MALLOC_ENV, **os.environ})
+    result = subprocess.run(command, capture_output=True, text=True, env=measurement_env(args))
     if result.returncode != 0:
-        sys.exit(f"{kind} measurement failed for {script}/{model}:\n{result.stderr[-3000:]}")
+        sys.exit(f"{kind} measurement failed for {row}/{model}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run_project(args, script: str, model: str, limit: dict) -> dict:
+def run_project(args, row: str, model: str, limit: dict) -> dict:
     """The real script, single process, no evaluation; samples/s over its log windows after the first."""
-    expected_steps = args.seconds * limit["samples_per_s"] / args.samples_per_step
+    expected_steps = args.seconds * limit["samples_per_s"] / samples_per_step(args, row)
     log_every = max(1, math.ceil(expected_steps / 4))
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, os.path.join(REPO, f"train_{script}.py"), *script_argv(args, script, model),
-                   "--max-steps", str(5 * log_every), "--log-every", str(log_every), "--checkpoint-every", "1000000",
-                   "--skip-eval", "--output-dir", out]
-        env = {**MALLOC_ENV, **os.environ, "ACCELERATE_MIXED_PRECISION": args.mixed_precision}
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        command = [sys.executable, os.path.join(REPO, f"train_{task_of(row)}.py"),
+                   *script_argv(args, row, model, out), "--max-steps", str(5 * log_every),
+                   "--log-every", str(log_every), "--checkpoint-every", "1000000", "--skip-eval"]
+        result = subprocess.run(command, capture_output=True, text=True, env=measurement_env(args))
         if result.returncode != 0:
-            sys.exit(f"train_{script}.py failed for {model}:\n{result.stderr[-3000:]}")
+            sys.exit(f"train_{task_of(row)}.py failed for {model}:\n{result.stderr[-3000:]}")
         with open(os.path.join(out, "metrics.jsonl")) as f:
             windows = [json.loads(line)["train/samples_per_s"] for line in f if "train/samples_per_s" in line]
         with open(os.path.join(out, "results.json")) as f:
@@ -253,7 +306,7 @@ def main():
           f"{args.data_dir or f'synthetic ({args.synthetic_size} train images)'}; {args.samples_per_step} samples/step; "
           f"precision {args.mixed_precision}{'; compiled' if args.compile else ''}; best of {args.repeats}; "
           f"{' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())}", flush=True)
-    header = (f"{'script':9} {'model':11} {'limit/s':>9} {'project/s':>9} {'tutorial/s':>10} {'efficiency':>10} "
+    header = (f"{'row':23} {'model':11} {'samples':>7} {'limit/s':>9} {'project/s':>9} {'tutorial/s':>10} {'efficiency':>10} "
               f"{'tut. eff':>8} {'speedup':>7}  peak MB limit/project/tutorial")
     print(header, flush=True)
     rows = []
@@ -267,16 +320,19 @@ def main():
                     if result["samples_per_s"] > best.get(kind, {"samples_per_s": 0})["samples_per_s"]:
                         best[kind] = result
             limit, project, tutorial = best["limit"], best["project"], best["tutorial"]
-            row = {"script": script, "model": model, "limit": limit, "project": project, "tutorial": tutorial,
+            row = {"script": script, "model": model, "samples_per_step": samples_per_step(args, script),
+                   "limit": limit, "project": project, "tutorial": tutorial,
                    "efficiency": project["samples_per_s"] / limit["samples_per_s"],
                    "tutorial_efficiency": tutorial["samples_per_s"] / limit["samples_per_s"],
                    "speedup": project["samples_per_s"] / tutorial["samples_per_s"]}
             rows.append(row)
-            print(f"{script:9} {model:11} {limit['samples_per_s']:9.0f} {project['samples_per_s']:9.0f} "
+            print(f"{script:23} {model:11} {row['samples_per_step']:7} {limit['samples_per_s']:9.0f} "
+                  f"{project['samples_per_s']:9.0f} "
                   f"{tutorial['samples_per_s']:10.0f} {row['efficiency']:10.2f} {row['tutorial_efficiency']:8.2f} "
                   f"{row['speedup']:6.1f}x  {limit['peak_memory_mb']:.0f}/{project['peak_memory_mb']:.0f}/"
                   f"{tutorial['peak_memory_mb']:.0f}", flush=True)
-    print("samples = images through the network (rotation: 4 per image; siamese: 2 per pair)")
+    print("samples = images through the network per step (rotation: 4 per image; siamese: 2 per pair; "
+          f"rotation-tutorial-batch: {TUTORIAL_BATCH} images, 1 rotation each)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "args": vars(args), "rows": rows}, f, indent=2)

@@ -95,7 +95,13 @@ def rotate(images: torch.Tensor, rotations_per_image: int = 4):
         labels = torch.arange(4, device=images.device).repeat_interleave(n)
         return rotated, labels
     labels = torch.randint(0, 4, (n,), device=images.device)
-    # All four rotations, then each image's own picked by index: a boolean mask would make the host wait for
-    # the device to count its elements.
-    every = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
-    return every[labels, torch.arange(n, device=images.device)], labels
+    # Each image's own rotation as one gather through a table of the four rotations' pixel orders: a boolean mask
+    # per angle would make the host wait for the device to count its elements, and rotating every image four
+    # times to keep one costs four times the copies.
+    _, c, h, w = images.shape
+    if h != w:
+        raise ValueError(f"one rotation per image needs square images, got {h}x{w}")
+    plane = torch.arange(h * w, device=images.device).view(h, w)
+    orders = torch.stack([torch.rot90(plane, k).flatten() for k in range(4)])
+    index = orders[labels].view(n, 1, h * w).expand(n, c, h * w)
+    return images.flatten(2).gather(2, index).view(n, c, h, w), labels

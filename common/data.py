@@ -11,7 +11,6 @@ import argparse
 import atexit
 import errno
 import fcntl
-import functools
 import hashlib
 import os
 import sys
@@ -667,11 +666,28 @@ def index_loader(accelerator, args, num_samples: int, on_draw=None):
                         f"({args.batch_size}): lower it")
     batch = micro_batch_size(args, accelerator.num_processes)
     # Per process: Accelerate's prepare shards the sampler, each process taking every num_processes-th batch.
-    return torch.utils.data.DataLoader(torch.arange(num_samples), batch_size=batch, shuffle=True, drop_last=True,
+    return torch.utils.data.DataLoader(SampleIndices(num_samples), batch_size=batch, shuffle=True, drop_last=True,
                                        generator=torch.Generator().manual_seed(0),
                                        pin_memory=accelerator.device.type == "cuda",
-                                       collate_fn=functools.partial(_drawn, on_draw) if on_draw else None)
+                                       collate_fn=on_draw or _as_drawn)
 
 
-def _drawn(on_draw, samples):
-    return on_draw(torch.utils.data.default_collate(samples))
+class SampleIndices(torch.utils.data.Dataset):
+    """The indices 0..n-1, a batch fetched as one tensor: the DataLoader's default would fetch each index as a
+    tensor of its own and stack them, a cost every step pays at small batches."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor(index)
+
+    def __getitems__(self, indices: list) -> torch.Tensor:
+        return torch.tensor(indices)
+
+
+def _as_drawn(indices: torch.Tensor) -> torch.Tensor:
+    return indices

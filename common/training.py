@@ -354,7 +354,11 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _gradients_usable(self) -> bool:
-        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm or math.inf)
+        if self.args.max_grad_norm:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        else:  # the norm only (logged, and --nan-policy's check); clipping to inf would still rewrite every gradient
+            self.accelerator.unscale_gradients()
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         norm = norm.detach().float()
         usable = self.guard.allows_update(norm)
         if usable:

@@ -18,12 +18,14 @@ def test_throughput_benchmark_prints_a_row_per_script(tmp_path):
                              "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["script"], r["model"]) for r in rows] == [("rotation", "simple_cnn"), ("siamese", "simple_cnn")]
+    assert [(r["script"], r["model"], r["samples_per_step"]) for r in rows] == [
+        ("rotation", "simple_cnn", 32), ("siamese", "simple_cnn", 32), ("rotation-tutorial-batch", "simple_cnn", 64)]
     for row in rows:
         for kind in ("limit", "project", "tutorial"):
             assert row[kind]["samples_per_s"] > 0 and row[kind]["peak_memory_mb"] > 0
         assert row["efficiency"] == row["project"]["samples_per_s"] / row["limit"]["samples_per_s"]
-    assert "rotation  simple_cnn" in result.stdout and "siamese   simple_cnn" in result.stdout
+    for row in ("rotation ", "siamese ", "rotation-tutorial-batch "):
+        assert f"{row:24}simple_cnn" in result.stdout
 
 
 def test_rotnet_table_script_pretrains_then_prints_the_table(tmp_path, image_folder):

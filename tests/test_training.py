@@ -1,5 +1,6 @@
 """The training loop's state (common/training.py's Run and Accelerator), in-process on one CPU process."""
 import json
+import math
 import os
 from types import SimpleNamespace
 
@@ -50,6 +51,21 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
                 updates += not torch.equal(before, model.weight)
             run.end_batch(images=len(indices), samples=len(indices), loss=torch.tensor(0.0))
     assert run.total_steps == 4 and run.state.step == 4 and updates == 4  # 8 micro-batches, 2 per update
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.5])
+def test_the_gradient_norm_is_logged_and_clips_only_under_max_grad_norm(tmp_path, max_grad_norm):
+    # loss = mean(w . (1, 1) + b): gradients (1, 1) and 1, norm sqrt(3), on every step.
+    run, model = toy_run(tmp_path, *(["--max-grad-norm", max_grad_norm] if max_grad_norm else []))
+    updated_with, step = [], run.optimizer.step
+
+    def recorded_step(*args, **kwargs):
+        updated_with.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())
+        return step(*args, **kwargs)
+    run.optimizer.step = recorded_step
+    toy_steps(run, model, stop_after=1)
+    assert run.metrics.grad_norms[0].item() == pytest.approx(3 ** 0.5)  # before clipping
+    assert updated_with == [pytest.approx(min(3 ** 0.5, max_grad_norm or math.inf))]
 
 
 def test_steps_between_log_and_checkpoint_steps_never_make_the_host_wait(tmp_path):
