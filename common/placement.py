@@ -29,7 +29,7 @@ def add_placement_argument(group) -> None:
                        help="device: the train split on each GPU (fastest); host: in host memory, one copy per "
                             "node, batches copied to the GPU as they are needed; stream (image folders): each "
                             "batch decoded from its files, for folders beyond host memory; auto: device if it fits "
-                            f"in {DEVICE_SHARE:.0%} of a GPU's free memory, else host, else stream (said at the start)")
+                            f"in {DEVICE_SHARE:.0%}% of a GPU's free memory, else host, else stream (said at the start)")
 
 
 def host_available_bytes() -> int:

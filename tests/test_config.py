@@ -46,3 +46,14 @@ def test_an_evaluation_set_needs_labels_and_a_folder_needs_its_path(capsys):
     assert "invalid choice: 'images'" in capsys.readouterr().err
     with pytest.raises(UserError, match="--eval-dataset imagefolder needs --eval-data-dir"):
         validate(build_parser("t").parse_args(["--eval-dataset", "imagefolder"]))
+
+
+@pytest.mark.parametrize("script", ["train_rotation.py", "train_siamese.py", "evaluate.py", "bench/throughput.py",
+                                    "bench/decode.py", "bench/data_scale.py"])
+def test_every_command_prints_its_help(script):
+    # argparse formats every help text only for --help: a stray % in one (e.g. "70%") crashed it there alone.
+    import subprocess
+    import sys
+    from conftest import REPO
+    result = subprocess.run([sys.executable, f"{REPO}/{script}", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr[-2000:]
