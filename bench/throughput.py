@@ -5,18 +5,19 @@
 
 For each row (rotation, siamese, and rotation at the tutorial's own batch: 64 images, one rotation each) and model,
 at the same samples per step (images through the network):
-  limit    the project's own step without its data and bookkeeping: forward, loss, backward and optimizer step,
-           over and over on one batch the script's augmentation made (kept hot in the caches), in a process set up
-           as the script's (the same launch, allocator settings, threads, Accelerator, model, memory format and
-           optimizer) and warmed up for as many steps as the script's first, untimed log window. Its steps are a
-           subset of the script's, so efficiency is at most 1 but for noise, and says what the project adds;
   project  `python train_<script>.py ... --skip-eval`: the scripts' real code path (uint8 data on the device,
            batched augmentation, rotations or pairs, step, logging), timed over its steady-state log windows;
+  limit    the same run's steps timed from their first forward call to the end of the optimizer's update
+           (SSL_SCRIPTS_TIME_MODEL: train/model_samples_per_s of the same windows, CUDA events on a GPU): the
+           model's part of the project's own steps, in the same process, moment and caches. Efficiency = project /
+           limit is the model's share of each step, at most 1 by construction; the rest is what the project adds
+           (index batches, gathering, augmentation, rotations or pairs, logs). Measured apart, in processes of
+           their own, a limit and a project minutes apart differ by up to 15% on a shared VM either way;
   tutorial the tutorial's RotatedCIFAR10 / SiameseCIFAR10 (per-image PIL, ToTensor, Normalize, rotate) in a
            DataLoader with no workers over in-memory CIFAR arrays (as torchvision's CIFAR10 holds them),
            feeding the same model the way the tutorial did (NCHW; siamese: one forward call per side of the pairs).
-efficiency = project / limit, speedup = project / tutorial. Every measurement runs in a process of its own, so
-its peak memory (GPU: allocated; CPU: resident) is its own.
+speedup = project / tutorial. The project and the tutorial run in processes of their own, so their peak memory
+(GPU: allocated; CPU: resident) is their own.
 """
 import argparse
 import json
@@ -40,9 +41,8 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": 
 sys.path.insert(0, REPO)
 import train_rotation  # noqa: E402
 import train_siamese  # noqa: E402
-from common import augment, data, distributed, models, training  # noqa: E402
-from common.losses import PAIR_LOSSES, contrastive_loss  # noqa: E402
-from common.pairs import PairSampler  # noqa: E402
+from common import data, distributed, models, training  # noqa: E402
+from common.losses import contrastive_loss  # noqa: E402
 
 SCRIPTS = {"rotation": train_rotation, "siamese": train_siamese}
 
@@ -69,10 +69,9 @@ def parse_args():
                    help="default: bf16 on a GPU, no on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in all three")
     p.add_argument("--json", help="also write the rows here")
-    p.add_argument("--measure", choices=("limit", "tutorial"), help=argparse.SUPPRESS)  # one measurement, internal
+    p.add_argument("--measure", choices=("tutorial",), help=argparse.SUPPRESS)  # one measurement, internal
     p.add_argument("--script", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
-    p.add_argument("--warmup-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     gpu = torch.cuda.is_available()
     args.samples_per_step = args.samples_per_step or (512 if gpu else 256)
@@ -156,40 +155,6 @@ def as_the_tutorial_ran_it(model: models.EncoderWithHead) -> models.EncoderWithH
 
 
 # ----------------------------------------------------------------------------------------- one measurement
-def limit_setup(args, opts):
-    """The script's own setup (Accelerator, data, model, optimizer) and one batch its augmentation made:
-    (accelerator, model, optimizer, step), step() being the script's forward, loss, backward and update."""
-    accelerator = training.make_accelerator(opts)  # as the script's: lock, checks, the seeding point
-    dataset, train_images = data.load_data(opts, accelerator)
-    encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
-    rotation = task_of(args.script) == "rotation"
-    head = models.rotation_head(encoder) if rotation else models.projection_head(encoder, opts.embedding_dim)
-    model = models.EncoderWithHead(encoder, head)
-    model, optimizer = accelerator.prepare(model, training.make_optimizer(opts, model))
-    indices = torch.arange(opts.batch_size, device=train_images.index_device)
-    if rotation:
-        inputs, labels = augment.rotate(augment.augment(train_images[indices], opts.augment),
-                                        opts.rotations_per_image)
-
-        def loss():
-            return F.cross_entropy(model(inputs), labels)
-    else:
-        pairs = PairSampler(dataset.train_labels, opts.pairs, opts.positive_fraction, opts.seed,
-                            dataset.classes).to(train_images.index_device)
-        partners, similar = pairs(indices, 0)
-        similar = similar.to(accelerator.device)
-        views = augment.augment(torch.cat([train_images[indices], train_images[partners]]), opts.augment)
-
-        def loss():
-            return PAIR_LOSSES[opts.loss](*model(views).chunk(2), similar, opts.margin)
-
-    def step():
-        accelerator.backward(loss())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return accelerator, step
-
-
 def tutorial_setup(args, opts):
     """The tutorial's pipeline feeding the same network computed the tutorial's way: (accelerator, step)."""
     from torchvision import transforms
@@ -231,11 +196,11 @@ def tutorial_setup(args, opts):
 
 
 def measure(args) -> dict:
-    """limit or tutorial for one (row, model): samples/s over >= args.seconds after a warm-up as long as the
-    script's untimed first log window (args.seconds / 4), and peak memory."""
+    """The tutorial for one (row, model): samples/s over >= args.seconds after a warm-up as long as the script's
+    untimed first log window (args.seconds / 4), and peak memory."""
     with tempfile.TemporaryDirectory() as out:
         opts = script_args(args, args.script, args.model, out)
-        accelerator, step = (limit_setup if args.measure == "limit" else tutorial_setup)(args, opts)
+        accelerator, step = tutorial_setup(args, opts)
 
         def run(min_steps, min_seconds):
             steps, start = 0, time.perf_counter()
@@ -269,24 +234,29 @@ def run_measurement(args, kind: str, row: str, model: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run_project(args, row: str, model: str, limit: dict) -> dict:
-    """The real script, single process, no evaluation; samples/s over its log windows after the first."""
-    expected_steps = args.seconds * limit["samples_per_s"] / samples_per_step(args, row)
-    log_every = max(1, math.ceil(expected_steps / 4))
+def run_project(args, row: str, model: str, samples_per_s: float, seconds: float = None) -> dict:
+    """The real script, single process, no evaluation, its model's part timed (SSL_SCRIPTS_TIME_MODEL), for about
+    `seconds` at the expected samples_per_s: {"project": ..., "limit": ...}, samples/s over its log windows after
+    the first (the warm-up)."""
+    seconds = seconds or args.seconds
+    log_every = max(1, math.ceil(seconds * samples_per_s / samples_per_step(args, row) / 4))
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, os.path.join(REPO, f"train_{task_of(row)}.py"),
                    *script_argv(args, row, model, out), "--max-steps", str(5 * log_every),
                    "--log-every", str(log_every), "--checkpoint-every", "1000000", "--skip-eval"]
-        result = subprocess.run(command, capture_output=True, text=True, env=measurement_env(args))
+        result = subprocess.run(command, capture_output=True, text=True,
+                                env={**measurement_env(args), "SSL_SCRIPTS_TIME_MODEL": "1"})
         if result.returncode != 0:
             sys.exit(f"train_{task_of(row)}.py failed for {model}:\n{result.stderr[-3000:]}")
         with open(os.path.join(out, "metrics.jsonl")) as f:
-            windows = [json.loads(line)["train/samples_per_s"] for line in f if "train/samples_per_s" in line]
+            windows = [json.loads(line) for line in f if "train/samples_per_s" in line][1:]  # [0]: the warm-up
         with open(os.path.join(out, "results.json")) as f:
             results = json.load(f)
-    timed = windows[1:]  # the first window holds the warm-up
-    return {"samples_per_s": len(timed) / sum(1 / w for w in timed),  # equal windows: harmonic mean
-            "peak_memory_mb": results["peak_memory_mb"]}
+
+    def rate(key):  # equal windows: the harmonic mean of their rates is the rate over all of them
+        return len(windows) / sum(1 / w[key] for w in windows)
+    return {"project": {"samples_per_s": rate("train/samples_per_s"), "peak_memory_mb": results["peak_memory_mb"]},
+            "limit": {"samples_per_s": rate("train/model_samples_per_s")}}
 
 
 def machine() -> str:
@@ -306,30 +276,32 @@ def main():
           f"{args.data_dir or f'synthetic ({args.synthetic_size} train images)'}; {args.samples_per_step} samples/step; "
           f"precision {args.mixed_precision}{'; compiled' if args.compile else ''}; best of {args.repeats}; "
           f"{' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())}", flush=True)
-    header = (f"{'row':23} {'model':11} {'samples':>7} {'limit/s':>9} {'project/s':>9} {'tutorial/s':>10} {'efficiency':>10} "
-              f"{'tut. eff':>8} {'speedup':>7}  peak MB limit/project/tutorial")
+    header = (f"{'row':23} {'model':11} {'samples':>7} {'limit/s':>9} {'project/s':>9} {'tutorial/s':>10} "
+              f"{'efficiency':>10} {'tut. eff':>8} {'speedup':>7}  peak MB project/tutorial")
     print(header, flush=True)
     rows = []
     for model in args.models:
         for script in args.scripts:
-            best = {}
-            for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits all three alike
-                limit = run_measurement(args, "limit", script, model)
-                for kind, result in (("limit", limit), ("project", run_project(args, script, model, limit)),
-                                     ("tutorial", run_measurement(args, "tutorial", script, model))):
-                    if result["samples_per_s"] > best.get(kind, {"samples_per_s": 0})["samples_per_s"]:
-                        best[kind] = result
-            limit, project, tutorial = best["limit"], best["project"], best["tutorial"]
+            # A short run first: the speed the log windows are sized by (a quarter of --seconds each).
+            expected = run_project(args, script, model, samples_per_s=1, seconds=4)["project"]["samples_per_s"]
+            runs, tutorials = [], []
+            for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits both alike
+                runs.append(run_project(args, script, model, expected))
+                tutorials.append(run_measurement(args, "tutorial", script, model))
+            best = max(runs, key=lambda r: r["project"]["samples_per_s"])  # its limit: the same run's
+            project, limit = best["project"], best["limit"]
+            tutorial = max(tutorials, key=lambda r: r["samples_per_s"])
             row = {"script": script, "model": model, "samples_per_step": samples_per_step(args, script),
                    "limit": limit, "project": project, "tutorial": tutorial,
                    "efficiency": project["samples_per_s"] / limit["samples_per_s"],
                    "tutorial_efficiency": tutorial["samples_per_s"] / limit["samples_per_s"],
-                   "speedup": project["samples_per_s"] / tutorial["samples_per_s"]}
+                   "speedup": project["samples_per_s"] / tutorial["samples_per_s"],
+                   "efficiency_of_each_run": [r["project"]["samples_per_s"] / r["limit"]["samples_per_s"]
+                                              for r in runs]}
             rows.append(row)
             print(f"{script:23} {model:11} {row['samples_per_step']:7} {limit['samples_per_s']:9.0f} "
-                  f"{project['samples_per_s']:9.0f} "
-                  f"{tutorial['samples_per_s']:10.0f} {row['efficiency']:10.2f} {row['tutorial_efficiency']:8.2f} "
-                  f"{row['speedup']:6.1f}x  {limit['peak_memory_mb']:.0f}/{project['peak_memory_mb']:.0f}/"
+                  f"{project['samples_per_s']:9.0f} {tutorial['samples_per_s']:10.0f} {row['efficiency']:10.2f} "
+                  f"{row['tutorial_efficiency']:8.2f} {row['speedup']:6.1f}x  {project['peak_memory_mb']:.0f}/"
                   f"{tutorial['peak_memory_mb']:.0f}", flush=True)
     print("samples = images through the network per step (rotation: 4 per image; siamese: 2 per pair; "
           f"rotation-tutorial-batch: {TUTORIAL_BATCH} images, 1 rotation each)")

@@ -1,6 +1,7 @@
 """Batched image transforms on the training device: the augmentations (one registry, AUGMENTATIONS: a new one is
 a function here and an entry there) and RotNet's rotations. Whole batches as tensor ops, never per-image PIL.
 """
+import functools
 import math
 
 import torch
@@ -101,7 +102,12 @@ def rotate(images: torch.Tensor, rotations_per_image: int = 4):
     _, c, h, w = images.shape
     if h != w:
         raise ValueError(f"one rotation per image needs square images, got {h}x{w}")
-    plane = torch.arange(h * w, device=images.device).view(h, w)
-    orders = torch.stack([torch.rot90(plane, k).flatten() for k in range(4)])
-    index = orders[labels].view(n, 1, h * w).expand(n, c, h * w)
+    index = _rotation_orders(h, images.device)[labels].view(n, 1, h * w).expand(n, c, h * w)
     return images.flatten(2).gather(2, index).view(n, c, h, w), labels
+
+
+@functools.lru_cache(maxsize=8)
+def _rotation_orders(side: int, device: torch.device) -> torch.Tensor:
+    """(4, side * side): where each pixel of an image rotated by k * 90 degrees comes from (made once per size)."""
+    plane = torch.arange(side * side, device=device).view(side, side)
+    return torch.stack([torch.rot90(plane, k).flatten() for k in range(4)])

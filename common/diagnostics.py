@@ -1,6 +1,7 @@
 """Opt-in instruments for the checks, off in normal use: fault injection for the fault tests (SSL_SCRIPTS_FAULT),
 points where a run waits for a test (SSL_SCRIPTS_HOLD), the sample indices each process trains on
-(SSL_SCRIPTS_RECORD_INDICES) and counting the host's waits for the GPU per step (--count-host-syncs)."""
+(SSL_SCRIPTS_RECORD_INDICES), the model's share of each step (SSL_SCRIPTS_TIME_MODEL, for bench/throughput.py)
+and counting the host's waits for the GPU per step (--count-host-syncs)."""
 import json
 import math
 import os
@@ -53,6 +54,55 @@ def index_recorder(accelerator):
         with open(path, "a") as f:
             f.write(json.dumps({"step": step, "indices": indices.tolist()}) + "\n")
     return record
+
+
+def model_timer(accelerator, model):
+    """SSL_SCRIPTS_TIME_MODEL=1: a ModelTimer on the prepared model; None when unset."""
+    if os.environ.get("SSL_SCRIPTS_TIME_MODEL") != "1":
+        return None
+    timer = ModelTimer(accelerator.device.type == "cuda")
+    model.register_forward_pre_hook(timer.forward_starts)
+    return timer
+
+
+class ModelTimer:
+    """The time each optimizer step spends in the model: from its first forward call to the end of the optimizer's
+    update (forward, loss, backward, gradient norm, update), measured in the run itself; the rest of the step is
+    what the project adds (index batch, gather, augmentation, logs). Per log window, samples / this time is
+    train/model_samples_per_s: at most train/samples_per_s's window, by construction. On a GPU, CUDA events on the
+    stream, read at log steps, where the host waits anyway."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.seconds, self._start, self._timed = cuda, 0.0, None, []
+
+    def forward_starts(self, module, inputs) -> None:
+        if self._start is None:  # the step's first forward (of its first micro-batch)
+            self._start = self._now()
+
+    def step_done(self) -> None:
+        if self._start is None:
+            return
+        if self.cuda:
+            self._timed.append((self._start, self._now()))
+        else:
+            self.seconds += time.perf_counter() - self._start
+        self._start = None
+
+    def take(self) -> float:
+        """Seconds in the model since the last take (on a GPU: waits for the timed steps to end)."""
+        if self._timed:
+            self._timed[-1][1].synchronize()
+            self.seconds += sum(start.elapsed_time(end) for start, end in self._timed) / 1000
+            self._timed.clear()
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
 
 class HostSyncCounter:

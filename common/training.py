@@ -163,14 +163,17 @@ class TrainMetrics:
         self.images += images * self.accelerator.num_processes
         self.samples += samples * self.accelerator.num_processes
 
-    def reduced(self) -> dict:
-        """The means since the last call, over all processes; then it starts anew."""
+    def reduced(self, model_seconds: float = None) -> dict:
+        """The means since the last call, over all processes; then it starts anew. model_seconds: the time this
+        window's steps spent in the model (diagnostics.ModelTimer), giving train/model_samples_per_s."""
         names = list(self.sums)
         totals = self.accelerator.reduce(torch.stack([self.sums[n] for n in names]), reduction="sum")
         count = totals[names.index("count")].item()
         values = {f"train/{n}": totals[i].item() / count for i, n in enumerate(names) if n != "count"}
         elapsed = max(time.perf_counter() - self.clock, 1e-9)
         values.update({"train/images_per_s": self.images / elapsed, "train/samples_per_s": self.samples / elapsed})
+        if model_seconds:
+            values["train/model_samples_per_s"] = self.samples / model_seconds
         if self.grad_norms:
             values["train/grad_norm"] = torch.stack(self.grad_norms).mean().item()
         self._reset()
@@ -233,6 +236,7 @@ class Run:
                  stop_signals: StopSignals = None, images=None):
         self.args, self.accelerator = args, accelerator
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, train_loader
+        self.parameters = list(model.parameters())  # walked every step: the module tree once
         self.steps_per_epoch = steps_per_epoch(args, len(train_loader))  # prepared: this process's batches
         self.total_steps = total_steps(args, len(train_loader))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -251,6 +255,7 @@ class Run:
         self.stop_signals = stop_signals or StopSignals()
         self.images = images
         self.record_indices = diagnostics.index_recorder(accelerator)
+        self.model_timer = diagnostics.model_timer(accelerator, model)
         self._saved_step = None  # the step whose checkpoint this process last saved or resumed from
         self._resume()
         self._first_step = self.state.step + 1  # stops are agreed on there too: a notice during loading
@@ -352,13 +357,15 @@ class Run:
         if self.accelerator.sync_gradients and self._gradients_usable():
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.model_timer and self.accelerator.sync_gradients:
+            self.model_timer.step_done()
 
     def _gradients_usable(self) -> bool:
         if self.args.max_grad_norm:
-            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            norm = self.accelerator.clip_grad_norm_(self.parameters, self.args.max_grad_norm)
         else:  # the norm only (logged, and --nan-policy's check); clipping to inf would still rewrite every gradient
             self.accelerator.unscale_gradients()
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
         norm = norm.detach().float()
         usable = self.guard.allows_update(norm)
         if usable:
@@ -440,7 +447,8 @@ class Run:
 
     # ------------------------------------------------------------------------------------------ logs
     def _log_train(self) -> None:
-        values = {**self.metrics.reduced(), "train/lr": self.scheduler.get_last_lr()[0],
+        model_seconds = self.model_timer.take() if self.model_timer else None
+        values = {**self.metrics.reduced(model_seconds), "train/lr": self.scheduler.get_last_lr()[0],
                   "train/epoch": self.state.step / self.steps_per_epoch}
         if self.state.skipped_steps:
             values["train/skipped_steps"] = self.state.skipped_steps
@@ -481,6 +489,8 @@ class Run:
 
     def _restart_clocks(self) -> None:
         self._clock = self.metrics.clock = time.perf_counter()
+        if self.model_timer:
+            self.model_timer.take()  # the window restarts: so does the model's share of it
 
     # ---------------------------------------------------------------------------------------- the end
     def finish(self, encoder, metrics: dict, **facts) -> dict:

@@ -68,6 +68,61 @@ def test_the_gradient_norm_is_logged_and_clips_only_under_max_grad_norm(tmp_path
     assert updated_with == [pytest.approx(min(3 ** 0.5, max_grad_norm or math.inf))]
 
 
+def test_the_model_timer_counts_the_model_and_not_the_work_before_it(tmp_path, monkeypatch):
+    # SSL_SCRIPTS_TIME_MODEL: from the step's first forward to the end of the update. 30 ms of "data work" before
+    # each forward and 10 ms inside it: the model's part of every window is about a quarter of it.
+    import time
+    monkeypatch.setenv("SSL_SCRIPTS_TIME_MODEL", "1")
+    run, model = toy_run(tmp_path, "--max-steps", "6")
+    model.register_forward_hook(lambda module, inputs, output: time.sleep(0.01))
+    for _ in run.epochs():
+        for indices in run.batches():
+            time.sleep(0.03)
+            with run.accelerator.accumulate(model):
+                loss = model(torch.ones(len(indices), 2)).mean()
+                run.accelerator.backward(loss)
+                run.optimizer_step()
+            run.end_batch(images=len(indices), samples=len(indices), loss=loss)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    windows = [line for line in logged if "train/samples_per_s" in line]
+    assert len(windows) == 3
+    for window in windows:
+        share = window["train/samples_per_s"] / window["train/model_samples_per_s"]
+        assert 0.15 < share < 0.4, window
+
+
+def test_the_model_timer_on_a_gpu_reads_cuda_events_only_when_taken(monkeypatch):
+    # torch.cuda.Event stood in for (no GPU here): record() notes the clock; the timer must sum end - start of
+    # each step, in seconds, and wait for the last event only when taken.
+    import time
+    from common.diagnostics import ModelTimer
+    waited = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            self.at = time.perf_counter()
+
+        def synchronize(self):
+            waited.append(self)
+
+        def elapsed_time(self, end):
+            return (end.at - self.at) * 1000  # milliseconds, as CUDA's
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    timer = ModelTimer(cuda=True)
+    for _ in range(3):
+        timer.forward_starts(None, None)
+        time.sleep(0.02)
+        timer.forward_starts(None, None)  # a second forward in the same step: the step's start stays
+        timer.step_done()
+        time.sleep(0.05)  # outside the model
+    assert waited == []  # nothing read before the log step
+    assert 0.06 <= timer.take() < 0.12 and len(waited) == 1 and timer.take() == 0
+
+
 def test_steps_between_log_and_checkpoint_steps_never_make_the_host_wait(tmp_path):
     # The scripts' loop. On a GPU any value read back (.item(), bool(), ...) stalls the device until it is idle;
     # here on the CPU every such read is recorded, step by step.
