@@ -27,11 +27,12 @@ def parse_args(argv=None):
     protocol.add_argument("--blocks", default=None,
                           help="comma-separated blocks to probe (default: all; nin: block1..block4, "
                                "resnet18: stem, layer1..layer4)")
-    protocol.add_argument("--classifiers", default="nonlinear,linear", help="any of: nonlinear, linear")
+    protocol.add_argument("--classifiers", default=",".join(probes.CLASSIFIERS),
+                          help=f"any of: {', '.join(probes.CLASSIFIERS)}")
     protocol.add_argument("--classifier-epochs", type=int, default=50, help="RotNet: 50")
     protocol.add_argument("--classifier-batch-size", type=int, default=128, help="RotNet: 128")
     protocol.add_argument("--classifier-lr", type=float, default=0.1, help="x0.2 at 40%%, 80%% and 90%% of the epochs")
-    protocol.add_argument("--weight-decay", type=float, default=5e-4)
+    protocol.add_argument("--classifier-weight-decay", type=float, default=5e-4)
     protocol.add_argument("--train-subset", type=int, default=None,
                           help="probe on this many train images (seeded random choice; default: all), for quick runs")
     protocol.add_argument("--max-feature-dim", type=int, default=probes.MAX_FEATURE_DIM,
@@ -45,9 +46,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.blocks = args.blocks.split(",") if args.blocks else None
     args.classifiers = args.classifiers.split(",")
+    if args.eval_dataset is None:  # the dataset's own labelled splits, if it has them
+        args.eval_dataset = args.dataset if args.dataset in data.EVALUATES_ITSELF else "none"
     checks = [
         (all(c in probes.CLASSIFIERS for c in args.classifiers),
-         f"--classifiers takes nonlinear and/or linear (got {','.join(args.classifiers)})"),
+         f"--classifiers takes {' and/or '.join(probes.CLASSIFIERS)} (got {','.join(args.classifiers)})"),
         (args.classifier_epochs > 0, f"--classifier-epochs must be >= 1 (got {args.classifier_epochs})"),
         (args.classifier_batch_size > 1,
          f"--classifier-batch-size must be >= 2 for batch norm (got {args.classifier_batch_size})"),
@@ -96,7 +99,7 @@ def main(argv=None):
         results[name] = probes.probe_encoder(
             accelerator, encoder, dataset, blocks, args.classifiers, subset, args.eval_batch_size,
             args.max_feature_dim, epochs=args.classifier_epochs, batch_size=args.classifier_batch_size,
-            lr=args.classifier_lr, weight_decay=args.weight_decay, seed=args.seed)
+            lr=args.classifier_lr, weight_decay=args.classifier_weight_decay, seed=args.seed)
         accelerator.print(f"{name}: probed {len(blocks)} blocks in {time.time() - began:.0f} s")
 
     # Report: the table (with RotNet's figures for NIN), and a JSON of everything needed to compare runs. Written
@@ -115,7 +118,7 @@ def main(argv=None):
               f"{report['train_images']} images for {args.classifier_epochs} epochs:\n{table}\n"
               f"written: {args.output}; {time.time() - start:.0f} s in all")
     # The others wait here for the main process's classifiers: see --dist-timeout.
-    distributed.decided_by_main(accelerator, write_report)
+    distributed.on_main_process_for_all(accelerator, write_report)
     accelerator.end_training()  # the process group goes down before exit, not in the interpreter's teardown
 
 

@@ -1,7 +1,7 @@
 """Decoding JPEGs far larger than --image-size: the full decode (before) vs common.decode.decode_image (after).
 
-    python bench/decode.py --data-dir data/cifar10-jpeg
-    python bench/decode.py --data-dir data/cifar10-jpeg --images 500 --image-sizes 32,64,96,128,224
+    python -m bench.decode --data-dir data/cifar10-jpeg
+    python -m bench.decode --data-dir data/cifar10-jpeg --images 500 --image-sizes 32,64,96,128,224
 
 Generates --images ImageNet-sized JPEGs (500x375, quality 90) in a temporary folder from a CIFAR-10 ImageFolder
 copy's train images (upscaled, classes in turn), then for each image size times, in this one process (images per
@@ -24,8 +24,7 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from common import decode  # noqa: E402
+from common import decode
 
 WIDTH, HEIGHT = 500, 375
 TARGETS = {32: 2.0, 96: 1.4}  # the speedups the change was made for
@@ -96,7 +95,7 @@ def main():
     from PIL import features
 
     sizes = [int(s) for s in args.image_sizes.split(",")]
-    print(f"    python bench/decode.py {shlex.join(sys.argv[1:])}\n")
+    print(f"    python -m bench.decode {shlex.join(sys.argv[1:])}\n")
     print(f"{datetime.date.today()}; {machine()}; Pillow {PIL.__version__}, libjpeg-turbo "
           f"{features.version('libjpeg_turbo')}; {args.images} JPEGs {WIDTH}x{HEIGHT} q90 from {args.data_dir}; "
           f"images per CPU second, best of {args.repeats}; draft gap {decode.DRAFT_GAP}\n", flush=True)

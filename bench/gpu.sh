@@ -14,13 +14,13 @@ MEASURE_S=${MEASURE_S:-5} BUDGET_S=${BUDGET_S:-300} COMPILE_S=${COMPILE_S:-140}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 start=$SECONDS
-timeout -k 5 "$BUDGET_S" "$PYTHON" bench/throughput.py --seconds "$MEASURE_S" --json "$out/throughput_gpu.json" 2>&1 \
+timeout -k 5 "$BUDGET_S" "$PYTHON" -m bench.throughput --seconds "$MEASURE_S" --json "$out/throughput_gpu.json" 2>&1 \
   | tee "$out/throughput_gpu.txt" || { echo "eager table: failed or did not finish in BUDGET_S=$BUDGET_S s"; exit 1; }
 echo "eager table: $((SECONDS - start)) s"
 # torch.compile for the target row (resnet18 rotation): compilation takes a minute or more per measurement.
 left=$((BUDGET_S - (SECONDS - start)))
 if ((left >= COMPILE_S)); then
-  timeout -k 5 "$COMPILE_S" "$PYTHON" bench/throughput.py --models resnet18 --scripts rotation --compile \
+  timeout -k 5 "$COMPILE_S" "$PYTHON" -m bench.throughput --models resnet18 --scripts rotation --compile \
     --seconds "$MEASURE_S" --json "$out/throughput_gpu_compiled.json" 2>&1 | tee "$out/throughput_gpu_compiled.txt" \
     || echo "compiled row: did not finish in $COMPILE_S s"
 else

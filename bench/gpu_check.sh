@@ -226,7 +226,8 @@ import json, math, sys
 run, script, prec, extra, detail_file = sys.argv[1:]
 r = json.load(open(f"{run}/results.json"))
 lines = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()]
-task = "eval/rotation_acc" if script == "rotation" else "eval/pair_auc"
+from tasks import TASKS  # run from the repository root
+task = TASKS[script].headline_metric
 number = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
 problems, values = [], {}
 for key in ("eval/knn_acc", "eval/linear_probe_acc", task):

@@ -1,7 +1,7 @@
 """Throughput: the model's own limit, this project's training end to end, and the original tutorial's pipeline.
 
-    python bench/throughput.py --data-dir ../shared/data/cifar10-jpeg   # real CIFAR-10 (ImageFolder copy)
-    python bench/throughput.py --models simple_cnn                      # CIFAR-sized synthetic data
+    python -m bench.throughput --data-dir ../shared/data/cifar10-jpeg   # real CIFAR-10 (ImageFolder copy)
+    python -m bench.throughput --models simple_cnn                      # CIFAR-sized synthetic data
 
 For each row (rotation, siamese, and rotation at the tutorial's own batch: 64 images, one rotation each) and model,
 at the same samples per step (images through the network):
@@ -38,13 +38,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (limit, project and tutorial alike) runs with the allocator keeping its memory. No effect on GPU memory.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 32),
               "MALLOC_TOP_PAD_": str(2 ** 29)}
-sys.path.insert(0, REPO)
-import train_rotation  # noqa: E402
-import train_siamese  # noqa: E402
-from common import data, distributed, models, training  # noqa: E402
-from common.losses import contrastive_loss  # noqa: E402
-
-SCRIPTS = {"rotation": train_rotation, "siamese": train_siamese}
+from common import config, data, distributed, models, training
+from common.losses import contrastive_loss
+from common.optimizers import make_optimizer
+from tasks import TASKS
 
 
 TUTORIAL_BATCH = 64  # the original tutorial's DataLoader batch: 64 images, one random rotation each
@@ -108,8 +105,7 @@ def script_argv(args, row: str, model: str, output_dir: str) -> list:
 
 def script_args(args, row: str, model: str, output_dir: str) -> argparse.Namespace:
     """The training script's own options, as its own parser fills them."""
-    script = SCRIPTS[task_of(row)]
-    return script.parse_args(script_argv(args, row, model, output_dir))
+    return config.parse_options(TASKS[task_of(row)], script_argv(args, row, model, output_dir))
 
 
 # ---------------------------------------------------------------------------------------- the tutorial's data
@@ -160,12 +156,11 @@ def tutorial_setup(args, opts):
     from torchvision import transforms
 
     accelerator = distributed.make_accelerator(opts)
-    dataset = data.load_dataset(opts)
+    dataset = data.read_dataset(opts)
     encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
-    rotation = task_of(args.script) == "rotation"
-    head = models.rotation_head(encoder) if rotation else models.projection_head(encoder, opts.embedding_dim)
-    model = as_the_tutorial_ran_it(models.EncoderWithHead(encoder, head))
-    optimizer = training.make_optimizer(opts, model)
+    rotation = opts.task == "rotation"
+    model = as_the_tutorial_ran_it(models.EncoderWithHead(encoder, TASKS[opts.task].head(opts, encoder)))
+    optimizer = make_optimizer(opts, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     dev, n = accelerator.device, samples_per_step(args, args.script)
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
@@ -223,12 +218,12 @@ def measurement_env(args) -> dict:
 
 
 def run_measurement(args, kind: str, row: str, model: str) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--measure", kind, "--script", row, "--model", model,
+    command = [sys.executable, "-m", "bench.throughput", "--measure", kind, "--script", row, "--model", model,
                "--samples-per-step", str(args.samples_per_step), "--seconds", str(args.seconds),
                "--mixed-precision", args.mixed_precision, "--synthetic-size", str(args.synthetic_size),
                *(["--data-dir", args.data_dir] if args.data_dir else []),
                *(["--compile"] if args.compile else [])]
-    result = subprocess.run(command, capture_output=True, text=True, env=measurement_env(args))
+    result = subprocess.run(command, capture_output=True, text=True, env=measurement_env(args), cwd=REPO)
     if result.returncode != 0:
         sys.exit(f"{kind} measurement failed for {row}/{model}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,12 +1,13 @@
-"""Shared machinery of train_rotation.py, train_siamese.py and evaluate.py.
+"""Shared machinery of every task (tasks/) and of evaluate.py.
 
-cli: the command-line wrapper. config: the shared options. distributed: the Accelerator and what processes agree
-on. data: datasets as uint8 tensors and the order of their batches; placement: where the train split lives.
-augment: batched image transforms. models: encoders and heads (each model registered with its recipe). losses,
-pairs: the siamese script's loss and pairs. training: the loop's state (epochs, steps, stops). checkpoints,
-tracking: what a run writes; files: how it writes (whole or not at all, one line when the disk is full).
-schedules: learning rates. evaluation, probes, media: what the encoder is judged by and shown with. diagnostics:
-opt-in instruments.
+loop: the one training entry point. cli: how every command ends. config: the shared options and a task's, parsed
+together. distributed: the Accelerator and what processes agree on. data: datasets as uint8 tensors and the
+order of their batches; placement: where the train split lives; decode, downloads: where the pixels come from.
+augment: batched image transforms. models: encoders (each registered with its recipe). losses, pairs: pair losses
+and which pairs are similar. optimizers, schedules: --optimizer and the learning rates. training: the loop's
+machinery (the Accelerator, the output dir's claim, the seed, the Run). checkpoints, outputs, tracking: what a
+run writes; files: how it writes (whole or not at all, one line when the disk is full). evaluation, probes, media:
+what the encoder is judged by and shown with. diagnostics: opt-in instruments.
 """
 
 

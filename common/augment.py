@@ -1,15 +1,16 @@
 """Batched image transforms on the training device: the augmentations (one registry, AUGMENTATIONS: a new one is
-a function here and an entry there) and RotNet's rotations. Whole batches as tensor ops, never per-image PIL.
+a function here and an entry there; the first line of its docstring is its --augment help). Whole batches as
+tensor ops, never per-image PIL. (RotNet's rotations are the rotation task's: tasks/rotation.py.)
 """
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
+
 def random_crop_flip(images: torch.Tensor, pad: int) -> torch.Tensor:
     """RandomCrop(size, padding=pad) + RandomHorizontalFlip for a whole uint8 batch, as one gather along each
-    image's flattened padded plane (4x faster on CPU than advanced indexing)."""
+    image's flattened padded plane (on CPU several times faster than advanced indexing)."""
     n, c, h, w = images.shape
     dev = images.device
     padded = F.pad(images, (pad, pad, pad, pad))
@@ -24,7 +25,7 @@ def random_crop_flip(images: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [0, 1]; the encoder normalizes (see models.Encoder)."""
+    """No augmentation: uint8 -> float in [0, 1] (the encoder normalizes, see models.Encoder)."""
     return images.float().div_(255)
 
 
@@ -65,13 +66,14 @@ def color_jitter(x: torch.Tensor, strength=0.4, p=0.8, gray_p=0.2) -> torch.Tens
 
 
 def crop_flip(images: torch.Tensor) -> torch.Tensor:
-    """RotNet's recipe: crop with 1/8 padding (4 px at 32) and horizontal flip."""
+    """RotNet's: a crop with 1/8 padding (4 px at 32) and a horizontal flip."""
     return to_float(random_crop_flip(images, pad=max(1, images.shape[-1] // 8)))
 
 
 def simclr(images: torch.Tensor) -> torch.Tensor:
-    """SimCLR's views (random resized crop 0.2-1, flip, color jitter 0.4, grayscale 0.2): a contrastive pair of two
-    views of one image needs them, or the network matches views by their pixels alone."""
+    """SimCLR's views: random resized crop 0.2-1, flip, color jitter 0.4, grayscale 0.2.
+
+    A contrastive pair of two views of one image needs them, or the network matches views by their pixels alone."""
     return color_jitter(random_resized_crop_flip(to_float(images)))
 
 
@@ -82,32 +84,3 @@ AUGMENTATIONS = {"crop_flip": crop_flip, "simclr": simclr, "none": to_float}
 def augment(images: torch.Tensor, kind: str = "crop_flip") -> torch.Tensor:
     """uint8 batch -> float batch in [0, 1], augmented as AUGMENTATIONS[kind] does."""
     return AUGMENTATIONS[kind](images)
-
-
-def rotate(images: torch.Tensor, rotations_per_image: int = 4):
-    """Rotations by k*90 degrees counter-clockwise, label k (0..3).
-
-    rotations_per_image=4: all four copies of every image in the batch (RotNet); returns 4N samples ordered
-    [all images at 0, all at 90, all at 180, all at 270]. rotations_per_image=1: one random k per image.
-    """
-    n = images.shape[0]
-    if rotations_per_image == 4:
-        rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
-        labels = torch.arange(4, device=images.device).repeat_interleave(n)
-        return rotated, labels
-    labels = torch.randint(0, 4, (n,), device=images.device)
-    # Each image's own rotation as one gather through a table of the four rotations' pixel orders: a boolean mask
-    # per angle would make the host wait for the device to count its elements, and rotating every image four
-    # times to keep one costs four times the copies.
-    _, c, h, w = images.shape
-    if h != w:
-        raise ValueError(f"one rotation per image needs square images, got {h}x{w}")
-    index = _rotation_orders(h, images.device)[labels].view(n, 1, h * w).expand(n, c, h * w)
-    return images.flatten(2).gather(2, index).view(n, c, h, w), labels
-
-
-@functools.lru_cache(maxsize=8)
-def _rotation_orders(side: int, device: torch.device) -> torch.Tensor:
-    """(4, side * side): where each pixel of an image rotated by k * 90 degrees comes from (made once per size)."""
-    plane = torch.arange(side * side, device=device).view(side, side)
-    return torch.stack([torch.rot90(plane, k).flatten() for k in range(4)])

@@ -6,10 +6,11 @@ looks there (ranks that branch on what their node sees enter different barriers 
 """
 import hashlib
 import json
+import math
 import os
 import shutil
 
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, set_seed
 
 from common import UserError, diagnostics, distributed, files
 from common.config import save_config
@@ -18,8 +19,8 @@ PREFIX = "step_"
 # Options a checkpoint cannot be resumed under when they changed: the weights' or optimizer state's shapes, the
 # data order, or the meaning of the saved position. Others (lr, --max-steps, logging, evaluation) may change, and
 # so may the number of processes and --grad-accum: --batch-size is the global batch, which keeps the samples of
-# every step (see Run._resume). Each script adds its own (Run's must_match): rotations per image, pairs, ...
-MUST_MATCH = ("model", "image_size", "optimizer", "batch_size", "dataset", "synthetic_size", "seed")
+# every step (see resume). Each task adds its own (Task.must_match): rotations per image, pairs, ...
+MUST_MATCH = ("task", "model", "image_size", "optimizer", "batch_size", "dataset", "synthetic_size", "seed")
 
 
 def path_of(output_dir: str, step: int) -> str:
@@ -86,7 +87,7 @@ def _give_up(accelerator, args, final: str, tmp: str, failure: str, needed: int)
         needed_now = max([needed] + [files.tree_bytes(p) for p in existing[-1:]])  # the last one: a measure
         problem = files.failure(final, needed_now, failure)
         raise UserError(f"{problem}. Stopped; {then} once there is room (free space, or lower --keep-checkpoints)")
-    distributed.decided_by_main(accelerator, stop)
+    distributed.on_main_process_for_all(accelerator, stop)
 
 
 def _sha256(path: str) -> str:
@@ -99,22 +100,22 @@ def _sha256(path: str) -> str:
 
 def write_manifest(path: str) -> None:
     """Size and SHA-256 of every file of a checkpoint, written last: what verify_checkpoint checks."""
-    files = {name: {"bytes": os.path.getsize(os.path.join(path, name)), "sha256": _sha256(os.path.join(path, name))}
-             for name in sorted(os.listdir(path))}
+    listed = {name: {"bytes": os.path.getsize(os.path.join(path, name)), "sha256": _sha256(os.path.join(path, name))}
+              for name in sorted(os.listdir(path))}
     with open(os.path.join(path, "manifest.json"), "w") as f:
-        json.dump(files, f, indent=1)
+        json.dump(listed, f, indent=1)
 
 
 def verify_checkpoint(path: str):
     """None when the checkpoint is complete and intact, else what is wrong with it."""
     try:
         with open(os.path.join(path, "manifest.json")) as f:
-            files = json.load(f)
+            listed = json.load(f)
     except FileNotFoundError:
         return "it has no manifest.json (written last), so it is incomplete"
     except ValueError:
         return "its manifest.json is unreadable"
-    for name, expected in files.items():
+    for name, expected in listed.items():
         file = os.path.join(path, name)
         if not os.path.exists(file):
             return f"{name} is missing"
@@ -174,3 +175,40 @@ def _intact_checkpoint(args):
     if problem:
         raise UserError(f"checkpoint {args.resume} is damaged: {problem}; pass another one or --resume auto")
     return args.resume
+
+
+def resume(accelerator, args, state, must_match: tuple, batches_per_epoch: int):
+    """Loads OUTPUT_DIR's newest intact checkpoint (or --resume's) into the prepared objects and `state` (the
+    run's TrainState, registered for checkpointing); returns its path, or None when there is none. A checkpoint
+    written by another number of processes or accumulation steps continues on this one (see
+    _continue_on_another_split). Verifying a checkpoint reads all of its files: once, on the main process, and
+    the options it was written with come with its answer, so no rank reads the file on its own."""
+    checkpoint, saved = distributed.on_main_process_for_all(
+        accelerator, lambda: choose(args, MUST_MATCH + tuple(must_match)))
+    if not checkpoint:
+        return None
+    accelerator.load_state(checkpoint)
+    if (saved["world_size"], saved["grad_accum"]) != (accelerator.num_processes, args.grad_accum):
+        _continue_on_another_split(accelerator, args, state, saved["world_size"], saved["grad_accum"],
+                                   batches_per_epoch)
+    accelerator.print(f"resumed from {checkpoint} at step {state.step} "
+                      f"(epoch {state.epoch}, batch {state.batches_in_epoch})")
+    return checkpoint
+
+
+def _continue_on_another_split(accelerator, args, state, saved_world_size: int, saved_accum: int,
+                               batches_per_epoch: int) -> None:
+    """The checkpoint's run split the same global batch over other processes or accumulation steps. Every
+    optimizer step still takes the same samples (the seedable sampler permutes all indices; an optimizer step
+    takes the next --batch-size of them, however they are split), so the saved position, in this process's
+    micro-batches, is converted through optimizer steps. Ranks the checkpoint has no random state for draw
+    their augmentations from a seed of (seed, step, rank)."""
+    steps_in_epoch = math.ceil(state.batches_in_epoch / saved_accum)
+    state.batches_in_epoch = min(steps_in_epoch * args.grad_accum, batches_per_epoch)
+    if accelerator.process_index >= saved_world_size:
+        set_seed((args.seed * 1_000_003 + state.step * 1009 + accelerator.process_index) % 2 ** 32)
+    fresh_ranks = (f"; the augmentations of ranks {saved_world_size} and above are seeded by (seed, step, rank)"
+                   if accelerator.num_processes > saved_world_size else "")
+    accelerator.print(f"resuming a run of {saved_world_size} process(es) x {saved_accum} accumulation step(s) on "
+                      f"{accelerator.num_processes} x {args.grad_accum}: the same global batch {args.batch_size}, "
+                      f"the same samples in the same order{fresh_ranks}", flush=True)

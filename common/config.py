@@ -1,24 +1,46 @@
-"""The one parser of options shared by both training scripts, and its validation."""
+"""The one parser of options every task shares, a task's own added to it, their defaults and their checks."""
 import argparse
 import os
 import platform
 import subprocess
 
-from common import UserError, augment, data, files, models, placement
+from common import UserError, augment, data, files, models, placement, schedules
 from common.distributed import add_distributed_arguments, distributed_checks
+from common.optimizers import OPTIMIZERS
+
+
+def parse_options(task, argv=None) -> argparse.Namespace:
+    """The shared options and the task's (a tasks.task.Task subclass), their defaults filled (the model's recipe,
+    the task's), checked: one `error: ...` line saying what to do at the first bad one."""
+    parser = build_parser(task.description)
+    task.add_options(parser)
+    args = parser.parse_args(argv)
+    args.task = task.name
+    fill_defaults(args)
+    task.fill_defaults(args)
+    require(option_checks(args) + task.option_checks(args))
+    return args
+
+
+def recipe_defaults(option: str) -> str:
+    """The defaults of a recipe option by model, from models.MODELS: 'sgd (simple_cnn: adamw)'."""
+    values = {name: spec.recipe[option] for name, spec in models.MODELS.items()}
+    usual = max(set(values.values()), key=list(values.values()).count)
+    others = ", ".join(f"{name}: {value}" for name, value in values.items() if value != usual)
+    return f"{usual} ({others})" if others else str(usual)
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    """Options every script takes. Defaults follow RotNet's CIFAR-10 recipe (Gidaris et al. 2018)."""
+    """Options every task takes. Defaults follow RotNet's CIFAR-10 recipe (Gidaris et al. 2018)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = add_data_arguments(p)
     data.add_argument("--augment", choices=tuple(augment.AUGMENTATIONS), default=None,
-                      help="crop_flip: RotNet's crop + flip; simclr: + resized crops and color jitter; none "
-                           "(default: crop_flip; train_siamese.py --pairs augment: simclr)")
+                      help=" ".join(f"{name}: {(fn.__doc__ or name).splitlines()[0]}"
+                                    for name, fn in augment.AUGMENTATIONS.items()) + " Default: the task's.")
     placement.add_placement_argument(data)
 
     model = p.add_argument_group("model")
-    model.add_argument("--model", default="resnet18", help=f"encoder: one of {', '.join(models.MODELS)}")
+    model.add_argument("--model", default="resnet18", help=f"the encoder: {', '.join(models.MODELS)}")
     model.add_argument("--compile", action="store_true",
                        help="torch.compile the model (Accelerate's dynamo backend 'inductor'); first steps are slow")
 
@@ -30,13 +52,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                      help="images per optimizer step over all processes (RotNet: 128), split evenly over the "
                           "processes and --grad-accum micro-batches: the same recipe on any number of GPUs")
     opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    opt.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
-                     help="sgd is Nesterov, momentum 0.9; default: the model's recipe (sgd, simple_cnn: adamw)")
-    opt.add_argument("--lr", type=float, default=None, help="default: 0.1 (simple_cnn: 0.001)")
+    opt.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
+                     help=" ".join(f"{name}: {(fn.__doc__ or name).splitlines()[0]}" for name, fn in OPTIMIZERS.items())
+                          + f" (default: the model's recipe, {recipe_defaults('optimizer')})")
+    opt.add_argument("--lr", type=float, default=None, help=f"default: the model's recipe, {recipe_defaults('lr')}")
     opt.add_argument("--weight-decay", type=float, default=5e-4)
-    opt.add_argument("--schedule", choices=("step", "cosine", "constant"), default=None,
-                     help="step: x0.2 at 30%%, 60%%, 80%% of training (RotNet's 60/120/160 of 200 epochs); "
-                          "default: step (simple_cnn: constant)")
+    opt.add_argument("--schedule", choices=tuple(schedules.SCHEDULES), default=None,
+                     help="; ".join(f"{name}: {what}" for name, what in schedules.SCHEDULES.items()).replace("%", "%%")
+                          + f" (default: the model's recipe, {recipe_defaults('schedule')})")
     opt.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
     opt.add_argument("--max-grad-norm", type=float, default=None,
                      help="clip gradients to this norm (default: no clipping; the norm is logged either way)")
@@ -57,7 +80,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", type=int, default=3)
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between logged train metrics")
     run.add_argument("--report-to", choices=("wandb", "tensorboard", "none"), default="wandb")
-    run.add_argument("--wandb-project", default=None, help="default: $WANDB_PROJECT, else the script's name")
+    run.add_argument("--wandb-project", default=None, help="default: $WANDB_PROJECT, else the task's name")
     run.add_argument("--wandb-entity", default=None, help="W&B team or user (default: $WANDB_ENTITY, else yours)")
     run.add_argument("--run-name", default=None,
                      help="display name of the run (default: $WANDB_NAME, else the output dir's name)")
@@ -85,14 +108,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 def add_data_arguments(parser: argparse.ArgumentParser, image_size=32):
     """Where the images come from: the same options for the training scripts and evaluate.py."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=data.DATASETS, default="cifar10",
-                       help="cifar10, cifar100, stl10: torchvision's (downloaded into --data-dir; stl10: its 100,000 "
-                            "unlabeled + 5,000 train images); imagefolder: labelled images in train/<class>/ and "
-                            "test/<class>/; images: unlabeled images, any layout; synthetic: generated, for checks")
+    group.add_argument("--dataset", choices=tuple(data.DATASETS), default="cifar10",
+                       help="; ".join(f"{name}: {what}" for name, what in data.DATASETS.items()))
     group.add_argument("--data-dir", default="./data",
-                       help="cifar10, cifar100, stl10: downloaded here when missing; imagefolder: holds "
-                            "train/<class>/* and test/<class>/*; images: a folder (searched at any depth) or a text "
-                            "file listing image paths, one per line")
+                       help="where --dataset's files are (see --dataset), or are downloaded to when missing")
     group.add_argument("--eval-dataset", choices=data.DATASETS_TO_EVALUATE, default=None,
                        help="the labelled set the frozen encoder is evaluated on (k-NN, linear probe) at "
                             "--image-size; default: the training dataset when it has labels, else none (the "
@@ -110,12 +129,19 @@ def add_data_arguments(parser: argparse.ArgumentParser, image_size=32):
     return group
 
 
-def validate(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill model-dependent defaults; reject option values that would fail late or silently, saying what to do."""
-    for name, value in models.model_spec(args.model).recipe.items():  # explicit options win
+def fill_defaults(args: argparse.Namespace) -> None:
+    """The shared options' defaults that depend on other options: the model's recipe (models.MODELS; explicit
+    options win) and --eval-dataset's (the training dataset when it can evaluate itself, else none)."""
+    for name, value in models.model_spec(args.model).recipe.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    checks = [
+    if args.eval_dataset is None:
+        args.eval_dataset = args.dataset if args.dataset in data.EVALUATES_ITSELF else "none"
+
+
+def option_checks(args: argparse.Namespace) -> list:
+    """(ok, message) checks of the shared options (see require): values that would fail late or silently."""
+    return [
         (args.lr > 0, f"--lr must be > 0 (got {args.lr})"),
         (args.batch_size > 0, f"--batch-size must be >= 1 (got {args.batch_size})"),
         (args.grad_accum > 0, f"--grad-accum must be >= 1 (got {args.grad_accum})"),
@@ -135,15 +161,11 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.knn_temperature > 0, f"--knn-temperature must be > 0 (got {args.knn_temperature})"),
         (args.linear_probe_epochs > 0, f"--linear-probe-epochs must be >= 1 (got {args.linear_probe_epochs})"),
     ]
-    require(checks)
-    return args
 
 
 def data_checks(args: argparse.Namespace) -> list:
-    """(ok, message) checks of the options add_data_arguments made (an unset --image-size is not checked). Fills
-    --eval-dataset's default first: the training dataset when it can evaluate itself, else none."""
-    if args.eval_dataset is None:
-        args.eval_dataset = args.dataset if args.dataset in data.EVALUATES_ITSELF else "none"
+    """(ok, message) checks of the options add_data_arguments made (an unset --image-size is not checked; an
+    unset --eval-dataset is filled by fill_defaults first)."""
     return [(args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
             (args.image_size is None or args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})"),
             (args.eval_dataset in data.EVALUATES_ITSELF + ("none",),

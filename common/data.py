@@ -37,7 +37,15 @@ STREAM_EVAL_SAMPLE = 10_000
 FILE_DATASETS = ("imagefolder", "images")
 LABELLED = ("cifar10", "cifar100", "imagefolder", "synthetic")
 EVALUATES_ITSELF = LABELLED + ("stl10",)
-DATASETS = ("cifar10", "cifar100", "stl10", "imagefolder", "images", "synthetic")
+# --dataset's choices, with their help.
+DATASETS = {
+    "cifar10": "torchvision's CIFAR-10, downloaded into --data-dir",
+    "cifar100": "torchvision's CIFAR-100, downloaded into --data-dir",
+    "stl10": "torchvision's STL-10 (its 100,000 unlabeled + 5,000 train images), downloaded into --data-dir",
+    "imagefolder": "labelled images in --data-dir/train/<class>/ and test/<class>/",
+    "images": "unlabeled images, any layout: a folder searched at any depth, or a text file listing their paths",
+    "synthetic": "generated, for checks (--synthetic-size)",
+}
 DATASETS_TO_EVALUATE = EVALUATES_ITSELF + ("none",)
 # --dataset images: the share of the images held out of training for the pretext's own metrics (seeded, fixed by
 # the list of files, not by --seed: runs of other seeds are scored on the same images), within these bounds.
@@ -51,7 +59,7 @@ class ImageData:
     test_images: torch.Tensor  # images never trained on: the test split, or the images held out (--dataset images)
     test_labels: torch.Tensor
     classes: list  # [] for unlabeled images
-    skipped_files: int = 0
+    skipped_images: int = 0
     # A streamed train split is never held whole: a seeded sample of it, decoded once, is what evaluation (k-NN
     # memory, linear probe) and the channel statistics use instead. None where the train split is held.
     sample_images: torch.Tensor = None
@@ -75,7 +83,7 @@ class ImageData:
         if count == 0 or bool((labels[:count] < 0).any()):
             raise ValueError("labelled train images must come before the unlabeled ones")
         return ImageData(self.train_images[:count], self.train_labels[:count], self.test_images, self.test_labels,
-                         self.classes, self.skipped_files)
+                         self.classes, self.skipped_images)
 
     def channel_stats(self):
         """Per-channel mean and std of the train split in [0, 1], for the encoder's built-in normalization."""
@@ -93,10 +101,10 @@ class ImageData:
         return mean.tolist(), ((squares - n * mean.square()) / (n - 1)).sqrt().tolist()
 
 
-def load_dataset(args) -> ImageData:
+def read_dataset(args) -> ImageData:
     """The dataset --dataset names, loaded by this process (load_data and load_shared share the work of a node)."""
     if args.dataset == "synthetic":
-        n_train, n_test = decoded_sizes(args)
+        n_train, n_test = split_sizes(args)
         return make_synthetic(args.image_size, n_train=n_train, n_test=n_test)
     if args.dataset in ("cifar10", "cifar100"):
         from common import downloads
@@ -116,7 +124,7 @@ def load_stl10(data_dir: str, image_size: int, cache_dir: str) -> ImageData:
     key = hashlib.sha256(repr(("stl10", os.path.abspath(data_dir), image_size)).encode()).hexdigest()[:20]
     return decoded_once(os.path.join(cache_dir, f"stl10-{key}.pt"),
                         lambda: _image_data(downloads.read_stl10(data_dir, image_size)),
-                        sum(decoded_sizes_of("stl10")) * 3 * image_size ** 2)
+                        sum(split_sizes_of("stl10")) * 3 * image_size ** 2)
 
 
 def _image_data(tensors: dict) -> ImageData:
@@ -401,7 +409,7 @@ def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, s
             # Unreadable files leave the end unused: a copy then, as torch.save would write the whole storage.
             tensors[f"{split}_images"] = images if kept == len(jobs) else images[:kept].clone()
             tensors[f"{split}_labels"] = labels if kept == len(jobs) else labels[:kept].clone()
-    return ImageData(**tensors, classes=classes, skipped_files=skipped)
+    return ImageData(**tensors, classes=classes, skipped_images=skipped)
 
 
 class StreamedImages:
@@ -501,7 +509,7 @@ def stream_imagefolder(data_dir: str, image_size: int, scanned=None, cache_dir: 
 
 
 # ------------------------------------------------------------------------------------- for the training loop
-def decoded_sizes_of(dataset: str, synthetic_size: int = 1024):
+def split_sizes_of(dataset: str, synthetic_size: int = 1024):
     """(train images, test images) of a generated or downloaded dataset, known before it is made or loaded (a file
     dataset's are counted by scanning it)."""
     if dataset == "synthetic":
@@ -509,11 +517,11 @@ def decoded_sizes_of(dataset: str, synthetic_size: int = 1024):
     return {"stl10": (105_000, 8_000)}.get(dataset, (50_000, 10_000))
 
 
-def decoded_sizes(args):
-    return decoded_sizes_of(args.dataset, args.synthetic_size)
+def split_sizes(args):
+    return split_sizes_of(args.dataset, args.synthetic_size)
 
 
-def load_data(args, accelerator):
+def load_train_split(args, accelerator):
     """The dataset (host memory, uint8) and its train split where --data-placement puts it (a TrainImages, which
     gives batches on the device). The main process scans the file system once for all (a file dataset's list of
     files, the cache's name, the placement), before anything large is allocated; every process uses its answer, so
@@ -521,7 +529,7 @@ def load_data(args, accelerator):
     def plan():
         folder = args.dataset in FILE_DATASETS
         scanned = SCANS[args.dataset](args.data_dir) if folder else None
-        n_train, n_test = (len(scanned[0]["train"]), len(scanned[0]["test"])) if folder else decoded_sizes(args)
+        n_train, n_test = (len(scanned[0]["train"]), len(scanned[0]["test"])) if folder else split_sizes(args)
         image_bytes = 3 * args.image_size ** 2
         # A mapped cache is one copy per node; a generated or downloaded dataset, one per process of the node.
         cached = folder or args.dataset == "stl10"
@@ -552,7 +560,7 @@ def load_data(args, accelerator):
             found = f"{n_train:,} train + {n_test:,} test images at {args.image_size} px ({train} + {test} as uint8)"
         print(f"data: {found}; placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)
         return cache_path, chosen, (scanned if chosen == "stream" else None), (n_train + n_test) * image_bytes
-    cache_path, chosen, scanned, decoded_bytes = distributed.decided_by_main(accelerator, plan)
+    cache_path, chosen, scanned, decoded_bytes = distributed.on_main_process_for_all(accelerator, plan)
     if chosen == "stream":
         dataset = stream_imagefolder(args.data_dir, args.image_size, scanned, sample_cache=cache_path)
     elif cache_path:
@@ -560,8 +568,8 @@ def load_data(args, accelerator):
                                    cache_path, decoded_bytes, scan=SCANS[args.dataset])
     else:
         dataset = load_generated(args, accelerator)
-    if dataset.skipped_files and accelerator.is_main_process:
-        print(f"warning: {dataset.skipped_files} unreadable image file(s) of {args.data_dir!r} left out "
+    if dataset.skipped_images and accelerator.is_main_process:
+        print(f"warning: {dataset.skipped_images} unreadable image file(s) of {args.data_dir!r} left out "
               f"(--skip-bad-images); results.json counts them as skipped_images", flush=True)
     return dataset, placement.TrainImages(dataset.train_images, chosen, accelerator.device)
 
@@ -576,7 +584,7 @@ def evaluated_images(args, n_train: int, n_test: int) -> int:
         return min(n_train, STREAM_EVAL_SAMPLE) + n_test if args.data_placement == "stream" else n_train + n_test
     if args.eval_dataset == "imagefolder":
         return sum(map(len, scan_imagefolder(args.eval_data_dir)[0].values()))
-    return sum(decoded_sizes_of(args.eval_dataset, args.synthetic_size))
+    return sum(split_sizes_of(args.eval_dataset, args.synthetic_size))
 
 
 def evaluates_itself(args) -> bool:
@@ -625,7 +633,7 @@ def load_shared(args, accelerator) -> ImageData:
     node: for entry points that need no placement (evaluate.py, an evaluation set)."""
     if args.dataset not in FILE_DATASETS:
         return load_generated(args, accelerator)
-    cache_path = distributed.decided_by_main(accelerator, lambda: imagefolder_cache(
+    cache_path = distributed.on_main_process_for_all(accelerator, lambda: imagefolder_cache(
         args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images, SCANS[args.dataset](args.data_dir)[0]))
     return load_imagefolder(args.data_dir, args.image_size, args.cache_dir, args.skip_bad_images, cache_path,
                             scan=SCANS[args.dataset])
@@ -637,8 +645,8 @@ def load_generated(args, accelerator) -> ImageData:
     if args.dataset in ("cifar10", "cifar100", "stl10"):
         with accelerator.main_process_first():
             with accelerator.local_main_process_first():
-                return load_dataset(args)
-    return load_dataset(args)
+                return read_dataset(args)
+    return read_dataset(args)
 
 
 def micro_batch_size(args, num_processes: int) -> int:
@@ -653,8 +661,9 @@ def micro_batch_size(args, num_processes: int) -> int:
 
 
 def index_loader(accelerator, args, num_samples: int, on_draw=None):
-    """Batches of sample indices for this process's micro-batches; the images stay on the device and are indexed
-    there. Pinned on a GPU, so Accelerate's copy of each batch to the device does not make the host wait.
+    """Batches of sample indices for this process's micro-batches; the train split is indexed where it is placed
+    (placement.TrainImages: on the device, in host memory, or decoded from its files). Pinned on a GPU, so
+    Accelerate's copy of each batch to the device does not make the host wait.
 
     The loader gets a generator of its own: without one, every new iterator draws a seed from the global RNG (at
     the start of an epoch; mid-epoch after a resume), shifting the augmentations a resumed run draws.

@@ -69,7 +69,7 @@ def process_group_options(args) -> InitProcessGroupKwargs:
                                   timeout=timedelta(seconds=args.dist_timeout))
 
 
-def decided_by_main(accelerator, decide):
+def on_main_process_for_all(accelerator, decide):
     """decide() run on the main process only; every process gets its answer, or the UserError it raised."""
     answer = [None]
     if accelerator.is_main_process:

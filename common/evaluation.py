@@ -1,5 +1,5 @@
-"""Evaluation shared by both scripts: frozen-feature k-NN and linear probe on a labelled set, plus each pretext's own
-metrics on images never trained on (which need no labels).
+"""Evaluation every task shares: frozen-feature k-NN and linear probe on a labelled set, and the tools the tasks'
+own metrics use (features of a split, ROC-AUC); a task's own metrics are in its file (tasks/).
 
 Feature extraction is split across processes (Accelerate's split_between_processes) and gathered, so every
 rank ends with the features of the whole split; the cheap probes then run once, on the main process.
@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import distributed, media
+from common import distributed
 from common.augment import to_float
 
 
@@ -128,22 +128,6 @@ def encoder_metrics(accelerator, encoder, data, args) -> dict:
     }
 
 
-def rotation_metrics(accelerator, model, images: torch.Tensor, batch_size: int) -> dict:
-    """eval/rotation_acc over all four rotations of every test image, with an example grid and the 4x4
-    confusion matrix for the dashboard (main process only)."""
-    def predict(x):
-        return torch.stack([model(torch.rot90(x, k, dims=(2, 3))).argmax(1) for k in range(4)], dim=1)
-
-    with evaluating(accelerator, model):
-        predicted = map_batches(accelerator, predict, images, batch_size).long().cpu()
-    if not accelerator.is_main_process:
-        return {}
-    true = torch.arange(4).expand_as(predicted)
-    return {"eval/rotation_acc": (predicted == true).float().mean().item(),
-            "eval/rotation_examples": media.rotation_examples(images, predicted),
-            "eval/rotation_confusion": media.confusion_matrix(true, predicted, ["0°", "90°", "180°", "270°"])}
-
-
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve = P(score of a random positive > score of a random negative), ties counted half."""
     scores, positive = scores.double().cpu(), positive.bool().cpu()
@@ -155,51 +139,3 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
         ranks[tied] = ranks[tied].mean()
     n_pos, n_neg = positive.sum().item(), (~positive).sum().item()
     return ((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
-
-
-# Held-out images whose two views eval/view_pair_auc compares: the views are drawn on the host, seeded.
-VIEW_PAIR_IMAGES = 1000
-
-
-def view_pair_metrics(accelerator, embedder, images: torch.Tensor, augmentation: str, batch_size: int,
-                      seed: int = 0) -> dict:
-    """eval/view_pair_auc: ROC-AUC of the negative embedding distance between two augmented views of one image
-    (similar) against a view of another image (dissimilar), on images never trained on: the augment pairs' own
-    task, which needs no labels. The same views at every evaluation (seeded, on the host's generator only)."""
-    from common.augment import augment
-
-    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:VIEW_PAIR_IMAGES]
-    originals = images[chosen.sort().values].cpu()
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
-        views = torch.cat([augment(originals, augmentation) for _ in range(2)])
-    views = views.mul_(255).round_().to(torch.uint8)  # map_batches encodes uint8 images, as stored
-    embeddings = F.normalize(features(accelerator, embedder, views, batch_size), dim=1).cpu()
-    if not accelerator.is_main_process:
-        return {}
-    first, second = embeddings.chunk(2)
-    similar = (first - second).norm(dim=1)
-    dissimilar = (first - second.roll(1, 0)).norm(dim=1)  # each image's view against the next image's
-    return {"eval/view_pair_auc": roc_auc(-torch.cat([similar, dissimilar]),
-                                          torch.arange(2 * len(first)) < len(first))}
-
-
-def pair_metrics(accelerator, embedder, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict:
-    """eval/pair_auc: ROC-AUC of the negative embedding distance on a fixed, balanced set of same/different-class
-    test pairs; with histograms of both distances and a PCA of the test embeddings (main process only)."""
-    from common.pairs import balanced_test_pairs
-
-    embeddings = F.normalize(features(accelerator, embedder, images, batch_size), dim=1).cpu()
-    if not accelerator.is_main_process:
-        return {}
-    pairs = balanced_test_pairs(labels.cpu(), num_pairs=min(4000, 4 * len(labels)))
-    if pairs is None:  # no class with two test images: no same-class pair to score
-        return {}
-    anchors, partners, similar = pairs
-    distance = (embeddings[anchors] - embeddings[partners]).norm(dim=1)
-    shown = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:2000]
-    return {"eval/pair_auc": roc_auc(-distance, similar),
-            "eval/distance_similar": media.Histogram(distance[similar.bool()].numpy()),
-            "eval/distance_dissimilar": media.Histogram(distance[~similar.bool()].numpy()),
-            "eval/embedding_pca": media.scatter(media.pca_2d(embeddings[shown]), labels.cpu()[shown],
-                                                "PCA of test embeddings, coloured by class")}

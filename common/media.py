@@ -1,4 +1,5 @@
-"""Dashboard media drawn with PIL (no plotting library needed): one picture for W&B and TensorBoard alike.
+"""Dashboard media drawn with PIL (no plotting library needed): one picture for W&B and TensorBoard alike. A
+task draws its own pictures with these (tasks/rotation.py's examples grid).
 
 Each function returns a Picture or Histogram; Run.log hands them to whichever tracker the run uses.
 """
@@ -25,30 +26,8 @@ class Histogram:
     values: np.ndarray
 
 
-def _font(size: int):
+def font(size: int):
     return ImageFont.load_default(size=size)
-
-
-def rotation_examples(images: torch.Tensor, predicted: torch.Tensor, count: int = 16, columns: int = 8,
-                      scale: int = 3) -> Picture:
-    """Test image i shown at rotation i % 4, framed green when the predicted angle is right, red when wrong."""
-    count = min(count, len(images))
-    side = images.shape[-1] * scale
-    cell_w, cell_h = side + 8, side + 26
-    rows = (count + columns - 1) // columns
-    canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i in range(count):
-        true = i % 4
-        guess = int(predicted[i, true])
-        tile = torch.rot90(images[i].cpu(), true, dims=(1, 2)).permute(1, 2, 0).numpy()
-        tile = Image.fromarray(tile).resize((side, side), Image.NEAREST)
-        x, y = (i % columns) * cell_w, (i // columns) * cell_h
-        draw.rectangle([x, y, x + side + 7, y + side + 7], fill=GOOD if guess == true else BAD)
-        canvas.paste(tile, (x + 4, y + 4))
-        draw.text((x + 4, y + side + 9), f"{90 * true}° / {90 * guess}°", fill="black", font=_font(12))
-    return Picture(np.asarray(canvas), "test images at their true rotation; under each: true / predicted angle; "
-                                       "frame green when right")
 
 
 def confusion_matrix(true: torch.Tensor, predicted: torch.Tensor, names: list) -> Picture:
@@ -60,13 +39,13 @@ def confusion_matrix(true: torch.Tensor, predicted: torch.Tensor, names: list) -
     canvas = Image.new("RGB", (margin + n * cell, margin + n * cell), "white")
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
-        draw.text((4, margin + i * cell + cell // 2 - 6), names[i], fill="black", font=_font(12))
-        draw.text((margin + i * cell + 8, 16), names[i], fill="black", font=_font(12))
+        draw.text((4, margin + i * cell + cell // 2 - 6), names[i], fill="black", font=font(12))
+        draw.text((margin + i * cell + 8, 16), names[i], fill="black", font=font(12))
         for j in range(n):
             level = int(255 * (1 - share[i, j]))
             x, y = margin + j * cell, margin + i * cell
             draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=(level, level, 255), outline=(200, 200, 200))
-            draw.text((x + 8, y + cell // 2 - 6), str(int(counts[i, j])), font=_font(12),
+            draw.text((x + 8, y + cell // 2 - 6), str(int(counts[i, j])), font=font(12),
                       fill="white" if share[i, j] > 0.5 else "black")
     return Picture(np.asarray(canvas), "rows: true angle, columns: predicted angle; shade: share of the row")
 
@@ -89,5 +68,5 @@ def scatter(points: torch.Tensor, labels: torch.Tensor, caption: str, size: int 
         draw.ellipse([x - 2, size - y - 2, x + 2, size - y + 2], fill=PALETTE[label % len(PALETTE)])
     for c in range(int(labels.max()) + 1):
         draw.rectangle([6, 6 + 14 * c, 16, 16 + 14 * c], fill=PALETTE[c % len(PALETTE)])
-        draw.text((20, 5 + 14 * c), str(c), fill="black", font=_font(11))
+        draw.text((20, 5 + 14 * c), str(c), fill="black", font=font(11))
     return Picture(np.asarray(canvas), caption)

@@ -2,7 +2,8 @@
 
 An Encoder takes float RGB images in [0, 1], shape (N, 3, H, W), normalizes them itself and returns (N, D)
 features, so an exported encoder needs nothing but its own folder to be used. Each model is one entry of MODELS
-(its blocks, pooling, layout, heads and optimizer recipe): a new model is a blocks function and an entry here.
+(its blocks, pooling, layout and optimizer recipe): a new model is a blocks function and an entry here. The heads
+are the tasks' (tasks/).
 """
 import json
 import os
@@ -92,7 +93,7 @@ def simple_cnn_blocks() -> list:
 
     The tutorial's conv, relu, max-pool, with the max-pool first: max-pooling commutes with relu (max(relu(a), relu(b))
     = relu(max(a, b))), so maps and gradients are the same, but relu and its backward run on a quarter of the
-    values (~15% of a training step on CPU). The parameter names are the tutorial layout's (blocks.N.0.*)."""
+    values (bench/RESULTS.md). The parameter names are the tutorial layout's (blocks.N.0.*)."""
     return [nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True)),
             nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True))]
 
@@ -109,20 +110,15 @@ class ModelSpec:
     blocks: Callable[[], list]  # the conv blocks, probed one by one by evaluate.py
     pool: str  # "flatten": the last map flattened (the tutorial's); "avg": global average pooling
     block_names: Optional[list] = None  # default block1..blockN
-    # The layout it is built in, chosen by measurement: channels_last where it is not slower. On GPUs it is what
-    # tensor cores want for bf16/fp16 convolutions. On this project's 2-core CPU (fp32), against NCHW: training
-    # step (forward, backward, AdamW) simple_cnn 1.2x, nin 1.29x, resnet18 1.00x; eval forward simple_cnn 2.5x,
-    # nin 1.44x, resnet18 1.08x. One choice for every device, so no caller branches on it.
+    # The layout it is built in, chosen by measurement (bench/RESULTS.md): channels_last where it is not slower,
+    # which on GPUs is what tensor cores want for bf16/fp16 convolutions. One choice for every device, so no
+    # caller branches on it.
     memory_format: torch.memory_format = torch.channels_last
     recipe: dict = field(default_factory=lambda: dict(ROTNET_RECIPE))  # optimizer, lr, schedule defaults
-    rotation_hidden: Optional[int] = None  # the rotation head's hidden width; None: one linear layer (RotNet's)
-    projection_hidden: int = 512  # the siamese projection head's hidden width (SimCLR-style heads: 512)
 
 
 MODELS = {
-    # The tutorial's network and heads: fc(4096->128->4) for rotations, fc(4096->128->128) for pairs.
-    "simple_cnn": ModelSpec(simple_cnn_blocks, "flatten", recipe=TUTORIAL_RECIPE, rotation_hidden=128,
-                            projection_hidden=128),
+    "simple_cnn": ModelSpec(simple_cnn_blocks, "flatten", recipe=TUTORIAL_RECIPE),  # the tutorial's network
     "resnet18": ModelSpec(resnet18_blocks, "avg", ["stem", "layer1", "layer2", "layer3", "layer4"]),
     "nin": ModelSpec(nin_blocks, "avg"),  # NIN's block1..block4 are the paper's conv blocks 1-4
 }
@@ -144,8 +140,8 @@ def build_encoder(model: str, image_size: int = 32, mean=None, std=None, memory_
 class FeatureLinear(nn.Linear):
     """nn.Linear (the same parameters) that also takes a flattening encoder's last map as it is: Linear on
     map.flatten(1) is one convolution whose kernel covers the whole map, the same sums in another order. On CPU
-    oneDNN runs that convolution ~2x faster than Linear's BLAS matmul (simple_cnn's 4096->128: 2.6 against 4.8 ms
-    forward + backward at batch 256), and a channels_last map needs no copy into (C, H, W) order."""
+    oneDNN runs that convolution about twice as fast as Linear's BLAS matmul (bench/RESULTS.md), and a
+    channels_last map needs no copy into (C, H, W) order."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
@@ -158,15 +154,6 @@ def mlp(dims: list) -> nn.Sequential:
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         layers += [(FeatureLinear if i == 0 else nn.Linear)(d_in, d_out), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers[:-1])
-
-
-def rotation_head(encoder: Encoder) -> nn.Module:
-    hidden = MODELS[encoder.name].rotation_hidden
-    return mlp([encoder.feature_dim, hidden, 4]) if hidden else nn.Linear(encoder.feature_dim, 4)
-
-
-def projection_head(encoder: Encoder, embedding_dim: int) -> nn.Module:
-    return mlp([encoder.feature_dim, MODELS[encoder.name].projection_hidden, embedding_dim])
 
 
 class EncoderWithHead(nn.Module):

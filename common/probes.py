@@ -79,7 +79,7 @@ def linear_classifier(dim: int, num_classes: int) -> nn.Module:
     return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
 
 
-BUILDERS = {"nonlinear": nonlinear_classifier, "linear": linear_classifier}
+CLASSIFIER_BUILDERS = {"nonlinear": nonlinear_classifier, "linear": linear_classifier}
 
 
 def train_classifiers(train_views: dict, train_labels: torch.Tensor, test_features: dict, test_labels: torch.Tensor,
@@ -94,7 +94,7 @@ def train_classifiers(train_views: dict, train_labels: torch.Tensor, test_featur
     num_classes = int(train_labels.max()) + 1
     with torch.random.fork_rng(devices=[]):  # the probes must not shift the caller's random stream
         torch.random.default_generator.manual_seed(seed)  # the CPU generator only: CUDA ones are not forked
-        heads = nn.ModuleDict({block: nn.ModuleDict({kind: BUILDERS[kind](views[0].shape[1], num_classes)
+        heads = nn.ModuleDict({block: nn.ModuleDict({kind: CLASSIFIER_BUILDERS[kind](views[0].shape[1], num_classes)
                                                      for kind in classifiers})
                                for block, views in train_views.items()}).to(device)
     optimizer = torch.optim.SGD(heads.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)

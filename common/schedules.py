@@ -3,6 +3,9 @@ import math
 
 import torch
 
+# --schedule's choices.
+SCHEDULES = {"step": "x0.2 at 30%, 60%, 80% of training (RotNet's 60/120/160 of 200 epochs)",
+             "cosine": "cosine decay to 0", "constant": "the same lr throughout"}
 # RotNet's pretraining: lr x0.2 after 60, 120 and 160 of 200 epochs.
 PRETRAINING_MILESTONES = (0.3, 0.6, 0.8)
 # RotNet's classifiers on frozen features: lr x0.2 after 20, 40 and 45 of 50 epochs.

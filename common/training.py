@@ -1,9 +1,9 @@
-"""The training loop's state, shared by both scripts: the Accelerator and optimizer they train with, then a Run
-that resumes, walks the epochs and micro-batches, takes optimizer steps, and around each step keeps the lr
-schedule, the logs, the checkpoints and the stop signals; at the end it writes final/ and results.json.
+"""The training loop's machinery (common/loop.py runs it): the Accelerator, the output dir's claim, the seeding
+point, the optimizer and schedule, then a Run that walks the epochs and micro-batches, takes optimizer steps, and
+around each step keeps the lr schedule, the logs, the checkpoints and the stop signals.
 
-Each script keeps its own loop (data, model, loss) and calls a Run at five points: optimizer_step, end_batch,
-evaluation_due, evaluate (its evaluation, stoppable between batches) and log_evaluation.
+The loop calls a Run at these points: start (resume, config.json, tracker), optimizer_step, end_batch,
+evaluation_due, evaluate (stoppable between batches), log_evaluation, results and end.
 """
 import math
 import os
@@ -29,29 +29,35 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 MAX_CONSECUTIVE_AMP_SKIPS = 50
 
 
-def make_accelerator(args) -> Accelerator:
-    """The Accelerator of a training run (tracker, accumulation, seeded data order), once this run holds OUTPUT_DIR
-    (one training per folder: common/runlock.py) and it is writable and shared by every process; then the one
-    seeding point of the run."""
-    accelerator = distributed.make_accelerator(
+def build_accelerator(args) -> Accelerator:
+    """The Accelerator of a training run: tracker, accumulation, seeded data order (distributed.make_accelerator
+    adds the device and the process group)."""
+    return distributed.make_accelerator(
         args,
         gradient_accumulation_steps=args.grad_accum,
         log_with=tracker_name(args),
         project_dir=args.output_dir,
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, not once per process
         # Shuffling seeded by (seed, epoch): every rank agrees on the order, and a resume replays it. Index
-        # batches are copied to the GPU from pinned memory without waiting (data.index_loader pins them).
+        # batches of a split on the GPU are copied there from pinned memory without waiting (data.index_loader pins
+        # them); for a split in host memory or streamed they stay on the host (the loop's device_placement).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=True),
         dynamo_backend="inductor" if args.compile else None,
     )
-    # Before anything is written there; the main process holds the lock until it exits.
-    distributed.decided_by_main(accelerator, lambda: runlock.acquire(args.output_dir))
+
+
+def claim_output_dir(accelerator, args) -> None:
+    """Before anything is written to OUTPUT_DIR: this run holds it (one training per folder, common/runlock.py;
+    the main process holds the lock until it exits), it is writable, and every process sees the same folder."""
+    distributed.on_main_process_for_all(accelerator, lambda: runlock.acquire(args.output_dir))
     check_output_dir(args.output_dir)
     distributed.probe_shared_directory(accelerator, args.output_dir)
-    # Each rank draws its own augmentations (restored on resume); the initial weights are rank 0's on every rank,
-    # as DDP broadcasts them when prepare() wraps the model.
+
+
+def seed_run(args) -> None:
+    """The run's one seeding point. Each rank draws its own augmentations (restored on resume); the initial
+    weights are rank 0's on every rank, as DDP broadcasts them when prepare() wraps the model."""
     set_seed(args.seed, device_specific=True, deterministic=args.deterministic)
-    return accelerator
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -62,13 +68,6 @@ def check_output_dir(output_dir: str) -> None:
             pass
     except OSError as e:
         raise runlock.unwritable_output_dir(output_dir, e) from e
-
-
-def make_optimizer(args, model) -> torch.optim.Optimizer:
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                               weight_decay=args.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
 def make_schedule(args, optimizer, train_loader, num_processes: int):
@@ -110,22 +109,29 @@ class TrainState:
 
 class StopSignals:
     """SIGUSR1 / SIGTERM (Slurm's preemption notice, scancel, a time limit): noted when they arrive, acted on at a
-    step's end, where every rank can agree. Made first thing in a script's main(): a notice that arrives while the
-    data loads or decodes is kept (the launcher's "ignore USR1" is inherited until then), and the run stops at
-    its first step."""
+    step's end, where every rank can agree. Installed first thing in the loop (common/loop.py): a notice that
+    arrives while the data loads or decodes is kept (the launcher's "ignore USR1" is inherited until then), and the
+    run stops at its first step."""
 
     def __init__(self):
         self.received = 0
+
+    @classmethod
+    def install(cls) -> "StopSignals":
+        """Handlers for STOP_SIGNALS that note the signal; the same command resumes after the stop."""
+        stop_signals = cls()
         for sig in STOP_SIGNALS:
-            signal.signal(sig, self._note)
+            signal.signal(sig, stop_signals._note)
+        return stop_signals
 
     def _note(self, signum, frame) -> None:
         self.received = signum
 
-    def agreed(self, accelerator, problem: str = None) -> bool:
-        """An all-reduce: True on every rank when any rank got a stop signal, so that all stop after the same step
-        (a lone rank stopping would leave the others waiting forever in the next all-reduce). problem: this rank's
-        reason to stop with an error (an unreadable streamed file); if any rank has one, every rank raises it."""
+    def all_reduce(self, accelerator, problem: str = None) -> bool:
+        """An all-reduce of the processes' stop signals: True on every rank when any rank got a stop signal, so that
+        all stop after the same step (a lone rank stopping would leave the others waiting forever in the next
+        all-reduce). problem: this rank's reason to stop with an error (an unreadable streamed file); if any rank
+        has one, every rank raises it."""
         if accelerator.num_processes == 1:
             if problem:
                 raise UserError(problem)
@@ -193,7 +199,7 @@ class NonFiniteGuard:
         self._first_bad_step = None
         self._amp_skips_in_a_row = 0
 
-    def allows_update(self, norm: torch.Tensor) -> bool:
+    def decide_update(self, norm: torch.Tensor) -> bool:
         """Whether the optimizer step now due may update the weights, given its gradients' norm."""
         step = self.state.step + 1
         if self.accelerator.scaler is not None:  # fp16: overflow is the GradScaler's to handle
@@ -214,7 +220,7 @@ class NonFiniteGuard:
         """--nan-policy abort: the first step so far with non-finite gradients, or 0 (reads the device)."""
         return 0 if self._first_bad_step is None else int(self._first_bad_step.item())
 
-    def amp_diverged(self) -> int:
+    def count_amp_skip(self) -> int:
         """fp16, after each optimizer step: how many steps in a row overflowed, when that many mean divergence."""
         if self.accelerator.scaler is None:
             return 0
@@ -225,26 +231,24 @@ class NonFiniteGuard:
 
 
 class Run:
-    """One training run around a script's loop. Created after accelerator.prepare (model, optimizer, loader and
-    schedule prepared): it resumes from OUTPUT_DIR's newest intact checkpoint, if any, and starts the logs.
-
-    must_match: the script's options a checkpoint cannot be resumed under when changed, besides
-    checkpoints.MUST_MATCH. stop_signals: the script's, made first thing (else one is made here). images: the
-    train split (placement.TrainImages), whose problem (an unreadable streamed file) stops the run."""
+    """One training run around the loop (common/loop.py), made by Run.start once the model, optimizer, loader and
+    schedule are prepared. must_match: the task's options a checkpoint cannot be resumed under when changed,
+    besides checkpoints.MUST_MATCH. stop_signals: the loop's, installed first thing (StopSignals.install).
+    train_source: the train split (placement.TrainImages), whose problem (an unreadable streamed file) stops the
+    run."""
 
     def __init__(self, args, accelerator, model, optimizer, scheduler, train_loader, project: str, must_match=(),
-                 stop_signals: StopSignals = None, images=None):
-        self.args, self.accelerator = args, accelerator
+                 stop_signals: StopSignals = None, train_source=None):
+        self.args, self.accelerator, self.project = args, accelerator, project
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, train_loader
         self.parameters = list(model.parameters())  # walked every step: the module tree once
         self.steps_per_epoch = steps_per_epoch(args, len(train_loader))  # prepared: this process's batches
         self.total_steps = total_steps(args, len(train_loader))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.must_match = checkpoints.MUST_MATCH + tuple(must_match)
+        self.must_match = tuple(must_match)
         self.state = TrainState()
         accelerator.register_for_checkpointing(self.state)
         self.tracker = Tracker(args, accelerator, project)
-        diagnostics.inject_faults(accelerator.unwrap_model(model), self)
         self.sync_counter = (diagnostics.HostSyncCounter()
                              if args.count_host_syncs and accelerator.device.type == "cuda" else None)
         # Once (it runs git), on the process that writes configs and logs; it goes into every checkpoint.
@@ -252,45 +256,26 @@ class Run:
         self.start_time = time.time()
         self.metrics = TrainMetrics(accelerator)
         self.guard = NonFiniteGuard(args, accelerator, self.state)
-        self.stop_signals = stop_signals or StopSignals()
-        self.images = images
+        self.stop_signals = stop_signals or StopSignals()  # not installed: no signal reaches it
+        self.train_source = train_source
         self.record_indices = diagnostics.index_recorder(accelerator)
-        self.model_timer = diagnostics.model_timer(accelerator, model)
+        self.model_timer = None  # SSL_SCRIPTS_TIME_MODEL's (Run.start)
         self._saved_step = None  # the step whose checkpoint this process last saved or resumed from
-        self._resume()
-        self._first_step = self.state.step + 1  # stops are agreed on there too: a notice during loading
-        self._start_logs()
+        self._first_step = 1
 
-    def _resume(self) -> None:
-        args, accelerator = self.args, self.accelerator
-        # Verifying a checkpoint reads all of its files: once, on the main process, not once per process.
-        # The options it was written with come with it: no rank reads the file on its own.
-        checkpoint, saved = distributed.decided_by_main(
-            accelerator, lambda: checkpoints.choose(args, self.must_match))
-        if checkpoint:
-            accelerator.load_state(checkpoint)
-            self._saved_step = self.state.step
-            if (saved["world_size"], saved["grad_accum"]) != (accelerator.num_processes, args.grad_accum):
-                self._continue_on_another_split(saved["world_size"], saved["grad_accum"])
-            accelerator.print(f"resumed from {checkpoint} at step {self.state.step} "
-                              f"(epoch {self.state.epoch}, batch {self.state.batches_in_epoch})")
-
-    def _continue_on_another_split(self, saved_world_size: int, saved_accum: int) -> None:
-        """The checkpoint's run split the same global batch over other processes or accumulation steps. Every
-        optimizer step still takes the same samples (the seedable sampler permutes all indices; an optimizer step
-        takes the next --batch-size of them, however they are split), so the saved position, in this process's
-        micro-batches, is converted through optimizer steps. Ranks the checkpoint has no random state for draw
-        their augmentations from a seed of (seed, step, rank)."""
-        args, accelerator, state = self.args, self.accelerator, self.state
-        steps_in_epoch = math.ceil(state.batches_in_epoch / saved_accum)
-        state.batches_in_epoch = min(steps_in_epoch * args.grad_accum, len(self.loader))
-        if accelerator.process_index >= saved_world_size:
-            set_seed((args.seed * 1_000_003 + state.step * 1009 + accelerator.process_index) % 2 ** 32)
-        fresh_ranks = (f"; the augmentations of ranks {saved_world_size} and above are seeded by (seed, step, rank)"
-                       if accelerator.num_processes > saved_world_size else "")
-        accelerator.print(f"resuming a run of {saved_world_size} process(es) x {saved_accum} accumulation step(s) on "
-                          f"{accelerator.num_processes} x {args.grad_accum}: the same global batch {args.batch_size}, "
-                          f"the same samples in the same order{fresh_ranks}", flush=True)
+    @classmethod
+    def start(cls, *args, **kwargs) -> "Run":
+        """A Run (the arguments are __init__'s) that has resumed from OUTPUT_DIR's newest intact checkpoint, if
+        any (checkpoints.resume: loads the model, optimizer, schedule, loader position and random states), written
+        config.json and started the tracker (main process), and started its progress bar and clocks."""
+        run = cls(*args, **kwargs)
+        diagnostics.inject_faults(run.accelerator.unwrap_model(run.model), run)  # the tests' faults, if asked
+        run.model_timer = diagnostics.model_timer(run.accelerator, run.model)  # the benchmark's timer, if asked
+        if checkpoints.resume(run.accelerator, run.args, run.state, run.must_match, len(run.loader)):
+            run._saved_step = run.state.step
+        run._first_step = run.state.step + 1  # stops are agreed on there too: a notice during loading
+        run._start_logs()
+        return run
 
     def _start_logs(self) -> None:
         args, accelerator = self.args, self.accelerator
@@ -299,7 +284,7 @@ class Run:
                           f"{micro_batch} images x {args.grad_accum} accumulation step(s); lr {args.lr}; "
                           f"{self.total_steps} steps of {self.steps_per_epoch} per epoch", flush=True)
         # Main process only; a failed write (a full disk) stops every process.
-        distributed.decided_by_main(accelerator, self._start_files)
+        distributed.on_main_process_for_all(accelerator, self._start_files)
         # Redirected to a file (Slurm logs) the bar is redrawn every 30 s, not a few times a second.
         self.progress = tqdm(total=self.total_steps, initial=self.state.step, dynamic_ncols=True,
                              mininterval=1 if sys.stderr.isatty() else 30,
@@ -354,20 +339,20 @@ class Run:
         drops a non-finite step; then zeroes the gradients. Other micro-batches only accumulate.
 
         After DDP's all-reduce every process holds the same gradients, so each decides alike on its own."""
-        if self.accelerator.sync_gradients and self._gradients_usable():
+        if self.accelerator.sync_gradients and self._clip_and_check_gradients():
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.model_timer and self.accelerator.sync_gradients:
             self.model_timer.step_done()
 
-    def _gradients_usable(self) -> bool:
+    def _clip_and_check_gradients(self) -> bool:
         if self.args.max_grad_norm:
             norm = self.accelerator.clip_grad_norm_(self.parameters, self.args.max_grad_norm)
         else:  # the norm only (logged, and --nan-policy's check); clipping to inf would still rewrite every gradient
             self.accelerator.unscale_gradients()
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
         norm = norm.detach().float()
-        usable = self.guard.allows_update(norm)
+        usable = self.guard.decide_update(norm)
         if usable:
             self.metrics.grad_norms.append(norm)
         return usable
@@ -384,7 +369,7 @@ class Run:
 
     def _end_step(self) -> None:
         accelerator = self.accelerator
-        in_a_row = self.guard.amp_diverged()
+        in_a_row = self.guard.count_amp_skip()
         if in_a_row:
             self._stop_on(f"fp16: the last {in_a_row} steps (to step {self.state.step + 1}) all overflowed and "
                           f"were skipped, so the run has diverged",
@@ -405,7 +390,8 @@ class Run:
             self._check_finite()
         stop = False
         if check or accelerator.num_processes == 1:
-            stop = self.stop_signals.agreed(accelerator, self.images.problem if self.images is not None else None)
+            problem = self.train_source.problem if self.train_source is not None else None
+            stop = self.stop_signals.all_reduce(accelerator, problem)
         if at_log:
             self._log_train()
         if at_checkpoint:
@@ -474,7 +460,7 @@ class Run:
             return evaluate(*args, **kwargs)
 
     def _stop_if_signalled(self) -> None:
-        if self.stop_signals.agreed(self.accelerator):
+        if self.stop_signals.all_reduce(self.accelerator):
             self._stop_now(during="an evaluation")
 
     def log_evaluation(self, metrics: dict) -> None:
@@ -493,43 +479,23 @@ class Run:
             self.model_timer.take()  # the window restarts: so does the model's share of it
 
     # ---------------------------------------------------------------------------------------- the end
-    def finish(self, encoder, metrics: dict, **facts) -> dict:
-        """Writes final/ (encoder), results.json and the last metrics; ends the tracker. facts: numbers about the
-        run that results.json should hold beside the metrics (e.g. skipped_images)."""
+    def results(self, metrics: dict, **facts) -> dict:
+        """results.json's values: the final metrics (and the untrained encoder's, if evaluated), the run's figures
+        and `facts` about the run (e.g. skipped_images). Closes the progress bar: training is over."""
         state, accelerator = self.state, self.accelerator
-        results = {**state.init_metrics, **scalars(metrics), **facts,
-                   "steps": state.step, "epochs": state.step / self.steps_per_epoch,
-                   "images_per_s": state.images / max(state.train_time_s, 1e-9),
-                   "samples_per_s": state.samples / max(state.train_time_s, 1e-9),
-                   "train_time_s": state.train_time_s, "wall_time_s": time.time() - self.start_time,
-                   "world_size": accelerator.num_processes, "peak_memory_mb": peak_memory_mb(),
-                   "global_batch": self.args.batch_size, **(self.sync_counter.results() if self.sync_counter else {})}
         self.progress.close()
-        # Main process only; a failed write (a full disk) stops every process.
-        encoder = accelerator.unwrap_model(encoder)
-        distributed.decided_by_main(accelerator, lambda: self._write_results(encoder, results))
+        return {**state.init_metrics, **scalars(metrics), **facts,
+                "steps": state.step, "epochs": state.step / self.steps_per_epoch,
+                "images_per_s": state.images / max(state.train_time_s, 1e-9),
+                "samples_per_s": state.samples / max(state.train_time_s, 1e-9),
+                "train_time_s": state.train_time_s, "wall_time_s": time.time() - self.start_time,
+                "world_size": accelerator.num_processes, "peak_memory_mb": peak_memory_mb(),
+                "global_batch": self.args.batch_size, **(self.sync_counter.results() if self.sync_counter else {})}
+
+    def end(self, metrics: dict, results: dict) -> None:
+        """Logs the final metrics and hands the tracker results.json's values as its summary; ends the tracker."""
         self.log(metrics)
         self.tracker.summarize(results)
-        return results
-
-    def _write_results(self, encoder, results: dict) -> None:
-        from common.models import save_encoder
-        final = os.path.join(self.args.output_dir, "final")
-        then = (". Training is done and its last checkpoint saved: once there is room, the same command writes "
-                "final/ and results.json (evaluating the final encoder again)")
-        try:
-            save_encoder(encoder, final, trained_by=os.path.basename(sys.argv[0]), steps=self.state.step)
-            files.write_json(os.path.join(self.args.output_dir, "results.json"), results)
-        except files.WriteFailed as e:
-            raise UserError(e.problem + then) from e
-        summary = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("eval/"))
-        print(f"done: {self.state.step} steps, {results['images_per_s']:.0f} images/s; {summary}")
-        if self.sync_counter:
-            print(f"host syncs per steady step: {results['host_syncs_per_step']:.2f} on average, "
-                  f"{results['host_syncs_max_step']} at most, over {results['host_syncs_steady_steps']} steps "
-                  f"({results['host_syncs_other_steps_total']} in all other steps)", flush=True)
-        elif self.args.count_host_syncs:
-            print("host syncs: not counted (--count-host-syncs needs a GPU)", flush=True)
 
 
 def peak_memory_mb() -> float:

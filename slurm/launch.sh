@@ -1,4 +1,4 @@
-# Shared by slurm/rotation.sh and slurm/siamese.sh (sourced: `source slurm/launch.sh SCRIPT [training options]`).
+# Sourced by slurm/train.sh (slurm/rotation.sh, slurm/siamese.sh): `source slurm/launch.sh SCRIPT [training options]`.
 #
 # One srun task per node, with all the job's CPUs on that node, runs slurm/node.sh, which starts
 # `accelerate launch` for that node's processes (DRY_RUN=1: prints that command instead).
@@ -15,7 +15,7 @@ shift
 cd "${REPO_DIR:-${SLURM_SUBMIT_DIR:-.}}" || exit 2
 
 # The output dir must be the same after a requeue: --output-dir if given, else $OUTPUT_DIR, else
-# runs/<job name>-<job id> (a requeued job keeps its id).
+# runs/<job name>-<job id> (a requeued job keeps its id; the name without the template's .sh).
 args=("$@")
 output_dir=""
 for ((i = 0; i < ${#args[@]}; i++)); do
@@ -25,7 +25,8 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     esac
 done
 if [ -z "$output_dir" ]; then
-    output_dir=${OUTPUT_DIR:-runs/${SLURM_JOB_NAME:-job}-${SLURM_JOB_ID}}
+    job_name=${SLURM_JOB_NAME:-job}
+    output_dir=${OUTPUT_DIR:-runs/${job_name%.sh}-${SLURM_JOB_ID}}
     args+=(--output-dir "$output_dir")
 fi
 

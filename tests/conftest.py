@@ -11,7 +11,10 @@ from PIL import Image
 SMALL = ["--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32", "--eval-batch-size", "256",
          "--linear-probe-epochs", "5", "--report-to", "none"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+# The tests' subprocesses (launched probes, generated scripts, accelerate's workers) import the project and these
+# helpers as pytest does (pyproject.toml's pythonpath).
+os.environ["PYTHONPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "tests"),
+                                            *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -229,15 +232,33 @@ class HostWaits:
         return caught
 
 
+def parse(argv, task="rotation"):
+    """A task's options as its training command parses them (defaults filled, checked)."""
+    from common.config import parse_options
+    from tasks import TASKS
+    return parse_options(TASKS[task], [str(a) for a in argv])
+
+
+def training_accelerator(args):
+    """The loop's Accelerator setup: built, OUTPUT_DIR claimed, the run seeded (common/loop.py's first lines)."""
+    from common import training
+    accelerator = training.build_accelerator(args)
+    training.claim_output_dir(accelerator, args)
+    training.seed_run(args)
+    return accelerator
+
+
 def prepared_run(args, accelerator, model, samples=64, project="test", accelerator_view=None):
     """What the scripts set up between their model and their loop, on `samples` indices: (Run, prepared model).
     accelerator_view: what the Run is handed instead of the Accelerator (e.g. one that reports a GPU)."""
     from common import data, training
+    from common.optimizers import make_optimizer
     loader = data.index_loader(accelerator, args, samples)
-    optimizer = training.make_optimizer(args, model)
+    optimizer = make_optimizer(args, model)
     scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    run = training.Run(args, accelerator_view or accelerator, model, optimizer, scheduler, loader, project)
+    run = training.Run.start(args, accelerator_view or accelerator, model, optimizer, scheduler, loader, project,
+                             stop_signals=training.StopSignals.install())  # as the loop installs them
     return run, model
 
 
@@ -246,14 +267,12 @@ def toy_run(output_dir, *extra, accelerator_view=None):
     --batch-size 8, a checkpoint every 3 steps, a log every 2, 2 epochs of 8 steps. Returns (run, model)."""
     import torch
     from accelerate.state import AcceleratorState
-    from common import training
-    from common.config import build_parser, validate
 
     AcceleratorState._reset_state(True)
-    args = validate(build_parser("test").parse_args(
+    args = parse(
         ["--output-dir", str(output_dir), "--report-to", "none", "--batch-size", "8", "--checkpoint-every", "3",
-         "--epochs", "2", "--log-every", "2", *map(str, extra)]))
-    return prepared_run(args, training.make_accelerator(args), torch.nn.Linear(2, 1),
+         "--epochs", "2", "--log-every", "2", *map(str, extra)])
+    return prepared_run(args, training_accelerator(args), torch.nn.Linear(2, 1),
                         accelerator_view=accelerator_view)
 
 
@@ -323,29 +342,30 @@ def tree_contents(folder) -> dict:
     return seen
 
 
-def script_toy_run(script, output_dir, *extra):
-    """toy_run with a training script's own options (its parse_args: e.g. train_siamese's --embedding-dim) and its
-    checkpoint fields (its MUST_MATCH, handed to the Run as the script hands it). Returns (run, model)."""
-    import importlib
+def task_toy_run(task, output_dir, *extra):
+    """toy_run with a task's own options (e.g. siamese's --embedding-dim) and its checkpoint fields (its
+    must_match, handed to the Run as the loop hands it). Returns (run, model)."""
     import torch
     from accelerate.state import AcceleratorState
     from common import data, training
-    module = importlib.import_module(script)
+    from common.optimizers import make_optimizer
+    from tasks import TASKS
     AcceleratorState._reset_state(True)
-    args = module.parse_args(["--output-dir", str(output_dir), "--report-to", "none", "--batch-size", "8",
-                              "--checkpoint-every", "3", "--epochs", "2", "--log-every", "2", *map(str, extra)])
-    accelerator = training.make_accelerator(args)
+    args = parse(["--output-dir", output_dir, "--report-to", "none", "--batch-size", "8", "--checkpoint-every", "3",
+                  "--epochs", "2", "--log-every", "2", *extra], task)
+    accelerator = training_accelerator(args)
     model = torch.nn.Linear(2, 1)
     loader = data.index_loader(accelerator, args, 64)
-    optimizer = training.make_optimizer(args, model)
+    optimizer = make_optimizer(args, model)
     scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    run = training.Run(args, accelerator, model, optimizer, scheduler, loader, script, module.MUST_MATCH)
+    run = training.Run.start(args, accelerator, model, optimizer, scheduler, loader, task, TASKS[task].must_match,
+                             stop_signals=training.StopSignals.install())
     return run, model
 
 
 def toy_steps(run, model, stop_after=None, seen=None):
-    """The scripts' loop around a toy Run (toy_run's, script_toy_run's), until step `stop_after` (None: the end);
+    """The loop around a toy Run (toy_run's, task_toy_run's), until step `stop_after` (None: the end);
     the index batches it trains on are appended to `seen`, if given."""
     import torch
     for _ in run.epochs():

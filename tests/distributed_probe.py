@@ -10,13 +10,12 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import UserError, cli, config, distributed, evaluation, models, training  # noqa: E402
-from conftest import prepared_run  # noqa: E402
+from common import UserError, cli, distributed, evaluation, models, outputs
+from conftest import parse, prepared_run, training_accelerator
 
 
 def checks(out):
-    args = config.validate(config.build_parser("probe").parse_args(["--report-to", "none"]))
+    args = parse(["--report-to", "none"])
     accelerator = distributed.make_accelerator(args)
     rank, seen = accelerator.process_index, {}
 
@@ -37,7 +36,7 @@ def checks(out):
             seen[name] = "ok"
         except UserError as e:
             seen[name] = str(e)
-    seen["decided"] = distributed.decided_by_main(accelerator, lambda: f"rank {accelerator.process_index}")
+    seen["decided"] = distributed.on_main_process_for_all(accelerator, lambda: f"rank {accelerator.process_index}")
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(seen, f)
     accelerator.wait_for_everyone()
@@ -57,8 +56,8 @@ def shared_gpu(out):
     torch.nn.parallel.DistributedDataParallel.__init__ = recording_init
     seen = {}
     for backend in (None, "gloo"):
-        args = config.validate(config.build_parser("probe").parse_args(
-            ["--report-to", "none"] + (["--dist-backend", backend] if backend else [])))
+        args = parse(
+            ["--report-to", "none"] + (["--dist-backend", backend] if backend else []))
         try:
             accelerator = distributed.make_accelerator(args)
         except UserError as e:
@@ -98,8 +97,8 @@ def lag_behind(output_dir):
 
 
 def lagging(argv):
-    args = config.validate(config.build_parser("probe").parse_args(argv))
-    accelerator = training.make_accelerator(args)
+    args = parse(argv)
+    accelerator = training_accelerator(args)
     if accelerator.process_index == 1:
         lag_behind(os.path.abspath(args.output_dir))
     run, model = prepared_run(args, accelerator, models.build_encoder("simple_cnn", image_size=8), project="probe")
@@ -112,7 +111,9 @@ def lagging(argv):
             if run.state.step == 3 and accelerator.is_main_process:
                 os.kill(os.getpid(), signal.SIGUSR1)  # a preemption notice, arriving during step 4
             run.end_batch(images=len(indices), samples=len(indices), loss=loss)
-    run.finish(accelerator.unwrap_model(model), {})
+    results = run.results({})
+    outputs.write_final(accelerator, args, accelerator.unwrap_model(model), results)
+    run.end({}, results)
 
 
 if __name__ == "__main__":

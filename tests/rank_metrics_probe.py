@@ -6,12 +6,11 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import config, training  # noqa: E402
-from conftest import prepared_run  # noqa: E402
 
-args = config.validate(config.build_parser("rank metrics probe").parse_args(sys.argv[1:]))
-accelerator = training.make_accelerator(args)
+from conftest import parse, prepared_run, training_accelerator
+
+args = parse(sys.argv[1:])
+accelerator = training_accelerator(args)
 run, model = prepared_run(args, accelerator, torch.nn.Linear(2, 1), project="probe")
 generator = torch.Generator().manual_seed(accelerator.process_index)
 fed = []

@@ -1,43 +1,8 @@
 """The batched image transforms of common/augment.py."""
 import torch
 
-from common.augment import augment, random_crop_flip, rotate, to_float
+from common.augment import augment, random_crop_flip, to_float
 from common.data import make_synthetic
-
-
-def asymmetric_images(n=3, size=8):
-    return torch.arange(n * 3 * size * size, dtype=torch.float32).reshape(n, 3, size, size)
-
-
-def test_rotations_are_exact_and_labelled_counterclockwise():
-    x = asymmetric_images()
-    rotated, labels = rotate(x, rotations_per_image=4)
-    n = len(x)
-    for k in range(4):
-        block = rotated[k * n:(k + 1) * n]
-        assert torch.equal(block, torch.rot90(x, k, dims=(2, 3)))
-        assert (labels[k * n:(k + 1) * n] == k).all()
-    # 90 degrees counter-clockwise: the top row read left to right becomes the left column read bottom-up.
-    assert torch.equal(rotated[n, :, :, 0].flip(-1), x[0, :, 0, :])
-
-
-def test_all_four_rotations_of_each_image_are_in_the_batch():
-    x = asymmetric_images(n=5)
-    rotated, labels = rotate(x, rotations_per_image=4)
-    assert rotated.shape == (20, 3, 8, 8) and labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
-    for i in range(5):
-        copies = [rotated[k * 5 + i] for k in range(4)]
-        for k, copy in enumerate(copies):
-            assert torch.equal(torch.rot90(copy, -k, dims=(1, 2)), x[i])
-
-
-def test_one_rotation_per_image_matches_its_label():
-    torch.manual_seed(0)
-    x = asymmetric_images(n=64)
-    rotated, labels = rotate(x, rotations_per_image=1)
-    assert rotated.shape == x.shape and set(labels.tolist()) == {0, 1, 2, 3}
-    for i in range(64):
-        assert torch.equal(rotated[i], torch.rot90(x[i], int(labels[i]), dims=(1, 2)))
 
 
 def test_random_crop_flip_is_a_shifted_window_of_the_padded_image():
@@ -99,6 +64,7 @@ def test_simclr_views_of_one_image_differ():
 def test_batched_augmentations_and_rotations_never_make_the_host_wait():
     # On `meta` tensors (a stand-in for a GPU): a value read by the host or a mask's size would show up here.
     from conftest import HostWaits
+    from tasks.rotation import rotate
     images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8, device="meta")
     with HostWaits() as waits:
         for kind in ("crop_flip", "simclr", "none"):
@@ -112,8 +78,12 @@ def test_batched_augmentations_and_rotations_never_make_the_host_wait():
 def test_a_registered_augmentation_is_an_option(monkeypatch):
     """One entry in augment.AUGMENTATIONS is all a new augmentation needs: --augment offers it, augment() runs it."""
     from common import augment as augment_module
-    from common.config import build_parser
-    monkeypatch.setitem(augment_module.AUGMENTATIONS, "invert", lambda images: 1 - to_float(images))
-    assert build_parser("t").parse_args(["--augment", "invert"]).augment == "invert"
+    from conftest import parse
+
+    def invert(images):
+        """1 - the image."""
+        return 1 - to_float(images)
+    monkeypatch.setitem(augment_module.AUGMENTATIONS, "invert", invert)
+    assert parse(["--augment", "invert"]).augment == "invert"
     x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     assert torch.equal(augment(x, "invert"), torch.ones(2, 3, 4, 4))

@@ -13,9 +13,9 @@ from conftest import REPO
 
 def test_throughput_benchmark_prints_a_row_per_script(tmp_path):
     out = tmp_path / "rows.json"
-    result = subprocess.run([sys.executable, f"{REPO}/bench/throughput.py", "--models", "simple_cnn",
+    result = subprocess.run([sys.executable, "-m", "bench.throughput", "--models", "simple_cnn",
                              "--synthetic-size", "2048", "--samples-per-step", "32", "--seconds", "0.5",
-                             "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+                             "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["script"], r["model"], r["samples_per_step"]) for r in rows] == [
@@ -200,9 +200,9 @@ def test_data_scale_benchmark_prints_a_row_per_placement(tmp_path, image_folder)
 
 
 def test_decode_benchmark_prints_before_and_after_for_each_size(tmp_path, image_folder):
-    result = subprocess.run([sys.executable, f"{REPO}/bench/decode.py", "--data-dir", str(image_folder),
+    result = subprocess.run([sys.executable, "-m", "bench.decode", "--data-dir", str(image_folder),
                              "--images", "4", "--repeats", "1", "--image-sizes", "32,96"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 32 ") or
             line.startswith("| 96 ")]

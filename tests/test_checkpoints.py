@@ -64,31 +64,37 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_the_intact_one_before_it
 
 
 # ------------------------------------------------------------------ compatibility: each field, nothing overwritten
-@pytest.mark.parametrize("script, options, differs", [
-    ("train_rotation", ["--model", "simple_cnn", "--optimizer", "sgd"], "model 'resnet18' in the checkpoint, "
+@pytest.mark.parametrize("task, options, differs", [
+    ("rotation", ["--model", "simple_cnn", "--optimizer", "sgd"], "model 'resnet18' in the checkpoint, "
                                                                         "'simple_cnn' now"),
-    ("train_rotation", ["--image-size", "16"], "image_size 32 in the checkpoint, 16 now"),
-    ("train_rotation", ["--optimizer", "adamw"], "optimizer 'sgd' in the checkpoint, 'adamw' now"),
-    ("train_rotation", ["--batch-size", "16"], "batch_size 8 in the checkpoint, 16 now"),
-    ("train_rotation", ["--dataset", "synthetic"], "dataset 'cifar10' in the checkpoint, 'synthetic' now"),
-    ("train_rotation", ["--synthetic-size", "512"], "synthetic_size 1024 in the checkpoint, 512 now"),
-    ("train_rotation", ["--seed", "1"], "seed 0 in the checkpoint, 1 now"),
-    ("train_rotation", ["--rotations-per-image", "1"], "rotations_per_image 4 in the checkpoint, 1 now"),
-    ("train_siamese", ["--pairs", "augment"], "pairs 'label' in the checkpoint, 'augment' now"),
-    ("train_siamese", ["--embedding-dim", "64"], "embedding_dim 128 in the checkpoint, 64 now"),
+    ("rotation", ["--image-size", "16"], "image_size 32 in the checkpoint, 16 now"),
+    ("rotation", ["--optimizer", "adamw"], "optimizer 'sgd' in the checkpoint, 'adamw' now"),
+    ("rotation", ["--batch-size", "16"], "batch_size 8 in the checkpoint, 16 now"),
+    ("rotation", ["--dataset", "synthetic"], "dataset 'cifar10' in the checkpoint, 'synthetic' now"),
+    ("rotation", ["--synthetic-size", "512"], "synthetic_size 1024 in the checkpoint, 512 now"),
+    ("rotation", ["--seed", "1"], "seed 0 in the checkpoint, 1 now"),
+    ("rotation", ["--rotations-per-image", "1"], "rotations_per_image 4 in the checkpoint, 1 now"),
+    ("siamese", ["--pairs", "augment"], "pairs 'label' in the checkpoint, 'augment' now"),
+    ("siamese", ["--embedding-dim", "64"], "embedding_dim 128 in the checkpoint, 64 now"),
+    ("siamese", ["--pairs", "augment", "--loss", "ntxent"], "pairs 'label' in the checkpoint, 'augment' now; loss "
+                                                           "'contrastive' in the checkpoint, 'ntxent' now"),
+    ("rotation", ["task=siamese"], "task 'rotation' in the checkpoint, 'siamese' now"),
 ], ids=["model", "image_size", "optimizer", "batch_size", "dataset", "synthetic_size", "seed", "rotations_per_image",
-        "pairs", "embedding_dim"])
+        "pairs", "embedding_dim", "loss", "task"])
 def test_a_resume_with_any_must_match_option_changed_is_refused_naming_it_and_overwrites_nothing(
-        tmp_path, script, options, differs):
-    # Each field of checkpoints.MUST_MATCH and of the script's MUST_MATCH, one at a time, through a Run given the
-    # script's MUST_MATCH as the script gives it.
-    from conftest import exited, script_toy_run, toy_steps, tree_contents
-    run, model = script_toy_run(script, tmp_path)
+        tmp_path, task, options, differs):
+    # Each field of checkpoints.MUST_MATCH and of the task's must_match, one at a time, through a Run given the
+    # task's must_match as the loop gives it ("task=NAME": the same output dir resumed by another task).
+    from conftest import exited, task_toy_run, toy_steps, tree_contents
+    run, model = task_toy_run(task, tmp_path)
     toy_steps(run, model, stop_after=4)  # a checkpoint at 3, and files written after it (metrics, config)
     exited(tmp_path)
     before = tree_contents(tmp_path)
     with pytest.raises(UserError) as refused:
-        script_toy_run(script, tmp_path, *options)
+        if options[0].startswith("task="):
+            task_toy_run(options[0][len("task="):], tmp_path)
+        else:
+            task_toy_run(task, tmp_path, *options)
     exited(tmp_path)
     checkpoint = tmp_path / "checkpoints" / "step_00000003"
     assert str(refused.value) == (f"checkpoint {checkpoint} was written with other options ({differs}): run with the "
@@ -146,18 +152,17 @@ def test_ranks_a_resume_adds_draw_their_augmentations_from_seed_step_and_rank(tm
     import torch
     from accelerate.utils import set_seed
     from common.augment import crop_flip
-    from conftest import REPO, accelerate_command, exited, run_script
+    from conftest import accelerate_command, exited, run_script
     toy_train(tmp_path / "source", stop_after=7)  # checkpoints at 3 and 6, of 1 process
     exited(tmp_path / "source")
     step3, step6 = (tmp_path / "source" / "checkpoints" / f"step_0000000{s}" for s in (3, 6))
     probe = tmp_path / "probe.py"
-    probe.write_text(f"""
+    probe.write_text("""
 import json, os, sys
-sys.path[:0] = [{REPO!r}, {os.path.join(REPO, "tests")!r}]
 import torch
 from common.augment import AUGMENTATIONS
 from conftest import toy_run
-out, seen = sys.argv[1], {{}}
+out, seen = sys.argv[1], {}
 images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 for name, checkpoint in zip(sys.argv[2::2], sys.argv[3::2]):
     run, _ = toy_run(os.path.join(out, name), "--resume", checkpoint, "--augment", "crop_flip")
@@ -168,7 +173,7 @@ for name, checkpoint in zip(sys.argv[2::2], sys.argv[3::2]):
             break
         break
     run.accelerator.wait_for_everyone()
-with open(os.path.join(out, f"rank{{run.accelerator.process_index}}.json"), "w") as f:
+with open(os.path.join(out, f"rank{run.accelerator.process_index}.json"), "w") as f:
     json.dump(seen, f)
 """)
     result = run_script(accelerate_command(str(probe), tmp_path, "a", step3, "again", step3, "later", step6,

@@ -2,15 +2,16 @@
 import pytest
 
 from common import UserError
-from common.config import build_parser, dataset_checks, require, validate
+from common.config import build_parser, dataset_checks, require
 from common.data import make_synthetic
+from conftest import parse
 
 
 @pytest.mark.parametrize("option, value", [("--lr", "0"), ("--batch-size", "0"), ("--model", "vgg"),
                                            ("--dist-timeout", "0"), ("--linear-probe-epochs", "0")])
 def test_invalid_options_are_user_errors(option, value):
     with pytest.raises(UserError, match=option.lstrip("-").split("-")[0]):
-        validate(build_parser("t").parse_args([option, value]))
+        parse([option, value])
 
 
 def test_evaluate_checks_the_distributed_options_with_its_others():
@@ -20,14 +21,14 @@ def test_evaluate_checks_the_distributed_options_with_its_others():
 
 
 def test_the_models_recipe_fills_only_what_was_not_given():
-    args = validate(build_parser("t").parse_args(["--model", "simple_cnn", "--lr", "0.01"]))
+    args = parse(["--model", "simple_cnn", "--lr", "0.01"])
     assert (args.optimizer, args.lr, args.schedule) == ("adamw", 0.01, "constant")
-    args = validate(build_parser("t").parse_args([]))  # resnet18: RotNet's recipe
+    args = parse([])  # resnet18: RotNet's recipe
     assert (args.optimizer, args.lr, args.schedule) == ("sgd", 0.1, "step")
 
 
 def test_options_are_checked_against_the_loaded_data():
-    args = validate(build_parser("t").parse_args(["--knn-k", "50"]))
+    args = parse(["--knn-k", "50"])
     with pytest.raises(UserError, match="--knn-k 50 is larger than the evaluation's train split"):
         require(dataset_checks(args, make_synthetic(8, n_train=40, n_test=8)))
     require(dataset_checks(args, make_synthetic(8, n_train=50, n_test=8)))
@@ -37,7 +38,7 @@ def test_options_are_checked_against_the_loaded_data():
 @pytest.mark.parametrize("dataset, evaluated", [("cifar10", "cifar10"), ("cifar100", "cifar100"), ("stl10", "stl10"),
                                                 ("imagefolder", "imagefolder"), ("images", "none")])
 def test_a_run_evaluates_on_its_own_dataset_when_it_has_labels_else_on_none(dataset, evaluated):
-    assert validate(build_parser("t").parse_args(["--dataset", dataset])).eval_dataset == evaluated
+    assert parse(["--dataset", dataset]).eval_dataset == evaluated
 
 
 def test_an_evaluation_set_needs_labels_and_a_folder_needs_its_path(capsys):
@@ -45,15 +46,16 @@ def test_an_evaluation_set_needs_labels_and_a_folder_needs_its_path(capsys):
         build_parser("t").parse_args(["--eval-dataset", "images"])
     assert "invalid choice: 'images'" in capsys.readouterr().err
     with pytest.raises(UserError, match="--eval-dataset imagefolder needs --eval-data-dir"):
-        validate(build_parser("t").parse_args(["--eval-dataset", "imagefolder"]))
+        parse(["--eval-dataset", "imagefolder"])
 
 
-@pytest.mark.parametrize("script", ["train_rotation.py", "train_siamese.py", "evaluate.py", "bench/throughput.py",
-                                    "bench/decode.py", "bench/data_scale.py"])
-def test_every_command_prints_its_help(script):
+@pytest.mark.parametrize("command", ["train_rotation.py", "train_siamese.py", "evaluate.py", "-m bench.throughput",
+                                     "-m bench.decode", "bench/data_scale.py"])
+def test_every_command_prints_its_help(command):
     # argparse formats every help text only for --help: a stray % in one (e.g. "70%") crashed it there alone.
     import subprocess
     import sys
     from conftest import REPO
-    result = subprocess.run([sys.executable, f"{REPO}/{script}", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, *command.split(), "--help"], capture_output=True, text=True, timeout=120,
+                            cwd=REPO)
     assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr[-2000:]

@@ -39,7 +39,7 @@ def test_corrupt_image_is_named_or_skipped(image_folder, tmp_path):
     with pytest.raises(UserError, match="broken.jpg.*--skip-bad-images"):
         load_imagefolder(str(image_folder), 16, str(tmp_path / "cache"))
     data = load_imagefolder(str(image_folder), 16, str(tmp_path / "cache"), skip_bad=True)
-    assert data.skipped_files == 1 and len(data.train_images) == 12
+    assert data.skipped_images == 1 and len(data.train_images) == 12
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -125,7 +125,7 @@ def test_decoding_fills_one_tensor_per_split_and_leaves_out_unreadable_files(ima
     from common.data import decode_imagefolder
     (image_folder / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     data = decode_imagefolder(str(image_folder), 16, skip_bad=True)
-    assert data.train_images.shape == (12, 3, 16, 16) and data.skipped_files == 1
+    assert data.train_images.shape == (12, 3, 16, 16) and data.skipped_images == 1
     assert data.train_images.untyped_storage().nbytes() == 12 * 3 * 16 * 16  # no unused tail
     assert data.train_labels.tolist() == [0] * 6 + [1] * 6
 

@@ -56,3 +56,4 @@ def test_a_class_with_one_image_is_one_error_line(image_folder, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: --pairs label needs at least two train images in every class, and dog has one: add images, or use "
         "--pairs augment")
+

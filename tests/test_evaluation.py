@@ -107,26 +107,3 @@ def test_roc_auc_known_values():
     assert roc_auc(torch.tensor([1.0, 2.0, 3.0, 4.0]), positive) == 0.0
     assert roc_auc(torch.tensor([1.0, 1.0, 1.0, 1.0]), positive) == 0.5
     assert roc_auc(torch.tensor([4.0, 2.0, 3.0, 1.0]), positive) == 0.75  # one of four pos/neg pairs misordered
-
-
-def test_view_pairs_tell_two_views_of_one_image_from_two_images_and_draw_the_same_views_each_time():
-    from common.evaluation import view_pair_metrics
-    AcceleratorState._reset_state(True)
-    accelerator = Accelerator(cpu=True)
-    images = torch.randint(0, 256, (50, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    flatten = torch.nn.Flatten()
-    before = torch.random.get_rng_state()
-    # Unaugmented views are the image itself: distance 0 against another image's, every time.
-    assert view_pair_metrics(accelerator, flatten, images, "none", 16) == {"eval/view_pair_auc": 1.0}
-    # An embedding that ignores the image cannot tell the pairs apart.
-    constant = view_pair_metrics(accelerator, Constant(), images, "simclr", 16)
-    assert constant == {"eval/view_pair_auc": 0.5}
-    first = view_pair_metrics(accelerator, flatten, images, "simclr", 16)["eval/view_pair_auc"]
-    assert 0.5 < first < 1 and view_pair_metrics(accelerator, flatten, images, "simclr", 16) == {
-        "eval/view_pair_auc": first}
-    assert torch.equal(torch.random.get_rng_state(), before)  # training's random stream untouched
-
-
-class Constant(torch.nn.Module):
-    def forward(self, x):
-        return torch.ones(len(x), 4)

@@ -62,4 +62,4 @@ def test_an_unreadable_image_is_named_or_skipped_and_counted(tmp_path):
     with pytest.raises(UserError, match="cannot read image .*broken.jpg.*--skip-bad-images"):
         load_imagefolder(str(tmp_path / "photos"), 16, str(tmp_path / "cache"), scan=scan_images)
     data = load_imagefolder(str(tmp_path / "photos"), 16, str(tmp_path / "cache"), skip_bad=True, scan=scan_images)
-    assert data.skipped_files == 1 and len(data.train_images) + len(data.test_images) == 21
+    assert data.skipped_images == 1 and len(data.train_images) + len(data.test_images) == 21

@@ -76,10 +76,36 @@ def test_identical_embeddings_give_finite_gradients():
     assert torch.isfinite(e.grad).all()
 
 
-def test_a_registered_pair_loss_is_an_option_of_the_siamese_script(monkeypatch):
-    """One entry in losses.PAIR_LOSSES is all a new loss needs: train_siamese.py --loss offers it."""
-    import train_siamese
-    from common.losses import PAIR_LOSSES
-    monkeypatch.setitem(PAIR_LOSSES, "cosine", lambda e1, e2, similar, margin: 1 - (e1 * e2).sum(1).mean())
-    assert train_siamese.parse_args(["--loss", "cosine"]).loss == "cosine"
-    assert train_siamese.parse_args([]).loss == "contrastive"
+def test_a_registered_pair_loss_is_an_option_of_the_siamese_task(monkeypatch):
+    """One entry in losses.LOSSES is all a new loss needs: train_siamese.py --loss offers it, with its options."""
+    from common.losses import LOSSES, PairLoss
+    from conftest import parse
+
+    def options(group):
+        group.add_argument("--cosine-scale", type=float, default=1.0)
+    monkeypatch.setitem(LOSSES, "cosine", PairLoss(
+        lambda e1, e2, similar, args: args.cosine_scale * (1 - (e1 * e2).sum(1).mean()), options))
+    args = parse(["--loss", "cosine", "--cosine-scale", "2"], "siamese")
+    assert args.loss == "cosine" and args.cosine_scale == 2
+    assert parse([], "siamese").loss == "contrastive"
+
+
+def test_ntxent_matches_its_formula_on_a_tiny_batch():
+    # SimCLR's l(i, j) = -log(exp(sim(z_i, z_j) / t) / sum over k != i of exp(sim(z_i, z_k) / t)), averaged over
+    # all 2N views, where view i's positive j is the other view of its image.
+    import math
+    from common.losses import ntxent_loss
+    generator = torch.Generator().manual_seed(0)
+    emb1, emb2, t = torch.randn(3, 4, generator=generator), torch.randn(3, 4, generator=generator), 0.5
+    z = torch.nn.functional.normalize(torch.cat([emb1, emb2]), dim=1).tolist()
+    views = len(z)
+
+    def sim(i, k):
+        return sum(a * b for a, b in zip(z[i], z[k])) / t
+
+    expected = sum(-math.log(math.exp(sim(i, (i + 3) % views)) /
+                             sum(math.exp(sim(i, k)) for k in range(views) if k != i)) for i in range(views)) / views
+    assert ntxent_loss(emb1, emb2, t).item() == pytest.approx(expected, abs=1e-6)
+    # Symmetric in the views; lower when the views of each image agree.
+    assert ntxent_loss(emb2, emb1, t).item() == pytest.approx(expected, abs=1e-6)
+    assert ntxent_loss(emb1, emb1, t).item() < expected

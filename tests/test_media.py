@@ -1,22 +1,7 @@
 """common/media.py: the dashboard pictures show what they claim to."""
-import numpy as np
 import torch
 
 from common import media
-
-
-def test_rotation_examples_frame_right_and_wrong_predictions():
-    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    predicted = torch.arange(4).repeat(16, 1)  # every angle right...
-    predicted[1, 1] = 3  # ...except image 1, shown at 90 degrees and predicted 270
-    picture = media.rotation_examples(images, predicted, columns=8, scale=3)
-    assert picture.pixels.dtype == np.uint8 and picture.pixels.shape[2] == 3
-    cell_w = 32 * 3 + 8
-    assert tuple(picture.pixels[1, 1]) == media.GOOD  # image 0's frame
-    assert tuple(picture.pixels[1, cell_w + 1]) == media.BAD  # image 1's frame
-    # the tile is the image at its true rotation (image 2 at 180 degrees), upscaled
-    tile = picture.pixels[4:4 + 96:3, 2 * cell_w + 4:2 * cell_w + 4 + 96:3]
-    assert np.array_equal(tile, torch.rot90(images[2], 2, dims=(1, 2)).permute(1, 2, 0).numpy())
 
 
 def test_confusion_matrix_shades_rows_by_share():

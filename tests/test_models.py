@@ -2,8 +2,14 @@ import pytest
 import torch
 
 from common import UserError
-from common.models import (MODELS, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
-                           projection_head, rotation_head, save_encoder, simple_cnn_blocks)
+from common.models import (MODELS, EncoderWithHead, FeatureLinear, build_encoder, load_encoder, save_encoder,
+                           simple_cnn_blocks)
+from conftest import parse
+from tasks import TASKS
+
+
+def task_head(task, encoder, *options):
+    return TASKS[task].head(parse(["--model", encoder.name, *options], task), encoder)
 
 EXPECTED = {  # model: (feature dim, channels of each block's map, spatial side of each block's map) at 32 px
     "simple_cnn": (4096, [32, 64], [16, 8]),
@@ -20,7 +26,7 @@ def test_output_shapes(name):
     assert encoder.feature_dim == dim and encoder(x).shape == (2, dim)
     maps = encoder.block_features(x)
     assert [m.shape[1] for m in maps] == channels and [m.shape[-1] for m in maps] == sides
-    assert EncoderWithHead(encoder, rotation_head(encoder))(x).shape == (2, 4)
+    assert EncoderWithHead(encoder, task_head("rotation", encoder))(x).shape == (2, 4)
 
 
 def test_unknown_model_is_a_user_error():
@@ -62,11 +68,12 @@ def test_feature_linear_on_a_map_is_linear_on_the_flattened_map(memory_format):
     torch.testing.assert_close(w_map, w_flat, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("make_head", [rotation_head, lambda encoder: projection_head(encoder, 32)])
-def test_a_head_that_takes_the_map_gives_what_it_gives_on_features(make_head):
+@pytest.mark.parametrize("task", ["rotation", "siamese"])
+def test_a_head_that_takes_the_map_gives_what_it_gives_on_features(task):
     torch.manual_seed(0)
     encoder = build_encoder("simple_cnn", 32)
-    model = EncoderWithHead(encoder, make_head(encoder))
+    model = EncoderWithHead(encoder, task_head(task, encoder, "--embedding-dim", "32") if task == "siamese"
+                            else task_head(task, encoder))
     assert model.head_takes_map  # otherwise this test would compare the same path twice
     x = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(model(x), model.head(encoder(x)), rtol=1e-4, atol=1e-5)
@@ -99,13 +106,20 @@ def test_encoders_are_built_in_their_memory_format_and_it_changes_no_value(name)
 
 
 def test_a_registered_model_is_an_option_with_its_recipe(monkeypatch):
-    """One entry in models.MODELS is all a new model needs: the parser, the recipe and the heads read it."""
-    from common.config import build_parser, validate
-    from common.models import ModelSpec, projection_head, simple_cnn_blocks
+    """One entry in models.MODELS is all a new model needs: the parser and the recipe read it, and the tasks' heads
+    fit its features (their widths are the tasks' own, by model name)."""
+    from common.models import ModelSpec
     monkeypatch.setitem(MODELS, "tiny", ModelSpec(simple_cnn_blocks, "flatten", recipe={"optimizer": "sgd", "lr": 0.5,
-                                                                                        "schedule": "cosine"},
-                                                  rotation_hidden=16, projection_hidden=8))
-    args = validate(build_parser("t").parse_args(["--model", "tiny"]))
+                                                                                        "schedule": "cosine"}))
+    args = parse(["--model", "tiny"])
     assert (args.optimizer, args.lr, args.schedule) == ("sgd", 0.5, "cosine")
+    assert "tiny" in build_parser_help()
     encoder = build_encoder("tiny", 32)
-    assert rotation_head(encoder)[0].out_features == 16 and projection_head(encoder, 4)[0].out_features == 8
+    x = torch.rand(2, 3, 32, 32)
+    assert EncoderWithHead(encoder, task_head("rotation", encoder))(x).shape == (2, 4)
+    assert EncoderWithHead(encoder, task_head("siamese", encoder, "--embedding-dim", "4"))(x).shape == (2, 4)
+
+
+def build_parser_help():
+    from common.config import build_parser
+    return build_parser("t").format_help()

@@ -134,7 +134,8 @@ def test_streamed_batches_are_decoded_ahead_off_the_training_thread(folder, tmp_
     import threading
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from common import config, data
+    from common import data
+    from conftest import parse
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(cpu=True)
     dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
@@ -149,7 +150,7 @@ def test_streamed_batches_are_decoded_ahead_off_the_training_thread(folder, tmp_
     def drawn(indices):
         events.append(("drawn", threading.current_thread().name, indices[0].item()))
         return read_ahead(indices)
-    args = config.validate(config.build_parser("t").parse_args(["--batch-size", "16", "--report-to", "none"]))
+    args = parse(["--batch-size", "16", "--report-to", "none"])
     loader = accelerator.prepare(data.index_loader(accelerator, args, len(images), on_draw=drawn))
     batches = []
     for indices in loader:

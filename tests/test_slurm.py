@@ -129,7 +129,8 @@ def test_template_runs_on_a_cpu_only_cluster(cluster, tmp_path, template):
     assert result.returncode == 0, result.stderr + logs
     assert json.loads((out / "results.json").read_text())["steps"] == 30
     assert "SLURM_RESTART_COUNT=0" in logs
-    assert "srun --ntasks-per-node=1 --cpus-per-task=1 " in logs  # the job's CPUs on the node, explicitly
+    # the job's CPUs on the node, explicitly; the script is the one the template's name says
+    assert f"srun --ntasks-per-node=1 --cpus-per-task=1 bash slurm/node.sh train_{template}.py" in logs
 
 
 def test_template_trains_on_two_nodes(cluster, tmp_path):
@@ -203,8 +204,9 @@ def test_a_training_that_does_not_stop_in_time_is_requeued_after_the_grace_perio
     training = tmp_path / "stuck_training.py"
     training.write_text(STUCK_TRAINING)
     template = tmp_path / "rotation.sh"  # the real template and its #SBATCH lines, launching the stand-in
-    original = open(os.path.join(REPO, "slurm", "rotation.sh")).read()
-    template.write_text(original.replace("train_rotation.py", str(training)))
+    original = open(os.path.join(REPO, "slurm", "train.sh")).read()
+    assert '"train_$task.py"' in original
+    template.write_text(original.replace('"train_$task.py"', str(training)))
     submitted = sbatch(*CPU_ONLY, f"--output={log}", template, "--output-dir", out, wait=False,
                        env={"STOP_GRACE_S": "3"})
     assert submitted.returncode == 0, submitted.stderr
@@ -275,14 +277,15 @@ def test_check_says_why_a_job_cannot_start_and_what_to_add(cluster):
     assert subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout == jobs_before
 
 
-@pytest.mark.parametrize("gpu_options, gpus, cpus, mem", [
-    ((), 8, 64, "480G"),  # the templates' defaults
-    (("--gpus-per-node=4", "--cpus-per-task=32", "--mem=240G"), 4, 32, "240G"),
+@pytest.mark.parametrize("task, gpu_options, gpus, cpus, mem", [
+    ("rotation", (), 8, 64, "480G"),  # the template's defaults
+    ("siamese", ("--gpus-per-node=4", "--cpus-per-task=32", "--mem=240G"), 4, 32, "240G"),
 ])
-def test_dry_run_of_a_two_node_gpu_job(cluster, tmp_path, gpu_options, gpus, cpus, mem):
-    """What a 2-node GPU job gets from Slurm (nodes declared with 8 GPUs) and the command each node would run."""
+def test_dry_run_of_a_two_node_gpu_job(cluster, tmp_path, task, gpu_options, gpus, cpus, mem):
+    """What a 2-node GPU job gets from Slurm (nodes declared with 8 GPUs) and the command each node would run;
+    the task is the name the one template was submitted under."""
     log = tmp_path / "slurm.out"
-    result = sbatch("--partition=fakegpu", "--nodes=2", *gpu_options, f"--output={log}", "slurm/rotation.sh",
+    result = sbatch("--partition=fakegpu", "--nodes=2", *gpu_options, f"--output={log}", f"slurm/{task}.sh",
                     "--model", "resnet18", "--output-dir", tmp_path / "out", env={"DRY_RUN": "1"})
     text = log.read_text(errors="replace") if log.exists() else "no log"
     assert result.returncode == 0, result.stderr + text
@@ -292,7 +295,7 @@ def test_dry_run_of_a_two_node_gpu_job(cluster, tmp_path, gpu_options, gpus, cpu
     assert (job["NumNodes"], job["NumCPUs"], job["CPUs/Task"]) == ("2", str(2 * cpus), str(cpus))
     assert job["MinMemoryNode"] == mem and job["TresPerNode"] == f"gres:gpu:{gpus}"
 
-    assert f"srun --ntasks-per-node=1 --cpus-per-task={cpus} bash slurm/node.sh train_rotation.py" in text
+    assert f"srun --ntasks-per-node=1 --cpus-per-task={cpus} bash slurm/node.sh train_{task}.py" in text
     nodes, port = assert_launched_as_two_nodes(text, processes_per_node=gpus)
     low_ephemeral = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
     assert port == 10000 + int(job_id) % 19500 and 10000 <= port < min(29500, low_ephemeral)

@@ -9,10 +9,8 @@ import torch
 from accelerate.state import AcceleratorState
 
 from common.checkpoints import list_checkpoints
-from common.config import build_parser, validate
 from common.data import index_loader
-from common.training import make_accelerator
-from conftest import toy_run, toy_steps, toy_train
+from conftest import parse, toy_run, toy_steps, toy_train, training_accelerator
 
 
 def test_resume_continues_the_same_data_order(tmp_path):
@@ -34,9 +32,9 @@ def test_unwritable_output_dir_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     AcceleratorState._reset_state(True)
-    args = validate(build_parser("t").parse_args(["--output-dir", str(blocker / "run"), "--report-to", "none"]))
+    args = parse(["--output-dir", str(blocker / "run"), "--report-to", "none"])
     with pytest.raises(UserError, match="cannot write to output dir"):
-        make_accelerator(args)
+        training_accelerator(args)
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
@@ -215,12 +213,12 @@ def test_a_required_by_variable_set_to_0_false_or_nothing_requires_nothing(monke
 
 
 def test_index_batches_are_pinned_on_a_gpu_and_copied_without_waiting(tmp_path):
-    args = validate(build_parser("t").parse_args(["--batch-size", "8"]))
+    args = parse(["--batch-size", "8"])
     gpu = SimpleNamespace(num_processes=1, device=torch.device("cuda"))
     assert index_loader(gpu, args, 64).pin_memory
     AcceleratorState._reset_state(True)
-    accelerator = make_accelerator(validate(build_parser("t").parse_args(
-        ["--output-dir", str(tmp_path), "--report-to", "none"])))
+    accelerator = training_accelerator(parse(
+        ["--output-dir", str(tmp_path), "--report-to", "none"]))
     assert accelerator.dataloader_config.non_blocking
 
 
@@ -228,15 +226,15 @@ def test_the_accelerator_has_the_process_group_options_and_tuned_convolutions(tm
     from datetime import timedelta
     from common.distributed import process_group_options
     AcceleratorState._reset_state(True)
-    args = validate(build_parser("t").parse_args(["--output-dir", str(tmp_path), "--report-to", "none"]))
-    accelerator = make_accelerator(args)
+    args = parse(["--output-dir", str(tmp_path), "--report-to", "none"])
+    accelerator = training_accelerator(args)
     # NCCL's default of 600 s is shorter than rank 0 decoding a large image folder while the others wait.
     assert accelerator.init_handler.timeout == timedelta(seconds=3600) and accelerator.init_handler.backend is None
     assert torch.backends.cudnn.benchmark
     AcceleratorState._reset_state(True)
-    args = validate(build_parser("t").parse_args(["--output-dir", str(tmp_path), "--report-to", "none",
-                                                  "--dist-backend", "gloo", "--dist-timeout", "90", "--deterministic"]))
-    accelerator = make_accelerator(args)  # one process, not launched as one of several: no process group
+    args = parse(["--output-dir", str(tmp_path), "--report-to", "none",
+                                                  "--dist-backend", "gloo", "--dist-timeout", "90", "--deterministic"])
+    accelerator = training_accelerator(args)  # one process, not launched as one of several: no process group
     assert accelerator.init_handler.timeout == timedelta(seconds=90) and not torch.backends.cudnn.benchmark
     torch.use_deterministic_algorithms(False)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for each of its processes
@@ -244,14 +242,13 @@ def test_the_accelerator_has_the_process_group_options_and_tuned_convolutions(tm
 
 
 def test_the_run_seeds_nothing_of_its_own(tmp_path):
-    """make_accelerator is the one seeding point: after it, only what the script draws (the model's initial
+    """seed_run is the one seeding point: after it, only what the script draws (the model's initial
     weights) moves the random stream the loop's augmentations draw from; the Run neither draws nor seeds again."""
     AcceleratorState._reset_state(True)
-    make_accelerator(validate(build_parser("t").parse_args(["--output-dir", str(tmp_path / "a"),
-                                                            "--report-to", "none"])))
+    training_accelerator(parse(["--output-dir", str(tmp_path / "a"), "--report-to", "none"]))
     torch.nn.Linear(2, 1)  # the draw toy_run's model makes
     after_the_model = torch.rand(3)
-    toy_run(tmp_path / "b")  # make_accelerator, model, optimizer, loader, schedule, Run
+    toy_run(tmp_path / "b")  # the accelerator, model, optimizer, loader, schedule, Run
     assert torch.equal(torch.rand(3), after_the_model)
 
 
@@ -272,8 +269,8 @@ class ReportsCuda:
 def test_the_run_accepts_any_model_on_a_gpu(tmp_path):
     from accelerate.state import AcceleratorState as State
     State._reset_state(True)
-    args = validate(build_parser("t").parse_args(["--output-dir", str(tmp_path / "probe"), "--report-to", "none"]))
-    real = make_accelerator(args)
+    args = parse(["--output-dir", str(tmp_path / "probe"), "--report-to", "none"])
+    real = training_accelerator(args)
     # A plain Linear (no .encoder): nothing in the training machinery may assume one, on a GPU either.
     run, _ = toy_run(tmp_path, accelerator_view=ReportsCuda(real))
     assert run.total_steps > 0
@@ -400,8 +397,8 @@ def test_the_schedule_spans_the_steps_every_process_takes(processes, grad_accum,
     """make_schedule counts steps from the loader before prepare; Accelerate's shard of it (what the Run counts)
     must hold as many batches on every process."""
     from accelerate.data_loader import BatchSamplerShard
-    args = validate(build_parser("t").parse_args(["--batch-size", str(8 * processes * grad_accum),
-                                                  "--grad-accum", str(grad_accum)]))
+    args = parse(["--batch-size", str(8 * processes * grad_accum),
+                                                  "--grad-accum", str(grad_accum)])
     loader = index_loader(SimpleNamespace(num_processes=processes, device=torch.device("cpu")), args, samples)
     shards = [BatchSamplerShard(loader.batch_sampler, processes, rank) for rank in range(processes)]
     assert {len(shard) for shard in shards} == {len(loader) // processes}

@@ -1,0 +1,71 @@
+"""The one training entry point every task runs through (train_rotation.py, train_siamese.py, a test's own task):
+setup, the loop, the final outputs. A task (tasks/) says what differs: its options, head, batches, step and
+evaluation.
+
+    python train_rotation.py ...  ->  loop.train(tasks.Rotation)  ->  options -> Accelerator -> OUTPUT_DIR claimed
+    -> seeded -> data -> model -> optimizer -> Run.start (resume, config.json, tracker) -> the loop -> final/
+"""
+from common import config, data, evaluation, models, optimizers, outputs, training
+
+
+def train(task_class, argv=None) -> dict:
+    """Trains `task_class` (a tasks.task.Task subclass) with the options in argv (default: the command line);
+    returns results.json's values."""
+    stop_signals = training.StopSignals.install()  # first: a preemption notice while the data loads is kept
+    args = config.parse_options(task_class, argv)
+    accelerator = training.build_accelerator(args)
+    training.claim_output_dir(accelerator, args)  # one training per folder, writable and shared by every process
+    training.seed_run(args)  # the run's one seeding point
+
+    # Data: decoded once (each node's first process first, the others map its cache), kept as uint8 on the device
+    # or the host (--data-placement); the loader yields index batches, sharded over the processes by Accelerate.
+    dataset, train_source = data.load_train_split(args, accelerator)
+    labelled = data.load_evaluation(args, accelerator, dataset)  # evaluates the encoder; None: --eval-dataset none
+    config.require(config.dataset_checks(args, labelled))
+    train_loader = data.index_loader(accelerator, args, len(train_source), on_draw=train_source.read_ahead)
+    task = task_class(args, dataset, train_source)
+
+    # Model: the encoder (the product) and the task's head (thrown away after training).
+    encoder = models.build_encoder(args.model, args.image_size, *dataset.channel_stats())
+    model = models.EncoderWithHead(encoder, task.head(args, encoder))
+    optimizer = optimizers.make_optimizer(args, model)
+    scheduler = training.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
+    # The index batches go where the train split is indexed (the device, or the host for --data-placement host).
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, device_placement=[True, True, train_source.on_device, True])
+
+    # Resumes from OUTPUT_DIR's newest intact checkpoint, if any; writes config.json, starts the tracker.
+    run = training.Run.start(args, accelerator, model, optimizer, scheduler, train_loader, task.name,
+                             task.must_match, stop_signals, train_source)
+    unwrapped = accelerator.unwrap_model(model)
+
+    def evaluate(suffix=""):  # stoppable between its batches by a preemption notice
+        return run.evaluate(evaluation_metrics, accelerator, task, unwrapped, labelled, suffix)
+
+    if args.eval_at_start and run.fresh:
+        run.log_initial_evaluation(evaluate(suffix="_init"))
+    for epoch in run.epochs():
+        for indices in run.batches():
+            with accelerator.accumulate(model):
+                batch = task.make_batch(indices, epoch)
+                loss, metrics = task.step(model, batch)
+                accelerator.backward(loss)
+                run.optimizer_step()  # on a step's last micro-batch: clip, log the norm, update; zero the grads
+            # After a step's last micro-batch: lr schedule, logs, checkpoint, stop on a preemption signal.
+            run.end_batch(images=len(indices), samples=len(batch.inputs), loss=loss, **metrics)
+        if run.evaluation_due(epoch):
+            run.log_evaluation(evaluate())
+
+    final_metrics = {} if args.skip_eval else evaluate()
+    results = run.results(final_metrics, skipped_images=dataset.skipped_images,
+                          evaluation=data.evaluation_summary(args, labelled, dataset))
+    outputs.write_final(accelerator, args, unwrapped.encoder, results)  # final/ and results.json
+    run.end(final_metrics, results)
+    return results
+
+
+def evaluation_metrics(accelerator, task, model, labelled, suffix="") -> dict:
+    """The frozen encoder's k-NN and linear probe on the labelled set (if any), then the task's own metrics."""
+    metrics = evaluation.encoder_metrics(accelerator, model.encoder, labelled, task.args) if labelled else {}
+    metrics.update(task.evaluate(accelerator, model, labelled))
+    return {f"{name}{suffix}": value for name, value in metrics.items()}

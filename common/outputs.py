@@ -1,0 +1,33 @@
+"""What a finished run leaves: OUTPUT_DIR/final/ (the encoder, common.models.load_encoder reads it) and
+results.json, written by the main process; then one line of figures on the console."""
+import os
+import sys
+
+from common import UserError, distributed, files
+
+
+def write_final(accelerator, args, encoder, results: dict) -> None:
+    """final/ and results.json, main process only; a failed write (a full disk) stops every process with what to
+    do (the last checkpoint is saved, so the same command writes them again)."""
+    encoder = accelerator.unwrap_model(encoder)
+    distributed.on_main_process_for_all(accelerator, lambda: _write(args, encoder, results))
+
+
+def _write(args, encoder, results: dict) -> None:
+    from common.models import save_encoder
+    then = (". Training is done and its last checkpoint saved: once there is room, the same command writes "
+            "final/ and results.json (evaluating the final encoder again)")
+    try:
+        save_encoder(encoder, os.path.join(args.output_dir, "final"), trained_by=os.path.basename(sys.argv[0]),
+                     task=args.task, steps=results["steps"])
+        files.write_json(os.path.join(args.output_dir, "results.json"), results)
+    except files.WriteFailed as e:
+        raise UserError(e.problem + then) from e
+    summary = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("eval/"))
+    print(f"done: {results['steps']} steps, {results['images_per_s']:.0f} images/s; {summary}")
+    if "host_syncs_per_step" in results:
+        print(f"host syncs per steady step: {results['host_syncs_per_step']:.2f} on average, "
+              f"{results['host_syncs_max_step']} at most, over {results['host_syncs_steady_steps']} steps "
+              f"({results['host_syncs_other_steps_total']} in all other steps)", flush=True)
+    elif args.count_host_syncs:
+        print("host syncs: not counted (--count-host-syncs needs a GPU)", flush=True)
