@@ -46,8 +46,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.blocks = args.blocks.split(",") if args.blocks else None
     args.classifiers = args.classifiers.split(",")
-    if args.eval_dataset is None:  # the dataset's own labelled splits, if it has them
-        args.eval_dataset = args.dataset if args.dataset in data.EVALUATES_ITSELF else "none"
+    config.fill_eval_dataset(args)  # the dataset's own labelled splits, if it has them
     checks = [
         (all(c in probes.CLASSIFIERS for c in args.classifiers),
          f"--classifiers takes {' and/or '.join(probes.CLASSIFIERS)} (got {','.join(args.classifiers)})"),

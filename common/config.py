@@ -131,10 +131,16 @@ def add_data_arguments(parser: argparse.ArgumentParser, image_size=32):
 
 def fill_defaults(args: argparse.Namespace) -> None:
     """The shared options' defaults that depend on other options: the model's recipe (models.MODELS; explicit
-    options win) and --eval-dataset's (the training dataset when it can evaluate itself, else none)."""
+    options win) and --eval-dataset's (fill_eval_dataset)."""
     for name, value in models.model_spec(args.model).recipe.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    fill_eval_dataset(args)
+
+
+def fill_eval_dataset(args: argparse.Namespace) -> None:
+    """--eval-dataset's default (the training scripts' and evaluate.py's): the dataset itself when it can
+    evaluate itself, else none."""
     if args.eval_dataset is None:
         args.eval_dataset = args.dataset if args.dataset in data.EVALUATES_ITSELF else "none"
 
