@@ -44,8 +44,8 @@ def share_gpus_if_outnumbered(args) -> bool:
     Accelerate puts process i on cuda:(i % GPUs), a valid device, but still hands DDP device_ids=[i]: DDP then
     moves rank 1's inputs to cuda:1, which does not exist (IndexError at the first forward). DDP must get no
     device_ids (it then uses the model's own device); ACCELERATE_BYPASS_DEVICE_MAP makes Accelerate pass None.
-    NCCL cannot run two ranks on one GPU at all: that is one line before any process group starts. True when
-    the GPUs are shared."""
+    NCCL cannot run two ranks on one GPU at all: that is one line before any process group starts. Every barrier
+    is made to name no device (barriers_without_a_device). True when the GPUs are shared."""
     processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
     if gpus == 0 or processes <= gpus:
         return False
@@ -53,7 +53,22 @@ def share_gpus_if_outnumbered(args) -> bool:
         raise UserError(f"{processes} processes on this node's {gpus} GPU(s): NCCL cannot run two processes on one "
                         f"GPU; pass --dist-backend gloo, or launch at most {gpus} process(es) per node")
     os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = "true"
+    barriers_without_a_device()
     return True
+
+
+def _barrier_without_a_device(state) -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # a collective: gloo's barrier, on no device
+
+
+def barriers_without_a_device() -> None:
+    """Accelerate's every barrier (wait_for_everyone, main_process_first, save_state) goes through
+    PartialState.wait_for_everyone, which calls torch.distributed.barrier(device_ids=[local_process_index]): torch
+    then allocates the barrier's tensor on cuda:1 of a one-GPU node ("invalid device ordinal"). Processes sharing
+    GPUs run gloo, whose barrier needs no device, so in this process that method becomes a barrier without one."""
+    from accelerate.state import PartialState
+    PartialState.wait_for_everyone = _barrier_without_a_device
 
 
 def distributed_checks(args) -> list:

@@ -45,9 +45,16 @@ def checks(out):
 
 def shared_gpu(out):
     """Two processes on a node whose torch sees one GPU (device count patched; the processes run on the CPU, where
-    DDP ignores device_ids, so what Accelerate hands DDP is recorded rather than run on a GPU)."""
+    DDP ignores device_ids and a barrier's device index, so what Accelerate hands DDP and every barrier is recorded
+    rather than run on a GPU)."""
     torch.cuda.device_count = lambda: 1
-    received = {}
+    received, barriers = {}, []
+    barrier = torch.distributed.barrier
+
+    def recording_barrier(*args, **kwargs):  # torch puts the barrier's tensor on cuda:device_ids[0]
+        barriers.append(kwargs.get("device_ids"))
+        return barrier(*args, **kwargs)
+    torch.distributed.barrier = recording_barrier
     ddp_init = torch.nn.parallel.DistributedDataParallel.__init__
 
     def recording_init(self, module, *args, **kwargs):
@@ -74,6 +81,7 @@ def shared_gpu(out):
     if model is not None:
         model(torch.ones(1, 2)).sum().backward()
     rank = accelerator.process_index
+    seen["waits"] = wait_in_every_helper(accelerator, args, out, barriers)
     seen.update(received, wrapped=type(model).__name__ if model is not None else None,
                 local_process_index=accelerator.local_process_index,
                 accelerate_gpu=accelerator.local_process_index % torch.cuda.device_count())
@@ -81,6 +89,32 @@ def shared_gpu(out):
         json.dump(seen, f)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def wait_in_every_helper(accelerator, args, out, barriers) -> dict:
+    """Every helper of the project's (and of Accelerate's it uses) that waits for all processes: the device_ids of
+    the barriers each called."""
+    from accelerate.utils import broadcast_object_list
+    from common import checkpoints, training
+    run_args = parse(["--report-to", "none", "--output-dir", os.path.join(out, "run")])
+
+    def main_process_first():
+        with accelerator.main_process_first(), accelerator.local_main_process_first():
+            pass
+    helpers = {
+        "wait_for_everyone": accelerator.wait_for_everyone,
+        "on_main_process_for_all": lambda: distributed.on_main_process_for_all(accelerator, lambda: 1),
+        "claim_output_dir": lambda: training.claim_output_dir(accelerator, run_args),
+        "main_process_first": main_process_first,
+        "checkpoints.save": lambda: checkpoints.save(accelerator, run_args, 1, {}, 0),
+        "broadcast_object_list": lambda: broadcast_object_list([accelerator.process_index]),
+    }
+    waits = {}
+    for name, helper in helpers.items():
+        del barriers[:]
+        helper()
+        waits[name] = list(barriers)
+    return waits
 
 
 def lag_behind(output_dir):

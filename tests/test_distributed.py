@@ -35,6 +35,12 @@ def test_two_processes_on_one_gpu_hand_ddp_no_device_ids(tmp_path):
         assert seen["wrapped"] == "DistributedDataParallel" and seen["local_process_index"] == rank
         assert seen["device_ids"] is None and seen["output_device"] is None, seen
         assert seen["accelerate_gpu"] == 0  # both processes on cuda:0, the one GPU there is
+        # Accelerate's barriers name device local_process_index: cuda:1 on rank 1 of a one-GPU node, where torch
+        # allocates the barrier's tensor ("invalid device ordinal"). Each barrier names a valid device, or none.
+        waits = seen["waits"]
+        assert all(waits[name] for name in waits if name != "broadcast_object_list"), waits
+        for name, device_ids in waits.items():
+            assert all(ids is None or all(0 <= i < 1 for i in ids) for ids in device_ids), (rank, name, device_ids)
         # NCCL (the default on GPUs) cannot put two ranks on one GPU: one line saying what to pass instead
         assert seen["backend_None"] == ("2 processes on this node's 1 GPU(s): NCCL cannot run two processes on one "
                                         "GPU; pass --dist-backend gloo, or launch at most 1 process(es) per node")
