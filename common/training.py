@@ -180,8 +180,12 @@ class TrainMetrics:
         values.update({"train/images_per_s": self.images / elapsed, "train/samples_per_s": self.samples / elapsed})
         if model_seconds:
             values["train/model_samples_per_s"] = self.samples / model_seconds
-        if self.grad_norms:
-            values["train/grad_norm"] = torch.stack(self.grad_norms).mean().item()
+        # fp16: the GradScaler's overflow steps have an inf norm and update nothing; counted (amp_skipped_steps),
+        # not averaged in
+        finite = [norm for norm in torch.stack(self.grad_norms).tolist() if math.isfinite(norm)] \
+            if self.grad_norms else []
+        if finite:
+            values["train/grad_norm"] = sum(finite) / len(finite)
         self._reset()
         return values
 

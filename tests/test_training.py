@@ -319,6 +319,9 @@ def test_fp16_overflow_steps_are_counted_exactly_and_left_to_the_scaler_under_na
     assert {line["step"]: line["train/amp_skipped_steps"] for line in lines if "train/loss" in line} == \
         {4: 1, 8: 3, 12: 4, 16: 4}  # so far, at each log step
     assert not any("train/skipped_steps" in line for line in lines)
+    # Step 5's norm is not finite: the scaler's skipped step is counted above, not averaged into the window's norm
+    norms = {line["step"]: line["train/grad_norm"] for line in lines if "train/loss" in line}
+    assert sorted(norms) == [4, 8, 12, 16] and all(math.isfinite(norm) for norm in norms.values()), norms
 
 
 def nan_run(tmp_path, monkeypatch, bad_step):
