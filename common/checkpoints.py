@@ -11,6 +11,7 @@ import os
 import shutil
 
 from accelerate.utils import gather_object, set_seed
+from accelerate.utils.constants import SCALER_NAME
 
 from common import UserError, diagnostics, distributed, files
 from common.config import save_config
@@ -56,7 +57,7 @@ def save(accelerator, args, step: int, environment: dict, needed: int) -> str:
         diagnostics.hold("checkpoint", step)
         if accelerator.is_main_process:
             save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,
-                        environment=environment)
+                        mixed_precision=accelerator.mixed_precision, environment=environment)
             write_manifest(tmp)
     except (files.WriteFailed, *files.WRITE_ERRORS) as e:
         failure = files.reason(e)
@@ -183,17 +184,35 @@ def resume(accelerator, args, state, must_match: tuple, batches_per_epoch: int):
     written by another number of processes or accumulation steps continues on this one (see
     _continue_on_another_split). Verifying a checkpoint reads all of its files: once, on the main process, and
     the options it was written with come with its answer, so no rank reads the file on its own."""
-    checkpoint, saved = distributed.on_main_process_for_all(
-        accelerator, lambda: choose(args, MUST_MATCH + tuple(must_match)))
+    def decide():
+        checkpoint, saved = choose(args, MUST_MATCH + tuple(must_match))
+        return checkpoint, saved, bool(checkpoint) and os.path.exists(os.path.join(checkpoint, SCALER_NAME))
+    checkpoint, saved, scaler_saved = distributed.on_main_process_for_all(accelerator, decide)
     if not checkpoint:
         return None
-    accelerator.load_state(checkpoint)
+    if accelerator.scaler is not None and not scaler_saved:
+        _load_without_a_scaler(accelerator, checkpoint, saved)
+    else:  # a GradScaler's state saved under fp16 and not needed now is left unread
+        accelerator.load_state(checkpoint)
     if (saved["world_size"], saved["grad_accum"]) != (accelerator.num_processes, args.grad_accum):
         _continue_on_another_split(accelerator, args, state, saved["world_size"], saved["grad_accum"],
                                    batches_per_epoch)
     accelerator.print(f"resumed from {checkpoint} at step {state.step} "
                       f"(epoch {state.epoch}, batch {state.batches_in_epoch})")
     return checkpoint
+
+
+def _load_without_a_scaler(accelerator, checkpoint: str, saved: dict) -> None:
+    """fp16 now, and the checkpoint was written under bf16 or no mixed precision: Accelerate would read its
+    missing GradScaler state; the scaler starts fresh instead, as at the start of an fp16 run."""
+    scaler, accelerator.scaler = accelerator.scaler, None
+    try:
+        accelerator.load_state(checkpoint)
+    finally:
+        accelerator.scaler = scaler
+    written = repr(saved["mixed_precision"]) if "mixed_precision" in saved else "bf16 or 'no'"
+    accelerator.print(f"checkpoint written under mixed precision {written} resumed under fp16: the GradScaler "
+                      f"starts fresh (scale {scaler.get_scale():.0f})", flush=True)
 
 
 def _continue_on_another_split(accelerator, args, state, saved_world_size: int, saved_accum: int,

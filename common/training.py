@@ -297,7 +297,7 @@ class Run:
 
     def _start_files(self) -> None:
         save_config(self.args, os.path.join(self.args.output_dir, "config.json"),
-                    world_size=self.accelerator.num_processes)
+                    world_size=self.accelerator.num_processes, mixed_precision=self.accelerator.mixed_precision)
         self.tracker.start(self.state.step, self.fresh, self.environment)
 
     @property

@@ -10,7 +10,7 @@ from accelerate.state import AcceleratorState
 
 from common.checkpoints import list_checkpoints
 from common.data import index_loader
-from conftest import parse, toy_run, toy_steps, toy_train, training_accelerator
+from conftest import exited, parse, toy_run, toy_steps, toy_train, training_accelerator
 
 
 def test_resume_continues_the_same_data_order(tmp_path):
@@ -405,3 +405,34 @@ def test_the_schedule_spans_the_steps_every_process_takes(processes, grad_accum,
     loader = index_loader(SimpleNamespace(num_processes=processes, device=torch.device("cpu")), args, samples)
     shards = [BatchSamplerShard(loader.batch_sampler, processes, rank) for rank in range(processes)]
     assert {len(shard) for shard in shards} == {len(loader) // processes}
+
+
+def with_a_grad_scaler(monkeypatch):
+    """Accelerators built from now on hold a GradScaler, as under --mixed_precision fp16 (which needs a GPU)."""
+    from accelerate import Accelerator
+    init = Accelerator.__init__
+
+    def fp16_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.scaler = torch.amp.GradScaler("cpu")
+    monkeypatch.setattr(Accelerator, "__init__", fp16_init)
+
+
+def test_fp16_resumes_a_checkpoint_written_without_it_with_a_fresh_scaler_and_the_reverse_too(tmp_path, monkeypatch,
+                                                                                              capsys):
+    toy_train(tmp_path / "bf16", "--max-steps", "3")  # no GradScaler: the checkpoint has no scaler.pt
+    exited(tmp_path / "bf16")
+    with monkeypatch.context() as fp16:
+        with_a_grad_scaler(fp16)
+        capsys.readouterr()
+        _, run = toy_train(tmp_path / "bf16", "--max-steps", "6")
+        said = capsys.readouterr().out
+        assert run.state.step == 6 and "resumed from " in said and " at step 3 " in said
+        assert ("checkpoint written under mixed precision 'no' resumed under fp16: the GradScaler starts fresh "
+                "(scale 65536)") in said
+        exited(tmp_path / "bf16")
+        toy_train(tmp_path / "fp16", "--max-steps", "3")
+        exited(tmp_path / "fp16")
+    assert (tmp_path / "fp16" / "checkpoints" / "step_00000003" / "scaler.pt").exists()
+    _, run = toy_train(tmp_path / "fp16", "--max-steps", "6")  # bf16 after fp16: the scaler's state is not needed
+    assert run.state.step == 6
