@@ -84,6 +84,14 @@ def process_group_options(args) -> InitProcessGroupKwargs:
                                   timeout=timedelta(seconds=args.dist_timeout))
 
 
+def plain_module(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The module a prepared model wraps (DDP, torch.compile), the prepared model left as it is. Accelerate's
+    unwrap_model keeps a compiled model compiled by setting its _orig_mod to the bare module: the live training
+    model would lose DDP's no_sync (every micro-batch would all-reduce), and evaluation would run the compiled
+    DDP forward (a buffer broadcast per call, recompiles for eval mode)."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 def on_main_process_for_all(accelerator, decide):
     """decide() run on the main process only; every process gets its answer, or the UserError it raised."""
     answer = [None]

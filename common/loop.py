@@ -5,7 +5,7 @@ evaluation.
     python train_rotation.py ...  ->  loop.train(tasks.Rotation)  ->  options -> Accelerator -> OUTPUT_DIR claimed
     -> seeded -> data -> model -> optimizer -> Run.start (resume, config.json, tracker) -> the loop -> final/
 """
-from common import config, data, evaluation, models, optimizers, outputs, training
+from common import config, data, distributed, evaluation, models, optimizers, outputs, training
 
 
 def train(task_class, argv=None) -> dict:
@@ -37,7 +37,7 @@ def train(task_class, argv=None) -> dict:
     # Resumes from OUTPUT_DIR's newest intact checkpoint, if any; writes config.json, starts the tracker.
     run = training.Run.start(args, accelerator, model, optimizer, scheduler, train_loader, task.name,
                              task.must_match, stop_signals, train_source)
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = distributed.plain_module(accelerator, model)  # evaluated eagerly; the trained model untouched
 
     def evaluate(suffix=""):  # stoppable between its batches by a preemption notice
         return run.evaluate(evaluation_metrics, accelerator, task, unwrapped, labelled, suffix)

@@ -9,7 +9,7 @@ from common import UserError, distributed, files
 def write_final(accelerator, args, encoder, results: dict) -> None:
     """final/ and results.json, main process only; a failed write (a full disk) stops every process with what to
     do (the last checkpoint is saved, so the same command writes them again)."""
-    encoder = accelerator.unwrap_model(encoder)
+    encoder = distributed.plain_module(accelerator, encoder)
     distributed.on_main_process_for_all(accelerator, lambda: _write(args, encoder, results))
 
 

@@ -1,5 +1,6 @@
 """Not a test: launched by test_distributed.py with two processes. `checks OUT`: the helpers of common/distributed.py
-and evaluation's use of them, each rank writing what it saw to OUT/rank<N>.json. `lagging OUT [options]`: the real Run
+and evaluation's use of them, each rank writing what it saw to OUT/rank<N>.json. `compiled OUT [options]`: the
+loop with --compile, recording DDP's no_sync and evaluation's model. `lagging OUT [options]`: the real Run
 and the scripts' loop around a small encoder, while rank 1's view of OUTPUT_DIR lags behind rank 0's writes (as on NFS:
 rank 1 does not see checkpoint folders or wandb_run_id exist); rank 0 receives SIGUSR1 at step 4, a checkpoint step."""
 import json
@@ -117,6 +118,33 @@ def wait_in_every_helper(accelerator, args, out, barriers) -> dict:
     return waits
 
 
+def compiled(out, argv):
+    """The rotation task's real loop with --compile (torch.compile's "eager" backend: the same wrapping, no
+    inductor build) and --grad-accum: how often DDP's no_sync was entered, and what evaluation ran."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from common import loop
+    from tasks import TASKS
+    compile_model = torch.compile
+    torch.compile = lambda model, **options: compile_model(model, **{**options, "backend": "eager"})
+    seen = {"no_sync": 0, "evaluated": []}
+    no_sync = DDP.no_sync
+
+    def counted_no_sync(self):
+        seen["no_sync"] += 1
+        return no_sync(self)
+    DDP.no_sync = counted_no_sync
+    rotation = TASKS["rotation"]
+    evaluate = rotation.evaluate
+
+    def recorded_evaluate(self, accelerator, model, labelled):
+        seen["evaluated"].append(type(model).__name__)
+        return evaluate(self, accelerator, model, labelled)
+    rotation.evaluate = recorded_evaluate
+    loop.train(rotation, argv)
+    with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
+        json.dump(seen, f)
+
+
 def lag_behind(output_dir):
     """This process's os.path.isdir/exists do not see checkpoint folders, or output_dir/wandb_run_id, that others
     created after it started (NFS caches attributes and directory entries for a while)."""
@@ -146,7 +174,7 @@ def lagging(argv):
                 os.kill(os.getpid(), signal.SIGUSR1)  # a preemption notice, arriving during step 4
             run.end_batch(images=len(indices), samples=len(indices), loss=loss)
     results = run.results({})
-    outputs.write_final(accelerator, args, accelerator.unwrap_model(model), results)
+    outputs.write_final(accelerator, args, distributed.plain_module(accelerator, model), results)
     run.end({}, results)
 
 
@@ -155,5 +183,7 @@ if __name__ == "__main__":
         checks(sys.argv[2])
     elif sys.argv[1] == "shared_gpu":
         shared_gpu(sys.argv[2])
+    elif sys.argv[1] == "compiled":
+        cli.run(lambda: compiled(sys.argv[2], sys.argv[3:]))
     else:
         cli.run(lambda: lagging(sys.argv[2:]))

@@ -81,3 +81,15 @@ def test_nodes_sharing_a_cache_dir_decode_an_image_folder_once_in_all(tmp_path, 
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)[-4000:]
     assert sum(log.count("decoding 18 images") for log in logs) == 1, "\n".join(logs)[-4000:]
     assert json.loads((out / "results.json").read_text())["world_size"] == 4
+
+
+def test_compile_keeps_the_trained_ddp_model_and_evaluates_the_plain_one(tmp_path):
+    # Accelerate's unwrap_model(model) of a compiled DDP model sets the live model's _orig_mod to the bare module:
+    # no_sync is gone (every micro-batch all-reduces) and evaluation runs the compiled DDP forward.
+    result = probe("compiled", tmp_path, *SMALL, "--batch-size", "16", "--grad-accum", "2", "--max-steps", "2",
+                   "--compile", "--linear-probe-epochs", "1", "--output-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen["no_sync"] == 2, seen  # the first micro-batch of each of the 2 steps
+        assert seen["evaluated"] == ["EncoderWithHead"], seen
