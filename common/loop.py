@@ -5,6 +5,8 @@ evaluation.
     python train_rotation.py ...  ->  loop.train(tasks.Rotation)  ->  options -> Accelerator -> OUTPUT_DIR claimed
     -> seeded -> data -> model -> optimizer -> Run.start (resume, config.json, tracker) -> the loop -> final/
 """
+import torch
+
 from common import config, data, distributed, evaluation, models, optimizers, outputs, training
 
 
@@ -28,6 +30,8 @@ def train(task_class, argv=None) -> dict:
     # Model: the encoder (the product) and the task's head (thrown away after training).
     encoder = models.build_encoder(args.model, args.image_size, *dataset.channel_stats())
     model = models.EncoderWithHead(encoder, task.head(args, encoder))
+    if args.sync_bn:  # batch norm over every process's images: converted before prepare() wraps the model in DDP
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = optimizers.make_optimizer(args, model)
     scheduler = training.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
     # The index batches go where the train split is indexed (the device, or the host for --data-placement host).

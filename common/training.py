@@ -32,7 +32,7 @@ MAX_CONSECUTIVE_AMP_SKIPS = 50
 def build_accelerator(args) -> Accelerator:
     """The Accelerator of a training run: tracker, accumulation, seeded data order (distributed.make_accelerator
     adds the device and the process group)."""
-    return distributed.make_accelerator(
+    accelerator = distributed.make_accelerator(
         args,
         gradient_accumulation_steps=args.grad_accum,
         log_with=tracker_name(args),
@@ -44,6 +44,11 @@ def build_accelerator(args) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=True),
         dynamo_backend="inductor" if args.compile else None,
     )
+    if args.sync_bn and accelerator.num_processes > 1 and accelerator.device.type != "cuda":
+        # torch's SyncBatchNorm refuses CPU tensors once a process group exists
+        raise UserError(f"--sync-bn needs GPUs: SyncBatchNorm cannot synchronize {accelerator.num_processes} "
+                        f"processes on the CPU; leave --sync-bn out here", agreed=True)
+    return accelerator
 
 
 def claim_output_dir(accelerator, args) -> None:

@@ -1,0 +1,53 @@
+"""common/loop.py's train(), in-process on one CPU process: what it builds before Accelerate's prepare."""
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from common import loop
+from conftest import accelerate_launch, exited
+from tasks import TASKS
+
+TINY_RESNET = ["--dataset", "synthetic", "--synthetic-size", "64", "--model", "resnet18", "--image-size", "8",
+               "--batch-size", "8", "--skip-eval", "--report-to", "none", "--checkpoint-every", "2"]
+
+
+def batch_norms_prepared(monkeypatch) -> list:
+    """From now on, each prepare() records the batch norm classes of the model it is handed."""
+    seen, prepare = [], Accelerator.prepare
+
+    def recording_prepare(self, *objects, **kwargs):
+        for model in objects:
+            if isinstance(model, torch.nn.Module):
+                seen.append({type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)})
+        return prepare(self, *objects, **kwargs)
+    monkeypatch.setattr(Accelerator, "prepare", recording_prepare)
+    return seen
+
+
+def train(output_dir, *options) -> dict:
+    AcceleratorState._reset_state(True)
+    try:
+        return loop.train(TASKS["rotation"], [*TINY_RESNET, "--output-dir", str(output_dir), *map(str, options)])
+    finally:
+        exited(output_dir)
+
+
+def test_sync_bn_converts_before_prepare_and_its_checkpoints_resume_with_and_without_it(tmp_path, monkeypatch,
+                                                                                       capsys):
+    prepared = batch_norms_prepared(monkeypatch)
+    train(tmp_path / "a", "--sync-bn", "--max-steps", "2")
+    assert prepared == [{"SyncBatchNorm"}]  # every batch norm layer, before DDP wraps the model
+    assert train(tmp_path / "a", "--max-steps", "4")["steps"] == 4  # without it: the same state dict keys
+    assert prepared[1:] == [{"BatchNorm2d"}] and "resumed from " in capsys.readouterr().out
+    train(tmp_path / "b", "--max-steps", "2")
+    assert train(tmp_path / "b", "--sync-bn", "--max-steps", "4")["steps"] == 4
+    assert prepared[2:] == [{"BatchNorm2d"}, {"SyncBatchNorm"}] and "resumed from " in capsys.readouterr().out
+
+
+def test_sync_bn_with_several_cpu_processes_is_one_error_line(tmp_path):
+    result = accelerate_launch("train_rotation.py", *TINY_RESNET, "--sync-bn", "--output-dir", tmp_path / "run",
+                               num_processes=2)
+    assert result.returncode != 0 and "(exitcode: 2)" in result.stderr, result.stderr[-3000:]  # the workers' 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: --sync-bn needs GPUs: SyncBatchNorm cannot synchronize 2 processes on the CPU; leave "
+                      "--sync-bn out here"], result.stderr[-3000:]
