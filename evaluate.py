@@ -78,7 +78,8 @@ def main(argv=None):
     args.image_size = trained.image_size
     torch.manual_seed(args.seed)
     mean, std = trained.mean.flatten().tolist(), trained.std.flatten().tolist()
-    untrained = models.build_encoder(trained.name, trained.image_size, mean, std).to(accelerator.device).eval()
+    untrained = models.build_encoder(trained.name, trained.image_size, mean, std, stem=trained.stem)
+    untrained = untrained.to(accelerator.device).eval()
     encoders = {"trained": trained} if args.skip_untrained else {"trained": trained, "untrained": untrained}
     blocks = probes.check_blocks(trained, args.blocks)
     dims = dict(zip(blocks, probes.feature_dims(trained, blocks, args.max_feature_dim)))

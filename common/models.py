@@ -26,9 +26,9 @@ class Encoder(nn.Module):
     """Normalization, then conv blocks (kept separate so per-block features can be probed), then pooling."""
 
     def __init__(self, name: str, blocks: list, pool: str, image_size: int, mean=None, std=None, block_names=None,
-                 memory_format=torch.contiguous_format):
+                 memory_format=torch.contiguous_format, stem=None):
         super().__init__()
-        self.name, self.pool, self.image_size = name, pool, image_size
+        self.name, self.pool, self.image_size, self.stem = name, pool, image_size, stem
         self.block_names = block_names or [f"block{i}" for i in range(1, len(blocks) + 1)]
         self.register_buffer("mean", torch.tensor(mean or CIFAR_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or CIFAR_STD).view(1, 3, 1, 1))
@@ -60,8 +60,9 @@ class Encoder(nn.Module):
         return self
 
     def config(self) -> dict:
+        stem = {"stem": self.stem} if self.stem else {}  # what load_encoder rebuilds, for models with a stem choice
         return {"model": self.name, "image_size": self.image_size, "feature_dim": self.feature_dim,
-                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), **stem}
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
@@ -81,11 +82,29 @@ def nin_blocks() -> list:
     ]
 
 
-def resnet18_blocks() -> list:
-    """torchvision's ResNet-18 with the CIFAR stem: 3x3 conv, stride 1, no max-pool."""
+# The CIFAR stem up to this size (CIFAR's 32 px, Tiny-ImageNet's 64), torchvision's above (STL-10's 96, ImageNet's
+# 224), as solo-learn and lightly do: the CIFAR stem at 224 px costs 15x torchvision's FLOPs (README, Models).
+CIFAR_STEM_MAX_SIZE = 64
+RESNET_STEMS = {"cifar": "the CIFAR stem (3x3 conv, stride 1, no max-pool)",
+                "imagenet": f"torchvision's stem (7x7 conv, stride 2, max-pool; the CIFAR one up to "
+                            f"{CIFAR_STEM_MAX_SIZE} px)"}
+
+
+def resnet18_stem(image_size: int) -> str:
+    return "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
+
+
+def resnet18_blocks(stem: str) -> list:
+    """torchvision's ResNet-18 with the given stem (RESNET_STEMS): "cifar" keeps the image's size into layer1,
+    "imagenet" (torchvision's conv1, bn1, relu, maxpool) a quarter of its side."""
     net = resnet18()
-    stem = nn.Sequential(nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), net.bn1, net.relu)
-    return [stem, net.layer1, net.layer2, net.layer3, net.layer4]
+    if stem == "cifar":
+        first = nn.Sequential(nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), net.bn1, net.relu)
+    elif stem == "imagenet":
+        first = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    else:
+        raise UserError(f"unknown resnet18 stem {stem!r}: choose one of {', '.join(RESNET_STEMS)}")
+    return [first, net.layer1, net.layer2, net.layer3, net.layer4]
 
 
 def simple_cnn_blocks() -> list:
@@ -107,7 +126,7 @@ TUTORIAL_RECIPE = {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant"}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    blocks: Callable[[], list]  # the conv blocks, probed one by one by evaluate.py
+    blocks: Callable[..., list]  # the conv blocks, probed one by one by evaluate.py; given the stem if `stem` is set
     pool: str  # "flatten": the last map flattened (the tutorial's); "avg": global average pooling
     block_names: Optional[list] = None  # default block1..blockN
     # The layout it is built in, chosen by measurement (bench/RESULTS.md): channels_last where it is not slower,
@@ -115,11 +134,15 @@ class ModelSpec:
     # caller branches on it.
     memory_format: torch.memory_format = torch.channels_last
     recipe: dict = field(default_factory=lambda: dict(ROTNET_RECIPE))  # optimizer, lr, schedule defaults
+    stem: Optional[Callable[[int], str]] = None  # the stem an image size gets; None: one network at every size
+    # The stem of exports and checkpoints written before their config.json recorded it (at every image size).
+    unrecorded_stem: Optional[str] = None
 
 
 MODELS = {
     "simple_cnn": ModelSpec(simple_cnn_blocks, "flatten", recipe=TUTORIAL_RECIPE),  # the tutorial's network
-    "resnet18": ModelSpec(resnet18_blocks, "avg", ["stem", "layer1", "layer2", "layer3", "layer4"]),
+    "resnet18": ModelSpec(resnet18_blocks, "avg", ["stem", "layer1", "layer2", "layer3", "layer4"],
+                          stem=resnet18_stem, unrecorded_stem="cifar"),
     "nin": ModelSpec(nin_blocks, "avg"),  # NIN's block1..block4 are the paper's conv blocks 1-4
 }
 
@@ -130,11 +153,33 @@ def model_spec(model: str) -> ModelSpec:
     return MODELS[model]
 
 
-def build_encoder(model: str, image_size: int = 32, mean=None, std=None, memory_format=None) -> Encoder:
-    """memory_format: None for the model's own; the benchmark's tutorial pipeline asks for the tutorial's NCHW."""
+def stem_for(model: str, image_size: int) -> Optional[str]:
+    """The stem build_encoder gives `model` at `image_size` (None for a model without a stem choice)."""
     spec = model_spec(model)
-    return Encoder(model, spec.blocks(), spec.pool, image_size, mean, std, spec.block_names,
-                   memory_format or spec.memory_format)
+    return spec.stem(image_size) if spec.stem else None
+
+
+def build_encoder(model: str, image_size: int = 32, mean=None, std=None, memory_format=None, stem=None) -> Encoder:
+    """memory_format: None for the model's own; the benchmark's tutorial pipeline asks for the tutorial's NCHW.
+    stem: None for the one the image size gets (stem_for); an export's recorded one when it is rebuilt."""
+    spec = model_spec(model)
+    stem = (stem or spec.stem(image_size)) if spec.stem else None
+    blocks = spec.blocks(stem) if spec.stem else spec.blocks()
+    return Encoder(model, blocks, spec.pool, image_size, mean, std, spec.block_names,
+                   memory_format or spec.memory_format, stem)
+
+
+def recorded_stem(config: dict) -> Optional[str]:
+    """The stem of the network an export's or a checkpoint's config.json (its "model" and "image_size") was saved
+    from: its "stem", or for one written before that was recorded, the model's unrecorded_stem."""
+    return config.get("stem", model_spec(config["model"]).unrecorded_stem)
+
+
+def stem_refusal(what: str, config: dict, now: str, then: str) -> UserError:
+    """One line for a saved network whose stem is not `now`, the one this version builds at its image size."""
+    old = recorded_stem(config)
+    return UserError(f"{what} holds {config['model']} with {RESNET_STEMS.get(old, old)} at {config['image_size']} px, "
+                     f"where this version builds {RESNET_STEMS.get(now, now)}: {then}")
 
 
 class FeatureLinear(nn.Linear):
@@ -192,6 +237,10 @@ def load_encoder(path: str, device="cpu") -> Encoder:
         raise UserError(f"{directory!r} has no config.json: pass the final/ folder a training run wrote")
     with open(config_path) as f:
         config = json.load(f)
-    encoder = build_encoder(config["model"], config["image_size"], config["mean"], config["std"])
+    stem, now = recorded_stem(config), stem_for(config["model"], config["image_size"])
+    if "stem" not in config and stem != now:  # exported before the stem followed the image size
+        raise stem_refusal(f"encoder {directory}", config, now, "train it again with this version, or load it with "
+                           "the version that exported it")
+    encoder = build_encoder(config["model"], config["image_size"], config["mean"], config["std"], stem=stem)
     encoder.load_state_dict(load_file(os.path.join(directory, "encoder.safetensors")))
     return encoder.to(device).eval()

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from common import UserError
-from common.models import (MODELS, EncoderWithHead, FeatureLinear, build_encoder, load_encoder, save_encoder,
-                           simple_cnn_blocks)
+from common.models import (MODELS, Encoder, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
+                           save_encoder, simple_cnn_blocks)
 from conftest import parse
 from tasks import TASKS
 
@@ -47,6 +47,72 @@ def test_load_encoder_round_trip(tmp_path, name):
     assert torch.equal(loaded(x), encoder(x))
     assert loaded.config() == encoder.config() and loaded.config()["mean"] == pytest.approx([0.4, 0.5, 0.6])
     assert torch.equal(load_encoder(str(tmp_path / "final" / "encoder.safetensors"))(x), encoder(x))
+
+
+def forward_gflops(module, image_size):
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module.eval()(torch.rand(1, 3, image_size, image_size))
+    return counter.get_total_flops() / 1e9
+
+
+@pytest.mark.parametrize("image_size, stem, layer1_side", [(32, "cifar", 32), (64, "cifar", 64), (96, "imagenet", 24),
+                                                           (224, "imagenet", 56)])
+def test_resnet18_stem_follows_the_image_size(image_size, stem, layer1_side):
+    """The CIFAR stem (3x3, stride 1, no max-pool) up to 64 px; above, torchvision's 7x7/2 + max-pool, so a 224 px
+    forward costs what torchvision's ResNet-18 does (the CIFAR stem there: 54.4 GFLOP against 3.6)."""
+    from torchvision.models import resnet18
+    encoder = build_encoder("resnet18", image_size)
+    if stem == "imagenet":
+        torchvision_net = resnet18()
+        torchvision_net.fc = torch.nn.Identity()
+        ours, theirs = forward_gflops(encoder, image_size), forward_gflops(torchvision_net, image_size)
+        assert ours == pytest.approx(theirs, rel=0.1), f"{ours:.2f} GFLOP per image, torchvision's {theirs:.2f}"
+    maps = encoder.eval().block_features(torch.rand(1, 3, image_size, image_size))
+    assert [m.shape[-1] for m in maps[1:]] == [layer1_side, layer1_side // 2, layer1_side // 4, layer1_side // 8]
+    assert encoder.config()["stem"] == stem
+
+
+def test_an_exported_224px_resnet18_round_trips(tmp_path):
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", 224)
+    encoder(torch.rand(2, 3, 224, 224))  # move batch-norm statistics away from their initial values
+    encoder.eval()
+    save_encoder(encoder, str(tmp_path / "final"))
+    loaded = load_encoder(str(tmp_path / "final"))
+    x = torch.rand(1, 3, 224, 224)
+    assert loaded.config() == encoder.config() and loaded.config()["stem"] == "imagenet"
+    assert torch.equal(loaded(x), encoder(x))
+
+
+def old_resnet18_export(directory, image_size):
+    """An export of resnet18 as it was before the stem followed the image size: the CIFAR stem at every size, and
+    no "stem" in its config.json."""
+    import json
+    from torchvision.models import resnet18
+    net = resnet18()
+    stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), net.bn1, net.relu)
+    blocks = [stem, net.layer1, net.layer2, net.layer3, net.layer4]
+    encoder = Encoder("resnet18", blocks, "avg", image_size, block_names=MODELS["resnet18"].block_names).eval()
+    save_encoder(encoder, directory)
+    with open(f"{directory}/config.json") as f:
+        config = json.load(f)
+    config.pop("stem", None)
+    with open(f"{directory}/config.json", "w") as f:
+        json.dump(config, f)
+    return encoder
+
+
+def test_an_export_of_the_old_cifar_stem_is_refused_where_the_stem_changed_and_loads_where_not(tmp_path):
+    old = old_resnet18_export(str(tmp_path / "at32"), 32)
+    x = torch.rand(2, 3, 32, 32)
+    # the same network at 32 px: loaded (NCHW here, channels_last there: equal within float tolerance)
+    torch.testing.assert_close(load_encoder(str(tmp_path / "at32"))(x), old(x), rtol=1e-4, atol=1e-5)
+    old_resnet18_export(str(tmp_path / "at224"), 224)
+    with pytest.raises(UserError) as refused:
+        load_encoder(str(tmp_path / "at224"))
+    assert "\n" not in str(refused.value)
+    assert str(refused.value).startswith(f"encoder {tmp_path / 'at224'} holds resnet18 with the CIFAR stem")
 
 
 def test_load_encoder_names_a_wrong_path(tmp_path):
