@@ -13,7 +13,7 @@ import shutil
 from accelerate.utils import gather_object, set_seed
 from accelerate.utils.constants import SCALER_NAME
 
-from common import UserError, diagnostics, distributed, files
+from common import UserError, diagnostics, distributed, files, models
 from common.config import save_config
 
 PREFIX = "step_"
@@ -57,7 +57,8 @@ def save(accelerator, args, step: int, environment: dict, needed: int) -> str:
         diagnostics.hold("checkpoint", step)
         if accelerator.is_main_process:
             save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,
-                        mixed_precision=accelerator.mixed_precision, environment=environment)
+                        mixed_precision=accelerator.mixed_precision, environment=environment,
+                        stem=models.stem_for(args.model, args.image_size))
             write_manifest(tmp)
     except (files.WriteFailed, *files.WRITE_ERRORS) as e:
         failure = files.reason(e)
@@ -142,6 +143,13 @@ def check_compatible(args, checkpoint: str, saved: dict, must_match=MUST_MATCH) 
     if differ:
         raise UserError(f"checkpoint {checkpoint} was written with other options ({'; '.join(differ)}): run with "
                         f"the checkpoint's options, or start a new training with another --output-dir")
+    # The same model and image size, and the network of another version's stem rule (a checkpoint without "stem"
+    # predates it): its weights would not fit the one this run builds.
+    now = models.stem_for(args.model, args.image_size)
+    if models.recorded_stem(saved) != now:
+        commit = saved.get("environment", {}).get("git_commit", "unknown")
+        raise models.stem_refusal(f"checkpoint {checkpoint}", saved, now, f"start a new training with another "
+                                  f"--output-dir, or resume it with the version that wrote it (git commit {commit})")
 
 
 def choose(args, must_match=MUST_MATCH):

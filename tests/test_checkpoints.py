@@ -102,6 +102,35 @@ def test_a_resume_with_any_must_match_option_changed_is_refused_naming_it_and_ov
     assert tree_contents(tmp_path) == before  # every file's bytes, the checkpoints' included
 
 
+@pytest.mark.parametrize("image_size, refused", [(96, True), (32, False)])
+def test_a_checkpoint_of_the_old_cifar_stem_is_refused_where_the_stem_changed(tmp_path, image_size, refused):
+    """resnet18's stem follows the image size (the CIFAR stem up to 64 px), recorded in each checkpoint's
+    config.json. One written before (no "stem") had the CIFAR stem at every size: refused at 96 px, resumed at 32."""
+    import json
+    from common.checkpoints import write_manifest
+    from conftest import exited, tree_contents
+    toy_train(tmp_path, "--image-size", image_size, stop_after=4)  # toy_run's model, resnet18 in the options
+    exited(tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "step_00000003"
+    config = json.loads((checkpoint / "config.json").read_text())
+    recorded = config.pop("stem", None)  # as the checkpoints written before it was recorded
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    (checkpoint / "manifest.json").unlink()
+    write_manifest(str(checkpoint))
+    before = tree_contents(tmp_path)
+    if not refused:
+        run, _ = toy_run(tmp_path)  # at 32 px the old stem is this version's: resumed
+        assert run.state.step == 3 and recorded == "cifar"
+        return
+    with pytest.raises(UserError) as refusal:
+        toy_run(tmp_path, "--image-size", image_size)
+    exited(tmp_path)
+    assert "\n" not in str(refusal.value)
+    assert str(refusal.value).startswith(f"checkpoint {checkpoint} holds resnet18 with the CIFAR stem")
+    assert tree_contents(tmp_path) == before
+    assert recorded == "imagenet"
+
+
 # ------------------------------------------------------------------ stops and splits
 def test_sigterm_too_saves_a_checkpoint_and_raises_preempted(tmp_path):
     # scancel and Slurm's time limit send SIGTERM, not SIGUSR1. A handler of this test's stands before the Run's:
