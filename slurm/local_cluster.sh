@@ -13,6 +13,9 @@
 # "local_cluster.sh", removed by `down`) because the first node's name is the rendezvous address.
 # Clients use the default config, /etc/slurm/slurm.conf (SLURM_CONF is unset for them): a client with
 # another config gets "can't find address for host".
+# PROCTRACK (default linuxproc): Slurm's ProctrackType, proctrack/$PROCTRACK. linuxproc finds a step's processes
+# through their parents, as cgroup finds them in its cgroup; pgid signals only the task's process group, which
+# torchrun's workers (sessions of their own) are not in. The cluster is restarted when it changes.
 # A requeued job waits cred_expire + 1 s before it may start again: 10 s here (Slurm's default, 120 s, is the
 # "about two minutes" a preemption test would otherwise wait).
 # Needs root. Installs munge, slurmctld, slurmd and slurm-client when missing (apt-get, Debian/Ubuntu): run it
@@ -53,8 +56,8 @@ node_names() {  # partition prefix, count -> "n0 n1 ..."
     for ((i = 0; i < $2; i++)); do printf '%s%d ' "$1" "$i"; done
 }
 
-write_conf() {  # nodes -> slurm.conf and gres.conf contents on stdout (gres.conf after a line "---")
-    local nodes=$1 host cpus mem i port
+write_conf() {  # nodes, proctrack -> slurm.conf and gres.conf contents on stdout (gres.conf after a line "---")
+    local nodes=$1 proctrack=$2 host cpus mem i port
     host=$(hostname -s)
     read -r cpus mem < <(slurmd -C | head -n 1 | sed -E 's/.* CPUs=([0-9]+).* RealMemory=([0-9]+).*/\1 \2/')
     cpus=$((cpus / nodes > 0 ? cpus / nodes : 1))
@@ -74,7 +77,7 @@ SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd-%n.log
 SlurmdParameters=config_overrides
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/$proctrack
 TaskPlugin=task/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
@@ -107,11 +110,15 @@ all_idle() {  # every node answers and is free
 }
 
 up() {
-    local nodes=${1:-${NODES:-2}} wanted
+    local nodes=${1:-${NODES:-2}} proctrack=${PROCTRACK:-linuxproc} wanted
     [[ $nodes =~ ^[1-9][0-9]?$ ]] || { echo "local_cluster: NODES must be a number from 1 to 99, not '$nodes'" >&2; exit 2; }
+    [[ $proctrack =~ ^(linuxproc|pgid)$ ]] || {
+        echo "local_cluster: PROCTRACK must be linuxproc or pgid (cgroup needs systemd or cgroup setup), not '$proctrack'" >&2
+        exit 2
+    }
     install
     ours
-    wanted=$(write_conf "$nodes")
+    wanted=$(write_conf "$nodes" "$proctrack")
     if [ "$(cat $CONF $ETC/gres.conf 2>/dev/null | sed '/^---$/d')" = "$(sed '/^---$/d' <<<"$wanted")" ] \
         && sinfo -h >/dev/null 2>&1; then
         echo "local_cluster: already up with this config"

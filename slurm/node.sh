@@ -49,6 +49,49 @@ if [ "${DRY_RUN:-0}" != 0 ]; then
     echo "node $node: dry run (DRY_RUN=$DRY_RUN), not started"
     exit 0
 fi
+# The stop notice (USR1 from launch.sh, to this srun task) must reach the training processes, but torchrun
+# starts them in sessions of their own: a Slurm that signals the task's process group (ProctrackType=
+# proctrack/pgid) misses them. So a forwarder, started here and left behind by the exec below, sends each USR1
+# it gets to the launcher's descendants that catch USR1: the training processes (with their handler installed),
+# whatever the proctrack, and never a process that USR1 would kill (default action) or that ignores it. Where
+# Slurm signals every process of the step (linuxproc, cgroup) they get it twice: their handler only notes it.
+launcher=$$  # the exec below keeps this pid
+usr1=$(kill -l USR1)
+ppid_of() { local line fields; read -r line 2>/dev/null <"/proc/$1/stat" || return 1; fields=(${line##*) }); echo "${fields[1]}"; }
+forward_usr1() {
+    local -A children=()
+    local stat line fields pid key value queue targets=()
+    for stat in /proc/[0-9]*/stat; do  # pid -> children, from each process's parent (after "(comm) ": state, ppid)
+        read -r line 2>/dev/null <"$stat" || continue
+        fields=(${line##*) })
+        pid=${stat#/proc/}
+        children[${fields[1]}]+=" ${pid%/stat}"
+    done
+    queue=(${children[$launcher]:-})
+    while ((${#queue[@]})); do
+        pid=${queue[0]}
+        queue=("${queue[@]:1}")
+        [ "$pid" != "$forwarder" ] || continue  # not this forwarder, nor its sleep
+        queue+=(${children[$pid]:-})
+        value=0
+        while read -r key value; do [ "$key" != SigCgt: ] || break; done 2>/dev/null <"/proc/$pid/status" || continue
+        if (((16#$value >> (usr1 - 1)) & 1)); then targets+=("$pid"); fi
+    done
+    if ((${#targets[@]})); then
+        kill -USR1 "${targets[@]}" 2>/dev/null || true
+        echo "node $node: SIGUSR1 forwarded to the training processes (pids ${targets[*]})"
+    else
+        echo "node $node: SIGUSR1 not forwarded: no training process catches it yet"
+    fi
+}
+(
+    trap forward_usr1 USR1
+    forwarder=$BASHPID
+    while [ "$(ppid_of "$forwarder")" = "$launcher" ]; do  # until the launcher has exited
+        sleep 1 &
+        wait $! || true  # a USR1 interrupts the wait: the trap runs at once
+    done
+) &
 # accelerate launch and torchrun do not forward USR1 and would die of it: they inherit "ignore" from here,
 # while the training processes install their own handler (checkpoint at the next step, then exit).
 trap '' USR1

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -173,6 +174,8 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path, nodes):
     assert 0 < stopped < total
     runs = re.split(r"(?m)^(?=job \d+ on )", text)[1:]  # launch.sh's first line starts each run's log
     assert len(runs) == 2 and "SLURM_RESTART_COUNT=1" in runs[1], text
+    # slurm/node.sh passed the stop on to the training, whatever Slurm's ProctrackType (.ci/run tests pgid too)
+    assert runs[0].count(": SIGUSR1 forwarded to the training processes (pids ") == nodes, runs[0]
     assert f"at step {stopped} " in runs[1]  # the second run resumed right there
     if nodes == 2:  # both runs on both nodes, each node with its own rank
         for run in runs:
@@ -335,6 +338,62 @@ def test_two_node_launch_command_trains_with_world_size_two(tmp_path):
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)[-4000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 8
+
+
+# A stand-in for the training, launched like it (slurm/node.sh, accelerate launch, torchrun): it notes its session,
+# counts the USR1s it gets (as the training's StopSignals note them) and exits 0 once one came.
+STOP_TRAINING = """import os, signal, sys, time
+out = sys.argv[sys.argv.index("--output-dir") + 1]
+rank = os.environ["RANK"]
+got = []
+signal.signal(signal.SIGUSR1, lambda *_: got.append(1))
+open(os.path.join(out, f"ready-{rank}"), "w").write(f"{os.getpid()} {os.getsid(0)}")
+deadline = time.time() + 60
+while not got and time.time() < deadline:
+    time.sleep(0.1)
+time.sleep(1)  # a second USR1 (Slurm's own, under linuxproc or cgroup) lands in here
+open(os.path.join(out, f"usr1-{rank}"), "w").write(str(len(got)))
+"""
+
+
+@pytest.mark.parametrize("proctrack", ["pgid", "linuxproc"])
+def test_node_forwards_usr1_to_training_processes_in_sessions_of_their_own(tmp_path, proctrack):
+    """slurm/node.sh as srun's task, in its own process group, with two training processes, which torchrun starts
+    in sessions of their own. The USR1 goes as Slurm sends it: proctrack/pgid to the task's process group only,
+    linuxproc (like cgroup) to every process of the step, the training processes too (they then get it twice)."""
+    training = tmp_path / "stop_training.py"
+    training.write_text(STOP_TRAINING)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "SLURM_NNODES": "1", "PROCESSES_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+    for name in ("SLURM_NODEID", "SLURM_GPUS_ON_NODE", "SLURM_CPUS_PER_TASK", "MAIN_PROCESS_IP", "MAIN_PROCESS_PORT"):
+        env.pop(name, None)
+    node = subprocess.Popen(["bash", "slurm/node.sh", str(training), "--output-dir", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    workers = {}
+    try:
+        deadline = time.time() + 120
+        while len(workers) < 2:
+            assert time.time() < deadline and node.poll() is None, node.communicate(timeout=60)[0]
+            workers = {p.name: p.read_text().split() for p in out.glob("ready-*")}
+            workers = {rank: ids for rank, ids in workers.items() if len(ids) == 2}
+            time.sleep(0.2)
+        for pid, session in workers.values():  # torchrun's doing: out of reach of a process-group signal
+            assert int(session) == int(pid) != node.pid
+        os.killpg(node.pid, signal.SIGUSR1)
+        if proctrack == "linuxproc":
+            for pid, _ in workers.values():
+                os.kill(int(pid), signal.SIGUSR1)
+        log = node.communicate(timeout=120)[0]
+    finally:  # stand-ins that never got the signal would wait their 60 s
+        if node.poll() is None:
+            for pid, _ in workers.values():
+                subprocess.run(["kill", pid], capture_output=True)
+            os.killpg(node.pid, signal.SIGKILL)
+    assert node.returncode == 0, log  # the launcher ignored the USR1
+    counts = {p.name: int(p.read_text()) for p in out.glob("usr1-*")}
+    assert counts.keys() == {"usr1-0", "usr1-1"} and all(counts.values()), (counts, log)
+    assert ": SIGUSR1 forwarded to the training processes (pids " in log, log
 
 
 NO_CONTROLLER = "slurm_load_partitions: Unable to contact slurm controller (connect failure)"
