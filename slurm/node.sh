@@ -75,7 +75,7 @@ forward_usr1() {
         queue+=(${children[$pid]:-})
         value=0
         while read -r key value; do [ "$key" != SigCgt: ] || break; done 2>/dev/null <"/proc/$pid/status" || continue
-        if (((16#$value >> (usr1 - 1)) & 1)); then targets+=("$pid"); fi
+        if (((16#${value:-0} >> (usr1 - 1)) & 1)); then targets+=("$pid"); fi
     done
     if ((${#targets[@]})); then
         kill -USR1 "${targets[@]}" 2>/dev/null || true
@@ -85,8 +85,8 @@ forward_usr1() {
     fi
 }
 (
-    trap forward_usr1 USR1
     forwarder=$BASHPID
+    trap forward_usr1 USR1
     while [ "$(ppid_of "$forwarder")" = "$launcher" ]; do  # until the launcher has exited
         sleep 1 &
         wait $! || true  # a USR1 interrupts the wait: the trap runs at once
