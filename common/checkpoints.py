@@ -51,18 +51,22 @@ def save(accelerator, args, step: int, environment: dict, needed: int) -> str:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    failure = None
-    try:
-        accelerator.save_state(tmp)
+
+    def state():
+        accelerator.save_state(tmp)  # every rank writes its own files (its random states)
         diagnostics.hold("checkpoint", step)
-        if accelerator.is_main_process:
-            save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,
-                        mixed_precision=accelerator.mixed_precision, environment=environment,
-                        stem=models.stem_for(args.model, args.image_size))
-            write_manifest(tmp)
-    except (files.WriteFailed, *files.WRITE_ERRORS) as e:
-        failure = files.reason(e)
-    failures = [f for f in gather_object([failure]) if f]  # every process stops, or none
+
+    def config_and_manifest():
+        save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,
+                    mixed_precision=accelerator.mixed_precision, environment=environment,
+                    stem=models.stem_for(args.model, args.image_size))
+        write_manifest(tmp)
+    # Each gather_object is where every process stops, or none; the first is also where every rank has written
+    # its files, so the manifest then checksums them whole.
+    failures = [f for f in gather_object([_write_failure(state)]) if f]
+    if not failures:
+        last = _write_failure(config_and_manifest) if accelerator.is_main_process else None
+        failures = [f for f in gather_object([last]) if f]
     if failures:
         _give_up(accelerator, args, final, tmp, failures[0], needed)
     accelerator.wait_for_everyone()
@@ -76,6 +80,15 @@ def save(accelerator, args, step: int, environment: dict, needed: int) -> str:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_failure(write):
+    """None when write() wrote, else why it could not (a full disk, a quota)."""
+    try:
+        write()
+    except (files.WriteFailed, *files.WRITE_ERRORS) as e:
+        return files.reason(e)
+    return None
 
 
 def _give_up(accelerator, args, final: str, tmp: str, failure: str, needed: int) -> None:

@@ -44,8 +44,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     model.add_argument("--compile", action="store_true",
                        help="torch.compile the model (Accelerate's dynamo backend 'inductor'); first steps are slow")
     model.add_argument("--sync-bn", action="store_true",
-                       help="batch norm statistics over the global batch (torch.nn.SyncBatchNorm; GPUs only with "
-                            "several processes). Without it each process normalizes by its own micro-batch, so a "
+                       help="batch norm statistics over the global batch (torch.nn.SyncBatchNorm; needs GPUs "
+                            "under accelerate launch). Without it each process normalizes by its own micro-batch, so a "
                             "model with batch norm (resnet18, nin) trains differently on another number of processes")
 
     opt = p.add_argument_group("optimization")

@@ -44,10 +44,11 @@ def build_accelerator(args) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=True),
         dynamo_backend="inductor" if args.compile else None,
     )
-    if args.sync_bn and accelerator.num_processes > 1 and accelerator.device.type != "cuda":
-        # torch's SyncBatchNorm refuses CPU tensors once a process group exists
-        raise UserError(f"--sync-bn needs GPUs: SyncBatchNorm cannot synchronize {accelerator.num_processes} "
-                        f"processes on the CPU; leave --sync-bn out here", agreed=True)
+    # torch's SyncBatchNorm (and DDP around it) refuses CPU tensors once a process group exists, even of one process
+    # (accelerate launch); without one (python train_*.py) it is plain batch norm
+    if args.sync_bn and accelerator.device.type != "cuda" and torch.distributed.is_initialized():
+        raise UserError(f"--sync-bn needs GPUs: torch's SyncBatchNorm refuses CPU tensors in launched processes "
+                        f"({accelerator.num_processes} here); leave --sync-bn out on the CPU", agreed=True)
     return accelerator
 
 

@@ -1,5 +1,6 @@
 """Not a test: launched by test_distributed.py with two processes. `checks OUT`: the helpers of common/distributed.py
-and evaluation's use of them, each rank writing what it saw to OUT/rank<N>.json. `compiled OUT [options]`: the
+and evaluation's use of them, each rank writing what it saw to OUT/rank<N>.json. `slow_checkpoint OUT`: a checkpoint
+whose rank 1 is late with its files. `compiled OUT [options]`: the
 loop with --compile, recording DDP's no_sync and evaluation's model. `lagging OUT [options]`: the real Run
 and the scripts' loop around a small encoder, while rank 1's view of OUTPUT_DIR lags behind rank 0's writes (as on NFS:
 rank 1 does not see checkpoint folders or wandb_run_id exist); rank 0 receives SIGUSR1 at step 4, a checkpoint step."""
@@ -145,6 +146,31 @@ def compiled(out, argv):
         json.dump(seen, f)
 
 
+def slow_checkpoint(out):
+    """checkpoints.save while rank 1 writes its random states a second late: the manifest rank 0 writes."""
+    from common import checkpoints
+    args = parse(["--report-to", "none", "--output-dir", out])
+    accelerator = training_accelerator(args)
+    model = accelerator.prepare(torch.nn.Linear(2, 1))
+    save = torch.save
+
+    def late_save(obj, path, *args, **kwargs):
+        if os.path.basename(str(path)).startswith("random_states"):
+            time.sleep(1)
+        return save(obj, path, *args, **kwargs)
+    if accelerator.process_index == 1:
+        torch.save = late_save
+    path = checkpoints.save(accelerator, args, 1, {}, 0)
+    if accelerator.is_main_process:
+        with open(os.path.join(path, "manifest.json")) as f:
+            listed = sorted(json.load(f))
+        with open(os.path.join(out, "seen.json"), "w") as f:
+            json.dump({"listed": listed, "problem": checkpoints.verify_checkpoint(path),
+                       "files": sorted(os.listdir(path))}, f)
+    accelerator.wait_for_everyone()
+    del model
+
+
 def lag_behind(output_dir):
     """This process's os.path.isdir/exists do not see checkpoint folders, or output_dir/wandb_run_id, that others
     created after it started (NFS caches attributes and directory entries for a while)."""
@@ -183,6 +209,8 @@ if __name__ == "__main__":
         checks(sys.argv[2])
     elif sys.argv[1] == "shared_gpu":
         shared_gpu(sys.argv[2])
+    elif sys.argv[1] == "slow_checkpoint":
+        slow_checkpoint(sys.argv[2])
     elif sys.argv[1] == "compiled":
         cli.run(lambda: compiled(sys.argv[2], sys.argv[3:]))
     else:

@@ -93,3 +93,13 @@ def test_compile_keeps_the_trained_ddp_model_and_evaluates_the_plain_one(tmp_pat
         seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert seen["no_sync"] == 2, seen  # the first micro-batch of each of the 2 steps
         assert seen["evaluated"] == ["EncoderWithHead"], seen
+
+
+def test_the_checkpoint_manifest_covers_every_ranks_files_however_late(tmp_path):
+    # Rank 0 wrote the manifest right after its own save_state: a rank still writing had its file left out, or
+    # checksummed half-written (then a good checkpoint reads as damaged at the resume).
+    result = probe("slow_checkpoint", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert "random_states_1.pkl" in seen["listed"] and seen["problem"] is None, seen
+    assert seen["listed"] == [name for name in seen["files"] if name != "manifest.json"], seen

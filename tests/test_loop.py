@@ -1,4 +1,5 @@
 """common/loop.py's train(), in-process on one CPU process: what it builds before Accelerate's prepare."""
+import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -44,10 +45,12 @@ def test_sync_bn_converts_before_prepare_and_its_checkpoints_resume_with_and_wit
     assert prepared[2:] == [{"BatchNorm2d"}, {"SyncBatchNorm"}] and "resumed from " in capsys.readouterr().out
 
 
-def test_sync_bn_with_several_cpu_processes_is_one_error_line(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sync_bn_in_launched_cpu_processes_is_one_error_line(tmp_path, processes):
+    # One launched process too: it has a process group, in which torch's SyncBatchNorm and DDP refuse CPU tensors.
     result = accelerate_launch("train_rotation.py", *TINY_RESNET, "--sync-bn", "--output-dir", tmp_path / "run",
-                               num_processes=2)
+                               num_processes=processes)
     assert result.returncode != 0 and "(exitcode: 2)" in result.stderr, result.stderr[-3000:]  # the workers' 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: --sync-bn needs GPUs: SyncBatchNorm cannot synchronize 2 processes on the CPU; leave "
-                      "--sync-bn out here"], result.stderr[-3000:]
+    assert errors == [f"error: --sync-bn needs GPUs: torch's SyncBatchNorm refuses CPU tensors in launched "
+                      f"processes ({processes} here); leave --sync-bn out on the CPU"], result.stderr[-3000:]
