@@ -460,8 +460,12 @@ class StreamedImages:
         return out
 
     def _start_pool(self) -> None:
-        if self._pool is None:  # forked on first use from the training thread: after the process's own setup
+        """Forks the decode workers now, from the calling thread: the training thread (submit, images[indices]),
+        after the process's own setup and before the reader thread exists (a fork of a threaded process can
+        deadlock the child)."""
+        if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("fork"))
+            self._pool.submit(int)  # a fork pool forks all its workers at its first job, on the thread that gives it
 
     def _decode_into(self, indices: list, out: torch.Tensor):
         """Decodes into out; an unreadable file's image is zeros, and the first one's line is returned."""
