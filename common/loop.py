@@ -26,6 +26,7 @@ def train(task_class, argv=None) -> dict:
     config.require(config.dataset_checks(args, labelled))
     train_loader = data.index_loader(accelerator, args, len(train_source), on_draw=train_source.read_ahead)
     task = task_class(args, dataset, train_source)
+    train_source.images_to_read = task.images_to_read  # what a streamed split decodes ahead for a drawn batch
 
     # Model: the encoder (the product) and the task's head (thrown away after training).
     encoder = models.build_encoder(args.model, args.image_size, *dataset.channel_stats())

@@ -118,8 +118,9 @@ class TrainImages:
     wait (PyTorch's pinned-memory cache keeps a buffer until its copy is done). stream: decoded from the files,
     ahead of training: read_ahead(indices), the index loader's hook, starts decoding each batch as the loader draws
     it (Accelerate's loader draws one batch ahead of the one training uses), so a batch is decoded while the
-    previous step runs. index_device: where the index batches must be (the loader's device placement) for the
-    gather to need no copy back to the host."""
+    previous step runs: in one decode, every image the task reads for it (images_to_read: siamese partners too).
+    index_device: where the index batches must be (the loader's device placement) for the gather to need no copy
+    back to the host."""
 
     def __init__(self, images: torch.Tensor, placement: str, device: torch.device):
         self.placement, self.device = placement, device
@@ -128,7 +129,12 @@ class TrainImages:
         # copy into: one private copy of the split per process instead of the shared mapped cache).
         self.images = images.to(device) if self.on_device and device.type != "cpu" else images
         self.index_device = device if self.on_device else torch.device("cpu")
-        self._ahead = collections.deque()  # stream: (indices, Future of their batch), in the order drawn
+        # stream: (Future of a decode, [(indices, its rows of the decode)] not read yet), in the order drawn
+        self._ahead = collections.deque()
+        # What make_batch reads for a drawn batch (the loop sets the task's Task.images_to_read), and the epoch the
+        # loader draws batches of (set_epoch, with the loader's).
+        self.images_to_read = lambda indices, epoch: [indices]
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -138,10 +144,23 @@ class TrainImages:
         """stream: the first unreadable file met, as one line (the run stops on it where all processes agree)."""
         return self.images.problem if self.placement == "stream" else None
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose batches the loader draws from now on (images_to_read may depend on it)."""
+        self.epoch = epoch
+
     def read_ahead(self, indices: torch.Tensor) -> torch.Tensor:
         if self.placement == "stream":
-            pin = self.device.type == "cuda"
-            self._ahead.append((indices, self.images.submit(indices.tolist(), pin)))
+            decoded, parts = [], []
+            for part in self.images_to_read(indices, self.epoch):
+                part = part.cpu()
+                # An index batch read twice (ntxent's partners are the anchors) is decoded once.
+                same = next((rows for earlier, rows in parts if torch.equal(earlier, part)), None)
+                if same is None:
+                    start = sum(map(len, decoded))
+                    same = slice(start, start + len(part))
+                    decoded.append(part)
+                parts.append((part, same))
+            self._ahead.append((self.images.submit(torch.cat(decoded).tolist(), self.device.type == "cuda"), parts))
             while len(self._ahead) > MAX_READ_AHEAD:  # drawn but never trained on (the end of a run)
                 self._ahead.popleft()
         return indices
@@ -158,11 +177,16 @@ class TrainImages:
         return batch.to(self.device, non_blocking=True)
 
     def _read(self, indices: torch.Tensor) -> torch.Tensor:
-        """The batch read ahead for these indices (waiting for it if it is not ready yet; those drawn before it
-        were never trained on and go), or decoded now (e.g. siamese partners, which no loader draws)."""
-        for position, (drawn, batch) in enumerate(self._ahead):
-            if torch.equal(drawn.cpu(), indices.cpu()):
-                for _ in range(position + 1):
-                    self._ahead.popleft()
-                return batch.result()
+        """The images read ahead for these indices (waiting for their decode if it is not done yet; batches drawn
+        before theirs were never trained on and go), or decoded now (indices no drawn batch's images_to_read gave)."""
+        indices = indices.cpu()
+        for position, (batch, parts) in enumerate(self._ahead):
+            for k, (drawn, rows) in enumerate(parts):
+                if torch.equal(drawn, indices):
+                    for _ in range(position):
+                        self._ahead.popleft()
+                    del parts[k]
+                    if not parts:  # every part of its decode read
+                        self._ahead.popleft()
+                    return batch.result()[rows]
         return self.images.submit(indices.tolist(), self.device.type == "cuda").result()

@@ -328,6 +328,8 @@ class Run:
         """This epoch's index batches for this process, until the run's last step; a resumed epoch skips what
         was already trained on."""
         self.loader.set_epoch(self.state.epoch)
+        if self.train_source is not None:  # what it reads ahead for a drawn batch may depend on the epoch
+            self.train_source.set_epoch(self.state.epoch)
         loader = self.loader
         if self.state.batches_in_epoch:
             loader = self.accelerator.skip_first_batches(self.loader, self.state.batches_in_epoch)

@@ -56,6 +56,11 @@ class Task:
         """This micro-batch's inputs and targets from the train images at `indices` (augmented, on the device)."""
         raise NotImplementedError
 
+    def images_to_read(self, indices: torch.Tensor, epoch: int) -> list:
+        """The index batches make_batch(indices, epoch) reads from the train images, in the order it reads them: a
+        streamed split decodes them all ahead, in one decode, as the loader draws `indices`."""
+        return [indices]
+
     def step(self, model, batch: Batch):
         """(loss, metrics): the loss to backpropagate and train/* values (tensors stay on the device)."""
         raise NotImplementedError

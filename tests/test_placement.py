@@ -177,6 +177,71 @@ def test_streamed_batches_are_decoded_ahead_off_the_training_thread(folder, tmp_
     assert [e[2] for e in events if e[1].startswith("stream-reader")] == [1, 5]  # the drawn batch once
 
 
+def test_streamed_siamese_steps_wait_for_one_decode_read_ahead_with_the_partners(folder, tmp_path, monkeypatch):
+    # A pair's partner is a pure function of (seed, epoch, index): decoded ahead with its anchors, in one decode, a
+    # step waits for one decode asked for before it began (not a second for its partners), across an epoch's end
+    # and a resume mid-epoch (epoch 1, batch 1), with the host placement's pixels. 96 images, batch 32: 3 steps an
+    # epoch.
+    from accelerate.state import AcceleratorState
+    from common import data, loop
+    from conftest import exited
+    from tasks.siamese import Siamese
+    steps, submit, make_batch = [], data.StreamedImages.submit, Siamese.make_batch
+
+    class Waited:  # the Future of one decode, which records the steps that wait for it
+        def __init__(self, future):
+            self.future = future
+
+        def result(self):
+            if steps and "inputs" not in steps[-1]:
+                steps[-1]["waited"].add(id(self))
+            return self.future.result()
+
+    def recorded_submit(self, indices, pin):
+        if steps and "inputs" not in steps[-1]:
+            steps[-1]["asked"] += 1  # a decode asked for while a step waits
+        return Waited(submit(self, indices, pin))
+
+    def recorded_make_batch(self, indices, epoch):
+        steps.append({"waited": set(), "asked": 0})
+        batch = make_batch(self, indices, epoch)
+        steps[-1].update(inputs=batch.inputs.clone(), targets=batch.targets.clone())
+        return batch
+    monkeypatch.setattr(data.StreamedImages, "submit", recorded_submit)
+    monkeypatch.setattr(Siamese, "make_batch", recorded_make_batch)
+
+    def train(placement, out, max_steps):
+        AcceleratorState._reset_state(True)
+        loop.train(Siamese, [str(a) for a in (*folder_options(folder, tmp_path), "--batch-size", "32", "--augment",
+                                              "none", "--max-steps", max_steps, "--checkpoint-every", "2",
+                                              "--data-placement", placement, "--output-dir", out)])
+        exited(out)
+        taken = steps[:]
+        steps.clear()
+        return taken
+
+    host = train("host", tmp_path / "host", 5)
+    streamed = train("stream", tmp_path / "stream", 4) + train("stream", tmp_path / "stream", 5)  # resumed at 4
+    assert len(host) == len(streamed) == 5
+    assert [(s["asked"], len(s["waited"])) for s in streamed] == [(0, 1)] * 5
+    for on_host, read_ahead in zip(host, streamed):  # the same pairs, the same pixels
+        assert torch.equal(on_host["inputs"], read_ahead["inputs"])
+        assert torch.equal(on_host["targets"], read_ahead["targets"])
+
+
+def test_an_index_batch_a_step_reads_twice_is_decoded_once(folder, tmp_path):
+    # ntxent's partners are its anchors: read ahead, they are decoded once
+    from common import data
+    dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
+    images = TrainImages(dataset.train_images, "stream", CPU)
+    images.images_to_read = lambda indices, epoch: [indices, indices]
+    indices = torch.tensor([4, 9, 2])
+    images.read_ahead(indices)
+    anchors, partners = images[indices], images[indices]
+    assert torch.equal(anchors, dataset.sample_images[indices]) and torch.equal(partners, anchors)
+    assert dataset.train_images.decoded == 3
+
+
 def test_evaluating_a_streamed_split_decodes_nothing(folder, tmp_path):
     # The k-NN memory and the probe's data are a seeded sample of the train split, decoded once (here, all 96)
     from types import SimpleNamespace
