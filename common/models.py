@@ -237,10 +237,8 @@ def load_encoder(path: str, device="cpu") -> Encoder:
         raise UserError(f"{directory!r} has no config.json: pass the final/ folder a training run wrote")
     with open(config_path) as f:
         config = json.load(f)
-    stem, now = recorded_stem(config), stem_for(config["model"], config["image_size"])
-    if "stem" not in config and stem != now:  # exported before the stem followed the image size
-        raise stem_refusal(f"encoder {directory}", config, now, "train it again with this version, or load it with "
-                           "the version that exported it")
-    encoder = build_encoder(config["model"], config["image_size"], config["mean"], config["std"], stem=stem)
+    # The stem it was trained with; one exported before the stem was recorded had the model's unrecorded_stem.
+    encoder = build_encoder(config["model"], config["image_size"], config["mean"], config["std"],
+                            stem=recorded_stem(config))
     encoder.load_state_dict(load_file(os.path.join(directory, "encoder.safetensors")))
     return encoder.to(device).eval()
