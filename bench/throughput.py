@@ -274,7 +274,7 @@ def main():
     header = (f"{'row':23} {'model':11} {'samples':>7} {'limit/s':>9} {'project/s':>9} {'tutorial/s':>10} "
               f"{'efficiency':>10} {'tut. eff':>8} {'speedup':>7}  peak MB project/tutorial")
     print(header, flush=True)
-    rows = []
+    rows, planned = [], len(args.models) * len(args.scripts)
     for model in args.models:
         for script in args.scripts:
             # A short run first: the speed the log windows are sized by (a quarter of --seconds each).
@@ -298,11 +298,19 @@ def main():
                   f"{project['samples_per_s']:9.0f} {tutorial['samples_per_s']:10.0f} {row['efficiency']:10.2f} "
                   f"{row['tutorial_efficiency']:8.2f} {row['speedup']:6.1f}x  {project['peak_memory_mb']:.0f}/"
                   f"{tutorial['peak_memory_mb']:.0f}", flush=True)
+            if args.json:  # after every row: a table stopped by a time limit keeps the rows it measured
+                write_rows(args, rows, planned)
     print("samples = images through the network per step (rotation: 4 per image; siamese: 2 per pair; "
           f"rotation-tutorial-batch: {TUTORIAL_BATCH} images, 1 rotation each)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "args": vars(args), "rows": rows}, f, indent=2)
+
+
+def write_rows(args, rows: list, planned: int) -> None:
+    """--json with the rows so far; complete once all `planned` are in. Replaced whole (a reader never sees half)."""
+    tmp = f"{args.json}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"machine": machine(), "args": vars(args), "rows": rows, "planned_rows": planned,
+                   "complete": len(rows) == planned}, f, indent=2)
+    os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":

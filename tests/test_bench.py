@@ -13,11 +13,22 @@ from conftest import REPO
 
 def test_throughput_benchmark_prints_a_row_per_script(tmp_path):
     out = tmp_path / "rows.json"
-    result = subprocess.run([sys.executable, "-m", "bench.throughput", "--models", "simple_cnn",
+    proc = subprocess.Popen([sys.executable, "-m", "bench.throughput", "--models", "simple_cnn",
                              "--synthetic-size", "2048", "--samples-per-step", "32", "--seconds", "0.5",
-                             "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+                             "--repeats", "1", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    # --json is rewritten as each row ends: a table killed half-way still holds the rows it measured
+    while not out.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    first = json.loads(out.read_text())
+    stdout, stderr = proc.communicate(timeout=600)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    assert [(r["script"], r["model"]) for r in first["rows"]] == [("rotation", "simple_cnn")] and not first["complete"]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["planned_rows"] == 3
+    rows = report["rows"]
+    assert rows[0] == first["rows"][0]
     assert [(r["script"], r["model"], r["samples_per_step"]) for r in rows] == [
         ("rotation", "simple_cnn", 32), ("siamese", "simple_cnn", 32), ("rotation-tutorial-batch", "simple_cnn", 64)]
     for row in rows:
