@@ -21,7 +21,7 @@ class Task:
     description = ""  # the first line of --help
     must_match = ()  # options a checkpoint cannot be resumed under when changed (besides checkpoints.MUST_MATCH)
     default_augment = "crop_flip"  # --augment's default
-    headline_metric = ""  # the eval/* metric of its own evaluation that sums it up (bench/gpu_check.sh reports it)
+    headline_metric = ""  # the eval/* metric of its own evaluation that sums it up (bench/gpu_check.py reports it)
 
     # ----------------------------------------------------------------------------------------- options
     @classmethod

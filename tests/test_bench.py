@@ -2,6 +2,7 @@
 checked here; speed targets are read from the benchmark's own output, see README "Throughput")."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -56,41 +57,52 @@ def test_rotnet_table_script_pretrains_then_prints_the_table(tmp_path, image_fol
     assert "pretrain: " in result.stdout and ", total: " in (out / "time.txt").read_text()
 
 
-GPU_CHECK_STEPS = ["1a_rotation_bf16", "1b_siamese_fp16", "1c_rotation_fp16", "1d_siamese_bf16", "2_sigusr1_resume",
-                   "3_deterministic_resume", "4_compile_resume", "5_evaluate", "6a_host_syncs_rotation",
-                   "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream", "7_gpu_sh"]
-GPU_ONLY = {"6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream", "7_gpu_sh"}
+GPU_CHECK_STEPS = ["1a_rotation_bf16", "1b_siamese_fp16", "1c_rotation_fp16", "1d_siamese_bf16", "1e_siamese_ntxent",
+                   "1f_rotation_sync_bn", "2_sigusr1_resume", "3_deterministic_resume", "4_compile_resume",
+                   "5_evaluate", "6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host",
+                   "6d_placement_stream", "7_gpu_sh"]
+HOST_SYNCS = {"6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream"}
+# GPU only, and nothing run on the CPU: what the step says there
+NOT_RUN_ON_CPU = {"1f_rotation_sync_bn": "GPU only: SyncBatchNorm needs CUDA",
+                  "7_gpu_sh": "no GPU: bench/gpu.sh measures GPU throughput"}
 FP16 = {"1b_siamese_fp16": "1d", "1c_rotation_fp16": "1a"}  # GPU only too: on the CPU they would be these again
+SKIPPED_ON_CPU = HOST_SYNCS | set(NOT_RUN_ON_CPU) | set(FP16)
 
 
 def gpu_check(tmp_path, **env):
     out = tmp_path / "report"
     # Step limits and the budget x4: on a shared 2-core machine they bound a hang, they are not what is tested.
     result = subprocess.run(["bash", f"{REPO}/bench/gpu_check.sh", str(out)], capture_output=True, text=True,
-                            timeout=3000, env={**os.environ, "DEVICE": "cpu", "WORK_DIR": str(tmp_path / "work"),
-                                               "STEP_LIMIT_SCALE": "4", "BUDGET_S": "2400", **env})
+                            timeout=3000, env=gpu_check_env(tmp_path, **env))
     report = json.loads((out / "gpu_check.json").read_text())
     assert [step["id"] for step in report["steps"]] == GPU_CHECK_STEPS
     assert (out / "gpu_check.txt").read_text() in result.stdout  # the report is printed, and written
     return result, report, {step["id"]: step for step in report["steps"]}
 
 
+def gpu_check_env(tmp_path, **env):
+    return {**os.environ, "DEVICE": "cpu", "WORK_DIR": str(tmp_path / "work"), "STEP_LIMIT_SCALE": "4",
+            "BUDGET_S": "2400", **env}
+
+
 def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path):
-    # The GPU check's every step at its CPU size (about 3 minutes here): what can be checked before a GPU run.
+    # The GPU check's every step at its CPU size (about 4 minutes here): what can be checked before a GPU run.
     result, report, steps = gpu_check(tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     for name, step in steps.items():
-        assert step["status"] == ("SKIPPED" if name in GPU_ONLY | set(FP16) else "PASS"), (name, step["detail"])
-    assert report["device"] == "cpu" and report["fail"] == 0 and report["ok"]
+        assert step["status"] == ("SKIPPED" if name in SKIPPED_ON_CPU else "PASS"), (name, step["detail"])
+    assert report["device"] == "cpu" and report["fail"] == 0 and report["ok"] and report["finished"]
+    logs = tmp_path / "report" / "logs"
     # fp16 steps say why they did not run (they used to PASS here with fp16 off), and ran nothing
     for name, same in FP16.items():
         assert steps[name]["detail"] == f"fp16 needs a GPU (on the CPU it would be step {same}'s run again, without " \
-            "mixed precision)" and "accelerate launch" not in (tmp_path / "report" / "logs" / f"{name}.log").read_text()
+            "mixed precision)" and "accelerate launch" not in (logs / f"{name}.log").read_text()
         assert steps[name]["title"].split(", ")[1] == "fp16"
     assert [steps[name]["title"].split(", ")[1] for name in ("1a_rotation_bf16", "1d_siamese_bf16")] == ["no", "no"]
     # GPU-only steps say why; the host-sync runs still ran the same command line on the CPU, to its end
-    assert "no GPU" in steps["7_gpu_sh"]["detail"]
-    for name in GPU_ONLY - {"7_gpu_sh"}:
+    for name, why in NOT_RUN_ON_CPU.items():
+        assert steps[name]["detail"] == why and "accelerate launch" not in (logs / f"{name}.log").read_text()
+    for name in HOST_SYNCS:
         detail = steps[name]["detail"]
         assert "GPU only" in detail and "host syncs: not counted" in detail and "results.json: 12 steps" in detail
     # the placement steps trained on the generated image folder with the placement they asked for
@@ -99,9 +111,15 @@ def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path)
             steps[f"6{'c' if placement == 'host' else 'd'}_placement_{placement}"]["detail"]
     assert sum(1 for _ in (tmp_path / "work" / "images" / "train").rglob("*.jpg")) == 640
     # evaluation at start, after epoch 1 and at the end, with finite metrics
-    for name in ("1a_rotation_bf16", "1d_siamese_bf16"):
+    for name in ("1a_rotation_bf16", "1d_siamese_bf16", "1e_siamese_ntxent"):
         results = steps[name]["results"]
         assert len(results["eval_steps"]) == 3 and results["eval_steps"][0] == 0, (name, results)
+    # NT-Xent with negatives gathered from both processes, and the augment pairs' own metric
+    ntxent = steps["1e_siamese_ntxent"]
+    assert "NT-Xent" in ntxent["title"] and ntxent["results"]["loss"] == "ntxent"
+    assert ntxent["results"]["pairs"] == "augment" and ntxent["results"]["world_size"] == 2
+    for key in ("eval/view_pair_auc", "eval/view_pair_auc_init"):
+        assert 0 <= ntxent["results"][key] <= 1, (key, ntxent["results"])
     # the deterministic comparison really happened: a resumed run, every tensor of the step-12 weights equal
     deterministic = steps["3_deterministic_resume"]["results"]
     assert deterministic["equal"] is True and deterministic["compared_tensors"] > 0
@@ -134,10 +152,82 @@ def test_gpu_check_reports_failing_steps_and_goes_on(tmp_path):
               if line.startswith("$ accelerate launch")]
     assert len(launch) == 1 and "--config_file accelerate_configs/cpu.yaml" in launch[0] and \
         "--mixed_precision no" in launch[0] and "--synthetic-size 96 " in launch[0], launch
-    assert [s["status"] for s in report["steps"]] == ["FAIL", "SKIPPED", "SKIPPED"] + ["FAIL"] * 9 + ["SKIPPED"]
-    assert report["fail"] == 10 and not report["ok"]
-    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 10
+    assert [s["status"] for s in report["steps"]] == \
+        ["FAIL", "SKIPPED", "SKIPPED", "FAIL", "FAIL", "SKIPPED"] + ["FAIL"] * 8 + ["SKIPPED"]
+    assert report["fail"] == 11 and not report["ok"]
+    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 11
     assert "FAILED: the run failed (exit 1)" in steps["1a_rotation_bf16"]["detail"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(path, proc, seconds=300):
+    deadline = time.time() + seconds
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"no {path}: the check ended ({proc.poll()}) or took over {seconds} s"
+    time.sleep(0.2)  # the pid files' writers finish their line
+
+
+def test_gpu_check_killed_mid_run_leaves_a_report_of_the_finished_steps(tmp_path):
+    # SIGTERM to the check while step 1d hangs (steps one after the other): the report, rewritten as each step
+    # ended, keeps what 1a-1c found; 1d is reported as stopped, the rest as not run, and 1d's launcher is ended.
+    bin_dir, hung = tmp_path / "bin", tmp_path / "hung.pid"
+    fake_command(bin_dir, "accelerate", "case \"$*\" in *1a_rotation_bf16*) echo 'RuntimeError: injected' >&2; "
+                 f"exit 1;; esac\necho $$ >{hung}\nexec sleep 600\n")
+    out = tmp_path / "report"
+    proc = subprocess.Popen(["bash", f"{REPO}/bench/gpu_check.sh", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=gpu_check_env(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}", PARALLEL="0"))
+    try:
+        wait_for(hung, proc)
+        during = {s["id"]: s for s in json.loads((out / "gpu_check.json").read_text())["steps"]}
+        assert [during[i]["status"] for i in GPU_CHECK_STEPS[:5]] == ["FAIL", "SKIPPED", "SKIPPED", "RUNNING",
+                                                                      "PENDING"]
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    report = json.loads((out / "gpu_check.json").read_text())
+    steps = {s["id"]: s for s in report["steps"]}
+    assert [s["id"] for s in report["steps"]] == GPU_CHECK_STEPS and not report["ok"] and report["finished"]
+    assert steps["1a_rotation_bf16"]["detail"] == "FAILED: the run failed (exit 1)"
+    assert [steps[i]["status"] for i in GPU_CHECK_STEPS[1:3]] == ["SKIPPED", "SKIPPED"]
+    assert steps["1d_siamese_bf16"]["status"] == "FAIL" and "SIGTERM" in steps["1d_siamese_bf16"]["detail"]
+    assert all(steps[i]["status"] == "FAIL" and steps[i]["detail"].startswith("not run") for i in GPU_CHECK_STEPS[4:])
+    text = (out / "gpu_check.txt").read_text()
+    assert text in stdout and "error> RuntimeError: injected" in text
+    assert not alive(int(hung.read_text()))
+
+
+def test_gpu_check_stops_a_timed_out_step_and_only_its_own_processes(tmp_path):
+    # A launcher that hangs, with a worker in a session of its own (as torchrun starts them), past its step's limit
+    # (90 s x 0.1). Both are ended; a process started outside the check that names the step's run dir in its
+    # command line (what a `pkill -f` on that dir would end) lives on.
+    bin_dir, pids = tmp_path / "bin", tmp_path / "pids"
+    fake_command(bin_dir, "accelerate", f"setsid sleep 600 &\necho $! $$ >{pids}\nwait\n")
+    outsider = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+                                 str(tmp_path / "work" / "1a_rotation_bf16" / "run")])
+    try:
+        start = time.time()
+        result, report, steps = gpu_check(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}", ONLY="1a",
+                                          STEP_LIMIT_SCALE="0.1")
+        assert time.time() - start < 120
+        assert steps["1a_rotation_bf16"]["detail"] == "FAILED: the run timed out (the step's time limit)"
+        assert all(steps[i] == {**steps[i], "status": "SKIPPED", "detail": "not chosen (ONLY=1a)"}
+                   for i in GPU_CHECK_STEPS[1:])
+        worker, launcher = map(int, pids.read_text().split())
+        assert not alive(worker) and not alive(launcher)
+        assert outsider.poll() is None
+    finally:
+        outsider.kill()
 
 
 def preflight(tmp_path, **env):
