@@ -35,7 +35,7 @@ that nvidia-smi lists (unless DEVICE=cpu); else one line says what to do, the re
 module itself needs only the standard library, so it can say so.
 
 Without a GPU (or with DEVICE=cpu) the same steps run at tiny sizes on the CPU (accelerate_configs/cpu.yaml,
-gloo, no mixed precision: the bf16 steps run as "no", which their titles say), in about 4 minutes on 2 cores;
+gloo, no mixed precision: the bf16 steps run as "no", which their titles say), in 2-5 minutes on 2 shared cores;
 steps 1b-1c (fp16 needs a GPU: they would be 1d and 1a again), 1f (SyncBatchNorm refuses CPU tensors), 6a-6d (the
 scripts count host syncs only on CUDA; 6c-6d still check the placement the run took) and 7 are SKIPPED, saying
 why. Steps 1-6 run in three concurrent lanes (most of their time is process start-up; PARALLEL=0 runs them one

@@ -86,7 +86,7 @@ def gpu_check_env(tmp_path, **env):
 
 
 def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path):
-    # The GPU check's every step at its CPU size (about 4 minutes here): what can be checked before a GPU run.
+    # The GPU check's every step at its CPU size (2-5 minutes here): what can be checked before a GPU run.
     result, report, steps = gpu_check(tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     for name, step in steps.items():
