@@ -21,7 +21,7 @@ eager=("${size[@]}")
 # shellcheck disable=SC2206
 [[ -z ${SCRIPTS:-} ]] || eager+=(--scripts $SCRIPTS)
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true  # torch may see a GPU it does not list
 start=$SECONDS
 timeout -k 5 "$BUDGET_S" "$PYTHON" -m bench.throughput "${eager[@]}" --seconds "$MEASURE_S" \
   --json "$out/throughput_gpu.json" 2>&1 | tee "$out/throughput_gpu.txt" \

@@ -161,7 +161,12 @@ def preflight(device: str, python: str, environ: dict, log_path: str):
         raise UserError("no 'accelerate' command on PATH: activate the environment, or pip install -r "
                         "requirements.txt")
     with open(log_path, "w") as log:
-        probe = subprocess.run([python, "-c", PROBE], stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
+        try:  # a wedged driver can hang `import torch` or the device count: before any report exists
+            probe = subprocess.run([python, "-c", PROBE], stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
+                                   timeout=180)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"{python} did not import torch and count the GPUs in 180 s: check the driver with "
+                            "nvidia-smi") from None
     last = (probe.stdout.strip().splitlines() or [""])[-1].split()
     if last[:1] == ["missing"] and len(last) >= 2:
         raise UserError(f"cannot import {last[1]} with {python} ({' '.join(last[2:])}): pip install -r "
@@ -225,14 +230,15 @@ def descendants(roots, table: dict) -> set:
     return found
 
 
-def marked(prefix: str, table: dict) -> set:
-    """Processes whose environment holds MARK=<prefix>... (only this user's can be read: the others cannot be ours)."""
+def marked(prefix: str, table: dict, whole: bool = False) -> set:
+    """Processes whose environment holds MARK=<prefix>... (MARK=<prefix> itself when whole; only this user's can be
+    read: the others cannot be ours)."""
     entry = f"{MARK}={prefix}".encode()
     found = set()
     for pid in table:
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if any(e.startswith(entry) for e in f.read().split(b"\0")):
+                if any(e == entry if whole else e.startswith(entry) for e in f.read().split(b"\0")):
                     found.add(pid)
         except OSError:
             pass
@@ -339,7 +345,7 @@ class StepRun:
         """The step's processes still there: its commands and their descendants, and whatever carries its mark."""
         table = process_table()
         roots = [p.pid for p in self.procs if p.poll() is None]
-        return (set(roots) | descendants(roots, table) | marked(f"{self.check.token}:{self.id}", table)) - \
+        return (set(roots) | descendants(roots, table) | marked(f"{self.check.token}:{self.id}", table, whole=True)) - \
             {os.getpid()}
 
     def send(self, sig) -> None:
@@ -451,6 +457,9 @@ def train_and_eval(ctx: StepRun, script: str, precision: str, options=(), metric
         problems.append("fp16 but no train/amp_skipped_steps logged: no GradScaler, was fp16 applied?")
     if precision != "fp16" and scaler:
         problems.append(f"{precision} but a GradScaler ran (train/amp_skipped_steps logged)")
+    config = read_json(os.path.join(run, "config.json")) or {}
+    if str(config.get("mixed_precision")) != precision:  # the Accelerator's, as config.json records it
+        problems.append(f"asked for mixed precision {precision}, the run had {config.get('mixed_precision')}")
 
     def f(k):
         return "%.3f" % values[k] if number(values.get(k)) else str(values.get(k))
@@ -468,7 +477,7 @@ def train_and_eval(ctx: StepRun, script: str, precision: str, options=(), metric
         ctx.note("FAILED: " + "; ".join(problems) + "; " + detail)
         ctx.fail("")
     ctx.note(detail)
-    return read_json(os.path.join(run, "config.json"))
+    return config
 
 
 def fp16_or_skip(ctx: StepRun, same: str) -> None:
@@ -796,9 +805,9 @@ STEPS = [
     Step("1a_rotation_bf16", "rotation, {bf16}, {bn_model}, eval at start + every epoch", 90, step_rotation_bf16, "a"),
     Step("1b_siamese_fp16", "siamese, {fp16}, {bn_model}, eval at start + every epoch", 90, step_siamese_fp16, "a"),
     Step("1c_rotation_fp16", "rotation, {fp16}, {bn_model}, eval at start + every epoch", 90, step_rotation_fp16, "a"),
-    Step("1d_siamese_bf16", "siamese, {bf16}, {bn_model}, eval at start + every epoch", 90, step_siamese_bf16, "a"),
+    Step("1d_siamese_bf16", "siamese, {bf16}, {bn_model}, eval at start + every epoch", 90, step_siamese_bf16, "b"),
     Step("1e_siamese_ntxent", "siamese NT-Xent (--pairs augment --loss ntxent), {bf16}, {bn_model}, eval at start + "
-         "every epoch, view_pair_auc", 90, step_ntxent, "a"),
+         "every epoch, view_pair_auc", 90, step_ntxent, "c"),
     Step("1f_rotation_sync_bn", "rotation --sync-bn, {bf16}, resnet18, 2 processes, 8 steps", 60, step_sync_bn, "c",
          cpu_skip="GPU only: SyncBatchNorm needs CUDA"),
     Step("2_sigusr1_resume", "SIGUSR1: checkpoint, stop, resume", 120, step_sigusr1, "c"),
@@ -811,7 +820,7 @@ STEPS = [
     Step("6c_placement_host", "host syncs per step, --data-placement host, rotation, {bf16}", 60, step_placement_host,
          "c"),
     Step("6d_placement_stream", "host syncs per step, --data-placement stream, siamese, {bf16}", 60,
-         step_placement_stream, "a"),
+         step_placement_stream, "c"),
     Step("7_gpu_sh", "bench/gpu.sh: throughput table", 330, step_gpu_sh, "alone",
          cpu_skip="no GPU: bench/gpu.sh measures GPU throughput"),
 ]
@@ -859,9 +868,9 @@ def git(*args) -> str:
 
 
 class Check:
-    def __init__(self, mode: Mode, out: str, work: str, versions: str, gpu: str):
+    def __init__(self, mode: Mode, out: str, work: str, versions: str, gpu: str, start: float = None):
         self.mode, self.out, self.work, self.versions, self.gpu = mode, out, work, versions, gpu
-        self.start = time.monotonic()
+        self.start = time.monotonic() if start is None else start
         self.token = uuid.uuid4().hex
         self.lock = threading.RLock()  # the report, the steps' states, starting commands
         self.results = {}  # step id -> {"status", "seconds", "detail", "results"}
@@ -1048,6 +1057,7 @@ def preflight_failed(out: str, device: str, line: str) -> int:
 
 
 def main(argv=None) -> int:
+    start = time.monotonic()  # BUDGET_S counts from here, the pre-flight included
     argv = sys.argv[1:] if argv is None else argv
     environ = dict(os.environ)
     os.chdir(REPO)  # relative paths (OUT_DIR, the configs) are the repository's, as the scripts' commands expect
@@ -1077,7 +1087,7 @@ def main(argv=None) -> int:
                                  timeout=20).stdout.strip().splitlines()[0]
         except (OSError, subprocess.TimeoutExpired, IndexError):
             gpu = ""
-    check = Check(mode, out, work, versions, gpu)
+    check = Check(mode, out, work, versions, gpu, start)
 
     def on_signal(signum, frame):
         check.stop(signum)
