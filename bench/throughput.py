@@ -38,7 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (limit, project and tutorial alike) runs with the allocator keeping its memory. No effect on GPU memory.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 32),
               "MALLOC_TOP_PAD_": str(2 ** 29)}
-from common import config, data, distributed, models, training
+from common import config, data, distributed, files, models, training
 from common.losses import contrastive_loss
 from common.optimizers import make_optimizer
 from tasks import TASKS
@@ -306,11 +306,8 @@ def main():
 
 def write_rows(args, rows: list, planned: int) -> None:
     """--json with the rows so far; complete once all `planned` are in. Replaced whole (a reader never sees half)."""
-    tmp = f"{args.json}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"machine": machine(), "args": vars(args), "rows": rows, "planned_rows": planned,
-                   "complete": len(rows) == planned}, f, indent=2)
-    os.replace(tmp, args.json)
+    files.write_json(args.json, {"machine": machine(), "args": vars(args), "rows": rows, "planned_rows": planned,
+                                 "complete": len(rows) == planned})
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def build_encoder(model: str, image_size: int = 32, mean=None, std=None, memory_
     """memory_format: None for the model's own; the benchmark's tutorial pipeline asks for the tutorial's NCHW.
     stem: None for the one the image size gets (stem_for); an export's recorded one when it is rebuilt."""
     spec = model_spec(model)
-    stem = (stem or spec.stem(image_size)) if spec.stem else None
+    stem = (stem or stem_for(model, image_size)) if spec.stem else None
     blocks = spec.blocks(stem) if spec.stem else spec.blocks()
     return Encoder(model, blocks, spec.pool, image_size, mean, std, spec.block_names,
                    memory_format or spec.memory_format, stem)

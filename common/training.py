@@ -279,7 +279,8 @@ class Run:
         any (checkpoints.resume: loads the model, optimizer, schedule, loader position and random states), written
         config.json and started the tracker (main process), and started its progress bar and clocks."""
         run = cls(*args, **kwargs)
-        diagnostics.inject_faults(distributed.plain_module(run.accelerator, run.model), run)  # the tests' faults, if asked
+        # the tests' faults, if asked
+        diagnostics.inject_faults(distributed.plain_module(run.accelerator, run.model), run)
         run.model_timer = diagnostics.model_timer(run.accelerator, run.model)  # the benchmark's timer, if asked
         if checkpoints.resume(run.accelerator, run.args, run.state, run.must_match, len(run.loader)):
             run._saved_step = run.state.step

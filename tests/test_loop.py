@@ -19,7 +19,8 @@ def batch_norms_prepared(monkeypatch) -> list:
     def recording_prepare(self, *objects, **kwargs):
         for model in objects:
             if isinstance(model, torch.nn.Module):
-                seen.append({type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)})
+                seen.append({type(m).__name__ for m in model.modules()
+                             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)})
         return prepare(self, *objects, **kwargs)
     monkeypatch.setattr(Accelerator, "prepare", recording_prepare)
     return seen
