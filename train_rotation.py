@@ -4,8 +4,14 @@ common/loop.py.
     accelerate launch --config_file accelerate_configs/cpu.yaml train_rotation.py --dataset synthetic \
         --model simple_cnn --max-steps 100
 """
-from common import cli, loop
-from tasks import TASKS
+from common import cli
+
+
+def main():
+    from common import loop  # imported under cli.run: a Ctrl-C while torch loads is one line too
+    from tasks import TASKS
+    loop.train(TASKS["rotation"])
+
 
 if __name__ == "__main__":
-    cli.run(lambda: loop.train(TASKS["rotation"]))
+    cli.run(main)

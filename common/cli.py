@@ -1,6 +1,8 @@
-"""How every entry point ends: a UserError is one line on stderr and exit status 2, a preemption stop one line
-and exit status 3 (the same command resumes); never a traceback for either."""
+"""How every entry point ends: a UserError is one line on stderr and exit status 2, a preemption stop (a signal,
+Ctrl-C in a training) one line and exit status 3 (the same command resumes), Ctrl-C elsewhere one line and 130;
+never a traceback for any of them."""
 import os
+import signal
 import sys
 
 from tqdm.auto import tqdm
@@ -9,6 +11,7 @@ from common import Preempted, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
 def run(main) -> None:
@@ -18,9 +21,15 @@ def run(main) -> None:
         _end_with(f"error: {e}", EXIT_USER_ERROR, sys.stderr, every_process=not e.agreed)
     except Preempted as e:  # not an error: said once, where the run's progress goes
         _end_with(str(e), EXIT_PREEMPTED, sys.stdout, every_process=False)
+    except KeyboardInterrupt:  # Ctrl-C where no stop handler is installed (evaluate.py, before a training's loop)
+        _end_with("interrupted (Ctrl-C): stopped", EXIT_INTERRUPTED, sys.stderr, every_process=False)
 
 
 def _end_with(message: str, status: int, stream, every_process: bool) -> None:
+    # Ending now: a late stop signal (torchrun stops the other processes with SIGTERM as soon as one has exited) must
+    # not turn this status into death by that signal once Python's shutdown has reset the handlers.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()  # ends the progress bar's line, so the message starts a line of its own
     main_process = os.environ.get("RANK", "0") == "0"

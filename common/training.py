@@ -18,12 +18,12 @@ from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from common import Preempted, UserError, checkpoints, diagnostics, distributed, evaluation, files, runlock, schedules
-from common.cli import EXIT_PREEMPTED
+from common.cli import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from common.config import environment, save_config
 from common.data import micro_batch_size
 from common.tracking import Tracker, scalars, tracker_name
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 # fp16: the GradScaler skips a step whose gradients overflow and halves its scale. A few skips at the start are
 # normal; this many in a row (scale divided by 2^50) means the run diverged and would skip every step forever.
 MAX_CONSECUTIVE_AMP_SKIPS = 50
@@ -114,24 +114,40 @@ class TrainState:
 
 
 class StopSignals:
-    """SIGUSR1 / SIGTERM (Slurm's preemption notice, scancel, a time limit): noted when they arrive, acted on at a
-    step's end, where every rank can agree. Installed first thing in the loop (common/loop.py): a notice that
-    arrives while the data loads or decodes is kept (the launcher's "ignore USR1" is inherited until then), and the
-    run stops at its first step."""
+    """SIGUSR1 / SIGTERM (Slurm's preemption notice, scancel, a time limit) and Ctrl-C (SIGINT): noted when they
+    arrive, acted on at a step's end, where every rank can agree. Installed first thing in the loop (common/loop.py):
+    a notice that arrives while the data loads or decodes is kept (the launcher's "ignore USR1" is inherited until
+    then), and the run stops at its first step. A second Ctrl-C stops at once, without a checkpoint."""
 
     def __init__(self):
         self.received = 0
+        self.interrupts = 0
+        self._pid = os.getpid()
 
     @classmethod
     def install(cls) -> "StopSignals":
-        """Handlers for STOP_SIGNALS that note the signal; the same command resumes after the stop."""
+        """Handlers for STOP_SIGNALS that note the signal; the same command resumes after the stop. Under a launcher,
+        the launcher's death is a SIGTERM too (Linux): a training process is never left running on its own."""
         stop_signals = cls()
         for sig in STOP_SIGNALS:
             signal.signal(sig, stop_signals._note)
+        if launched():
+            stop_when_parent_dies(signal.SIGTERM)
         return stop_signals
 
     def _note(self, signum, frame) -> None:
-        self.received = signum
+        if os.getpid() != self._pid:  # a forked decode worker (it inherits the handler): its parent stops it
+            return
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                _say_once(f"second Ctrl-C: stopped at once, without a checkpoint; the same command resumes from the "
+                          f"last one (exit code {EXIT_INTERRUPTED})")
+                os._exit(EXIT_INTERRUPTED)  # at once: no cleanup that could wait on another process
+            _say_once("Ctrl-C: stopping at the next step the processes agree on, with a checkpoint (Ctrl-C again "
+                      "stops at once, without one)")
+        if not self.received:
+            self.received = signum
 
     def all_reduce(self, accelerator, problem: str = None) -> bool:
         """An all-reduce of the processes' stop signals: True on every rank when any rank got a stop signal, so that
@@ -150,7 +166,35 @@ class StopSignals:
         return signalled > 0
 
     def name(self) -> str:
+        if self.received == signal.SIGINT:
+            return "Ctrl-C (SIGINT)"
         return signal.Signals(self.received).name if self.received else "a signal on another process"
+
+
+def _say_once(message: str) -> None:
+    """A line from a signal handler, on the main process only: one write (no lock a handler could deadlock on), on a
+    line of its own (the progress bar may be mid-line)."""
+    if os.environ.get("RANK", "0") == "0":
+        os.write(sys.stderr.fileno(), f"\n{message}\n".encode())
+
+
+def launched() -> bool:
+    """Started by accelerate launch / torchrun (or launch.py), not by a shell."""
+    return "LOCAL_RANK" in os.environ or "ACCELERATE_DYNAMO_BACKEND" in os.environ  # torchrun's; accelerate's
+
+
+def stop_when_parent_dies(signum) -> None:
+    """Linux's PR_SET_PDEATHSIG: the kernel sends signum when the parent (the launcher) exits, so a launcher that is
+    killed does not leave the training running, holding the output dir's lock. Elsewhere nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signum))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the call: nobody will send it
+        os.kill(os.getpid(), signum)
 
 
 class TrainMetrics:

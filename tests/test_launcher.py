@@ -1,0 +1,135 @@
+"""launch.py (common/launcher.py) and the training's stop signals seen from a terminal: Ctrl-C (SIGINT to the
+foreground process group, as a terminal sends it) stops with a checkpoint and the same command resumes; a second
+Ctrl-C stops at once; SIGTERM to a launcher leaves no training process and no lock; the last line is the project's."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from common import launcher, runlock
+from conftest import REPO, SMALL
+
+TRAIN = [*SMALL, "--skip-eval", "--max-steps", "8", "--log-every", "2"]
+STOP_LINE = "stopping on Ctrl-C (SIGINT) at step "
+
+
+def launch_command(*args, num_processes=2):
+    return [sys.executable, os.path.join(REPO, "launch.py"), "--config_file",
+            os.path.join(REPO, "accelerate_configs", "cpu.yaml"), "--num_processes", str(num_processes),
+            "--num_cpu_threads_per_process", "1", *args]
+
+
+class Held:
+    """A training started in a session of its own (as a terminal's foreground job) that waits at `point`
+    (SSL_SCRIPTS_HOLD) until go(); its output in OUT.log."""
+
+    def __init__(self, command, out, point="step@2"):
+        self.out, self.marker = str(out), f"{out}.hold"
+        self.log = open(f"{out}.log", "w")
+        self.process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=self.log,
+                                        stderr=subprocess.STDOUT,
+                                        env={**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+                                             "SSL_SCRIPTS_HOLD": f"{point}:{self.marker}"})
+        self.wait_for(lambda: os.path.exists(self.marker + ".held"))
+
+    def text(self) -> str:
+        return open(f"{self.out}.log").read()
+
+    def wait_for(self, condition, timeout=300, running=True):
+        deadline = time.time() + timeout  # a bound on a hang, not a timing the test relies on
+        while not condition():
+            assert time.time() < deadline and not (running and self.process.poll() is not None), self.text()[-3000:]
+            time.sleep(0.05)
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)  # what a terminal does: the whole foreground process group
+
+    def go(self) -> None:
+        open(self.marker + ".go", "w").close()
+
+    def end(self, timeout=300) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.log.close()
+            subprocess.run(["pkill", "-KILL", "-f", self.out])  # nothing is left running if the test failed
+
+
+def last_line(text: str) -> str:
+    return [line for line in text.replace("\r", "\n").splitlines() if line.strip()][-1]
+
+
+def assert_stopped_cleanly(text: str) -> int:
+    """The run stopped on Ctrl-C with a checkpoint, said so last, in the project's words only; its step."""
+    assert STOP_LINE in last_line(text) and "checkpoint saved; the same command resumes" in last_line(text), text
+    assert text.count("Ctrl-C: stopping at the next step the processes agree on, with a checkpoint") == 1, text
+    for foreign in ("Traceback", "FAILED", "CalledProcessError", "SignalException", "KeyboardInterrupt"):
+        assert foreign not in text, text
+    return int(last_line(text).split(STOP_LINE)[1].split(":")[0])
+
+
+def resumed(command, out) -> str:
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "WANDB_MODE": "offline"})
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    return again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_checkpoints_exits_3_and_the_same_command_resumes(tmp_path, processes):
+    # One process without a launcher (python train_rotation.py: the quick start), two under launch.py
+    out = tmp_path / "run"
+    script = [os.path.join(REPO, "train_rotation.py"), *TRAIN, "--output-dir", str(out)]
+    command = [sys.executable, *script] if processes == 1 else launch_command(*script)
+    held = Held(command, out)
+    held.ctrl_c()
+    held.wait_for(lambda: "Ctrl-C: stopping" in held.text())
+    held.go()
+    assert held.end() == 3, held.text()[-3000:]
+    step = assert_stopped_cleanly(held.text())
+    assert 2 < step < 8 and (out / "checkpoints" / f"step_{step:08d}" / "manifest.json").exists()
+    text = resumed(command, out)
+    assert f"resumed from {out / 'checkpoints' / f'step_{step:08d}'}" in text, text[-3000:]
+
+
+def test_a_second_ctrl_c_stops_at_once_saying_so(tmp_path):
+    out = tmp_path / "run"
+    held = Held(launch_command(os.path.join(REPO, "train_rotation.py"), *TRAIN, "--output-dir", str(out)), out)
+    held.ctrl_c()
+    held.wait_for(lambda: "Ctrl-C: stopping" in held.text())
+    time.sleep(1)  # each process to take the first one (two signals at once would arrive as one)
+    held.ctrl_c()  # still held: only the second Ctrl-C can end it
+    assert held.end() == 130, held.text()[-3000:]
+    assert last_line(held.text()).startswith("second Ctrl-C: stopped at once, without a checkpoint"), held.text()
+    assert "Traceback" not in held.text() and not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("launch", ["launch.py", "accelerate launch --cpu"])
+def test_sigterm_to_the_launcher_leaves_no_training_process_and_no_lock(tmp_path, launch):
+    # accelerate's one-process launcher does not pass SIGTERM on: the training learns of its death from the kernel
+    out = tmp_path / "run"
+    script = [os.path.join(REPO, "train_rotation.py"), *TRAIN, "--output-dir", str(out)]
+    command = launch_command(*script, num_processes=1) if launch == "launch.py" else \
+        ["accelerate", "launch", "--cpu", "--num_cpu_threads_per_process", "1", *script]
+    held = Held(command, out)
+    os.kill(held.process.pid, signal.SIGTERM)  # the launcher alone, as `kill PID` or a process manager does
+    if launch != "launch.py":
+        held.process.wait(60)  # accelerate's launcher dies of it at once
+    held.go()
+    held.wait_for(lambda: subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode != 0, 60,
+                  running=False)
+    held.end()
+    assert "stopping on SIGTERM at step " in last_line(held.text()), held.text()[-3000:]
+    runlock.release(runlock.acquire(str(out)))  # free: no process holds OUTPUT_DIR any longer
+
+
+def test_exit_status_and_the_one_line_for_unexplained_ends():
+    assert launcher.exit_status([3, 3]) == 3 and launcher.exit_status([3]) == 3
+    assert launcher.exit_status([2, 3]) == 2  # a user error said on one process outranks the stop
+    assert launcher.exit_status([1, 3]) == 1 and launcher.exit_status([-signal.SIGKILL]) == 137
+    assert launcher.describe({1: -signal.SIGKILL}) == \
+        "launch: process 1 was killed by SIGKILL (out of memory? see dmesg)"
+    assert launcher.describe({0: 1}) == "launch: process 0 exited with code 1 (its error is above)"
