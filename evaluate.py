@@ -9,7 +9,6 @@ features and scored on the test split. The same network, untrained, is probed al
 It takes the training scripts' data options: --dataset (and --data-dir) evaluate with the dataset's own labelled
 splits; --eval-dataset (and --eval-data-dir) with another labelled set, e.g. after training on unlabeled images.
 """
-import argparse
 import os
 import time
 
@@ -18,8 +17,7 @@ from common import UserError, cli, config, data, distributed, files, models, pro
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = config.OptionParser(__doc__.strip().splitlines()[0])
     parser.add_argument("--encoder", required=True, help="an exported encoder: the final/ folder of a training run")
     config.add_data_arguments(parser, image_size=None)  # --image-size defaults to the encoder's
     distributed.add_distributed_arguments(parser)
@@ -32,7 +30,7 @@ def parse_args(argv=None):
     protocol.add_argument("--classifier-epochs", type=int, default=50, help="RotNet: 50")
     protocol.add_argument("--classifier-batch-size", type=int, default=128, help="RotNet: 128")
     protocol.add_argument("--classifier-lr", type=float, default=0.1, help="x0.2 at 40%%, 80%% and 90%% of the epochs")
-    protocol.add_argument("--classifier-weight-decay", type=float, default=5e-4)
+    protocol.add_argument("--classifier-weight-decay", type=float, default=5e-4, help="RotNet: 5e-4")
     protocol.add_argument("--train-subset", type=int, default=None,
                           help="probe on this many train images (seeded random choice; default: all), for quick runs")
     protocol.add_argument("--max-feature-dim", type=int, default=probes.MAX_FEATURE_DIM,

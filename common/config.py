@@ -2,11 +2,31 @@
 import argparse
 import os
 import platform
+import re
 import subprocess
 
 from common import UserError, augment, data, files, models, placement, schedules
 from common.distributed import add_distributed_arguments, distributed_checks
 from common.optimizers import OPTIMIZERS
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """--help with every option's default said once: argparse's "(default: X)", unless the help says "default:" in
+    words (a default filled in after parsing, None until then) or the option is a flag or required."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default is not argparse.SUPPRESS
+        if shown and not action.required and not re.search(r"%\(default\)|\bdefault:", text, re.IGNORECASE):
+            text += " (default: %(default)s)"
+        return text
+
+
+class OptionParser(argparse.ArgumentParser):
+    """The parser of every command, with HelpFormatter's --help."""
+
+    def __init__(self, description: str, **options):
+        super().__init__(description=description, formatter_class=HelpFormatter, **options)
 
 
 def parse_options(task, argv=None) -> argparse.Namespace:
@@ -32,7 +52,7 @@ def recipe_defaults(option: str) -> str:
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """Options every task takes. Defaults follow RotNet's CIFAR-10 recipe (Gidaris et al. 2018)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OptionParser(description)
     data = add_data_arguments(p)
     data.add_argument("--augment", choices=tuple(augment.AUGMENTATIONS), default=None,
                       help=" ".join(f"{name}: {(fn.__doc__ or name).splitlines()[0]}"
@@ -49,9 +69,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                             "model with batch norm (resnet18, nin) trains differently on another number of processes")
 
     opt = p.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=int, default=200)
+    opt.add_argument("--epochs", type=int, default=200, help="passes over the train split")
     opt.add_argument("--max-steps", type=int, default=None,
-                     help="stop after this many optimizer steps (overrides --epochs)")
+                     help="stop after this many optimizer steps (overrides --epochs; default: none, --epochs decides)")
     opt.add_argument("--batch-size", type=int, default=128,
                      help="images per optimizer step over all processes (RotNet: 128), split evenly over the "
                           "processes and --grad-accum micro-batches: the same recipe on any number of GPUs")
@@ -59,15 +79,17 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     opt.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
                      help=" ".join(f"{name}: {(fn.__doc__ or name).splitlines()[0]}" for name, fn in OPTIMIZERS.items())
                           + f" (default: the model's recipe, {recipe_defaults('optimizer')})")
-    opt.add_argument("--lr", type=float, default=None, help=f"default: the model's recipe, {recipe_defaults('lr')}")
-    opt.add_argument("--weight-decay", type=float, default=5e-4)
+    opt.add_argument("--lr", type=float, default=None,
+                     help=f"the peak learning rate (default: the model's recipe, {recipe_defaults('lr')})")
+    opt.add_argument("--weight-decay", type=float, default=5e-4, help="the optimizer's weight decay (RotNet: 5e-4)")
     opt.add_argument("--schedule", choices=tuple(schedules.SCHEDULES), default=None,
                      help="; ".join(f"{name}: {what}" for name, what in schedules.SCHEDULES.items()).replace("%", "%%")
                           + f" (default: the model's recipe, {recipe_defaults('schedule')})")
     opt.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
     opt.add_argument("--max-grad-norm", type=float, default=None,
                      help="clip gradients to this norm (default: no clipping; the norm is logged either way)")
-    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--seed", type=int, default=0,
+                     help="of every random draw: initial weights, data order, augmentations, pairs")
     opt.add_argument("--deterministic", action="store_true",
                      help="deterministic kernels only (torch.use_deterministic_algorithms): with it, a run stopped "
                           "and resumed ends with the weights of one that never stopped")
@@ -77,13 +99,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                           "GradScaler's and only counted")
 
     run = p.add_argument_group("run")
-    run.add_argument("--output-dir", default="./runs/default")
+    run.add_argument("--output-dir", default="./runs/default",
+                     help="where the run writes its checkpoints, logs, results and exported encoder")
     run.add_argument("--resume", default="auto",
                      help="auto: continue from the newest checkpoint in OUTPUT_DIR if any; never; or a checkpoint PATH")
     run.add_argument("--checkpoint-every", type=int, default=250, help="optimizer steps between checkpoints")
-    run.add_argument("--keep-checkpoints", type=int, default=3)
+    run.add_argument("--keep-checkpoints", type=int, default=3, help="the newest checkpoints kept, older ones deleted")
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between logged train metrics")
-    run.add_argument("--report-to", choices=("wandb", "tensorboard", "none"), default="wandb")
+    run.add_argument("--report-to", choices=("wandb", "tensorboard", "none"), default="wandb",
+                     help="the tracker the metrics go to (none: no tracker)")
     run.add_argument("--wandb-project", default=None, help="default: $WANDB_PROJECT, else the task's name")
     run.add_argument("--wandb-entity", default=None, help="W&B team or user (default: $WANDB_ENTITY, else yours)")
     run.add_argument("--run-name", default=None,
@@ -101,9 +125,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     ev.add_argument("--eval-every", type=int, default=10, help="epochs between evaluations (0: only at the end)")
     ev.add_argument("--eval-at-start", action="store_true",
                     help="also evaluate the untrained encoder, logged as eval/*_init")
-    ev.add_argument("--eval-batch-size", type=int, default=512)
-    ev.add_argument("--knn-k", type=int, default=20)
-    ev.add_argument("--knn-temperature", type=float, default=0.07)
+    ev.add_argument("--eval-batch-size", type=int, default=512, help="images per forward pass of the evaluation")
+    ev.add_argument("--knn-k", type=int, default=20, help="neighbours of the weighted k-NN (eval/knn_acc)")
+    ev.add_argument("--knn-temperature", type=float, default=0.07,
+                    help="the k-NN's neighbour weights are exp(similarity / this)")
     ev.add_argument("--linear-probe-epochs", type=int, default=30,
                     help="epochs of the linear probe (eval/linear_probe_acc) on the frozen encoder's features")
     return p
@@ -123,7 +148,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, image_size=32):
     group.add_argument("--eval-data-dir", default=None,
                        help="where --eval-dataset is (default: --data-dir for the training dataset itself, else "
                             "./data; imagefolder: required)")
-    group.add_argument("--image-size", type=int, default=image_size, help="square side images are resized/cropped to")
+    group.add_argument("--image-size", type=int, default=image_size,
+                       help="square side images are resized/cropped to"
+                            + ("" if image_size is not None else " (default: the encoder's)"))
     group.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ssl-scripts"),
                        help="decoded image folders are cached here so a second run starts in seconds")
     group.add_argument("--synthetic-size", type=int, default=1024,

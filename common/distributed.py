@@ -23,7 +23,7 @@ def add_distributed_arguments(parser) -> None:
                             "lets several processes share one GPU, e.g. to test the multi-process path on one GPU")
     group.add_argument("--dist-timeout", type=int, default=3600,
                        help="seconds a collective may wait before the run is stopped: while rank 0 decodes an image "
-                            "folder or trains probe classifiers, the others wait (NCCL's own default is 600)")
+                            "folder or trains probe classifiers, the others wait (NCCL's own limit is 600)")
 
 
 def make_accelerator(args, **options) -> Accelerator:

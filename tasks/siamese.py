@@ -36,14 +36,14 @@ class Siamese(Task):
         group.add_argument("--pairs", choices=("label", "augment"), default="label",
                            help="label: same class = similar; augment: two views of one image = similar (no labels)")
         group.add_argument("--positive-fraction", type=float, default=None,
-                           help="share of similar pairs (default 0.5; 1 for a loss whose negatives are the rest of "
+                           help="share of similar pairs (default: 0.5; 1 for a loss whose negatives are the rest of "
                                 "the batch)")
         group.add_argument("--loss", choices=tuple(LOSSES), default="contrastive",
                            help="contrastive: similar pairs pulled together, dissimilar ones pushed beyond --margin; "
                                 "ntxent: SimCLR's, every other view in the global batch a negative (--pairs augment)")
         for loss in LOSSES.values():
             loss.add_options(group)
-        group.add_argument("--embedding-dim", type=int, default=128)
+        group.add_argument("--embedding-dim", type=int, default=128, help="width of the projection head's output")
 
     @classmethod
     def fill_defaults(cls, args) -> None:

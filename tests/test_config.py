@@ -1,4 +1,6 @@
 """The shared options (common/config.py) and their checks, for the training scripts and evaluate.py."""
+import re
+
 import pytest
 
 from common import UserError
@@ -59,3 +61,44 @@ def test_every_command_prints_its_help(command):
     result = subprocess.run([sys.executable, *command.split(), "--help"], capture_output=True, text=True, timeout=120,
                             cwd=REPO)
     assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr[-2000:]
+
+
+def _command_parses(command):
+    """The parse of `command` (train_rotation.py, train_siamese.py, evaluate.py) in this process."""
+    if command == "evaluate.py":
+        import evaluate
+        return evaluate.parse_args
+    return lambda argv: parse(argv, task=command[len("train_"):-len(".py")])
+
+
+def _help_entries(text):
+    """{--option: (is a flag, its help as one line)} of a --help text, and the options its usage requires."""
+    usage = text.split("\n\n")[0]
+    required = set(re.findall(r"(?<![\[\w-])(--[\w-]+)", usage))
+    entries, current = {}, None
+    for line in text.splitlines():
+        head = re.match(r"  (?:-\w, )?(--[\w-]+)(?: (\S+))?(?:\s{2,}(.*)|$)", line)
+        if head:
+            current = head.group(1)
+            entries[current] = [head.group(2) is None, head.group(3) or ""]
+        elif current and line.startswith("   "):
+            entries[current][1] += " " + line.strip()
+        else:
+            current = None
+    return {option: (flag, " ".join(words.split())) for option, (flag, words) in entries.items()}, required
+
+
+@pytest.mark.parametrize("command", ["train_rotation.py", "train_siamese.py", "evaluate.py"])
+def test_every_option_of_every_command_shows_its_default_once(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _command_parses(command)(["--help"])
+    assert stop.value.code == 0
+    entries, required = _help_entries(capsys.readouterr().out)
+    assert len(entries) >= 15
+    for option, (flag, words) in entries.items():
+        assert "(default: None)" not in words and "(default: False)" not in words, (option, words)
+        if option == "--help" or flag or option in required:
+            continue
+        # Said once: argparse's "(default: X)" or the help's own "default: ..." for a value filled in later.
+        assert len(re.findall(r"\bdefault:", words, re.IGNORECASE)) == 1, (option, words)
+
