@@ -18,11 +18,16 @@ def run(main) -> None:
     try:
         main()
     except UserError as e:
-        _end_with(f"error: {e}", EXIT_USER_ERROR, sys.stderr, every_process=not e.agreed)
+        end_with_user_error(str(e), agreed=e.agreed)
     except Preempted as e:  # not an error: said once, where the run's progress goes
         _end_with(str(e), EXIT_PREEMPTED, sys.stdout, every_process=False)
     except KeyboardInterrupt:  # Ctrl-C where no stop handler is installed (evaluate.py, before a training's loop)
         _end_with("interrupted (Ctrl-C): stopped", EXIT_INTERRUPTED, sys.stderr, every_process=False)
+
+
+def end_with_user_error(message: str, agreed: bool = False) -> None:
+    """`error: message` on stderr and exit status 2, said once by the main process when agreed (see UserError)."""
+    _end_with(f"error: {message}", EXIT_USER_ERROR, sys.stderr, every_process=not agreed)
 
 
 def _end_with(message: str, status: int, stream, every_process: bool) -> None:

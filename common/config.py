@@ -5,7 +5,7 @@ import platform
 import re
 import subprocess
 
-from common import UserError, augment, data, files, models, placement, schedules
+from common import UserError, augment, cli, data, files, models, placement, schedules
 from common.distributed import add_distributed_arguments, distributed_checks
 from common.optimizers import OPTIMIZERS
 
@@ -23,10 +23,15 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class OptionParser(argparse.ArgumentParser):
-    """The parser of every command, with HelpFormatter's --help."""
+    """The parser of every command: HelpFormatter's --help, and a bad option one `error:` line (exit status 2)
+    instead of argparse's whole usage before it."""
 
     def __init__(self, description: str, **options):
         super().__init__(description=description, formatter_class=HelpFormatter, **options)
+
+    def error(self, message):
+        # Every process parses the same command line, so all fail alike: said once.
+        cli.end_with_user_error(f"{message}; see {self.prog} --help", agreed=True)
 
 
 def parse_options(task, argv=None) -> argparse.Namespace:

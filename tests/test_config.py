@@ -102,3 +102,11 @@ def test_every_option_of_every_command_shows_its_default_once(command, capsys):
         # Said once: argparse's "(default: X)" or the help's own "default: ..." for a value filled in later.
         assert len(re.findall(r"\bdefault:", words, re.IGNORECASE)) == 1, (option, words)
 
+
+@pytest.mark.parametrize("command", ["train_rotation.py", "train_siamese.py", "evaluate.py"])
+def test_a_bad_choice_is_one_line_naming_the_option(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _command_parses(command)(["--dataset", "cifar01"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) <= 2 and "--dataset" in err and "invalid choice: 'cifar01'" in err, err
