@@ -43,6 +43,9 @@ echo "job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s) ($SLURM_JOB_NODELIST), S
 # the processes of a node share it where Slurm binds tasks to CPUs. Give the one task per node every CPU the
 # job has on a node: SLURM_JOB_CPUS_PER_NODE is e.g. "64(x2)" or "64,32(x3)"; the smallest fits every node.
 cpus_per_node=$(tr , '\n' <<<"${SLURM_JOB_CPUS_PER_NODE:-1}" | sed 's/(.*//' | sort -n | head -n 1)
+# The steps get this shell's environment (SETUP_ENV's doing included): sbatch --export=NONE or =VAR,... would
+# otherwise be passed on to them through SLURM_EXPORT_ENV (they then find no bash, no python on PATH).
+export SLURM_EXPORT_ENV=ALL
 srun_command=(srun --ntasks-per-node=1 --cpus-per-task="$cpus_per_node" bash slurm/node.sh "$script" "${args[@]}")
 echo "${srun_command[*]}"
 

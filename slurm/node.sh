@@ -42,6 +42,13 @@ fi
 command+=("$script" "$@")
 
 node=${SLURMD_NODENAME:-$(hostname -s)}
+if ! accelerate=$(command -v accelerate); then
+    echo "slurm/node.sh: no accelerate on PATH on node $node: submit from a shell where it is (sbatch copies" \
+         "that environment unless --export says otherwise), or set SETUP_ENV to a file that puts it there" \
+         "(see slurm/train.sh)" >&2
+    exit 2
+fi
+echo "node $node: accelerate is $accelerate"
 echo "node $node (SLURM_NODEID=$node_rank SLURM_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-}" \
      "SLURM_GPUS_ON_NODE=${SLURM_GPUS_ON_NODE:-} CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}" \
      "SLURM_MEM_PER_NODE=${SLURM_MEM_PER_NODE:-} SLURM_MEM_PER_GPU=${SLURM_MEM_PER_GPU:-}): ${command[*]}"

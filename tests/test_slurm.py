@@ -280,18 +280,35 @@ def test_check_says_why_a_job_cannot_start_and_what_to_add(cluster):
     assert subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout == jobs_before
 
 
+# A SETUP_ENV file as a cluster's would be (`module load ...`, `source venv/bin/activate`): it puts its own
+# bin/ (an `accelerate` that a dry run only finds, never runs) first on PATH, and says so in the job's log.
+SETUP_ENV = """export PATH={bin}:$PATH
+echo "setup: PATH starts with {bin}"
+"""
+
+
 @pytest.mark.parametrize("task, gpu_options, gpus, cpus, mem", [
     ("rotation", (), 8, 64, "480G"),  # the template's defaults
-    ("siamese", ("--gpus-per-node=4", "--cpus-per-task=32", "--mem=240G"), 4, 32, "240G"),
+    # a cluster where the submitting shell's environment is not copied: the job gets only what --export names
+    ("siamese", ("--gpus-per-node=4", "--cpus-per-task=32", "--mem=240G", "--export=DRY_RUN,SETUP_ENV"), 4, 32,
+     "240G"),
 ])
 def test_dry_run_of_a_two_node_gpu_job(cluster, tmp_path, task, gpu_options, gpus, cpus, mem):
     """What a 2-node GPU job gets from Slurm (nodes declared with 8 GPUs) and the command each node would run;
-    the task is the name the one template was submitted under."""
-    log = tmp_path / "slurm.out"
+    the task is the name the one template was submitted under. The SETUP_ENV file set up every node's PATH."""
+    log, bin_dir, setup = tmp_path / "slurm.out", tmp_path / "bin", tmp_path / "setup.sh"
+    bin_dir.mkdir()
+    (bin_dir / "accelerate").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "accelerate").chmod(0o755)
+    setup.write_text(SETUP_ENV.format(bin=bin_dir))
     result = sbatch("--partition=fakegpu", "--nodes=2", *gpu_options, f"--output={log}", f"slurm/{task}.sh",
-                    "--model", "resnet18", "--output-dir", tmp_path / "out", env={"DRY_RUN": "1"})
+                    "--model", "resnet18", "--output-dir", tmp_path / "out",
+                    env={"DRY_RUN": "1", "SETUP_ENV": str(setup)})
     text = log.read_text(errors="replace") if log.exists() else "no log"
     assert result.returncode == 0, result.stderr + text
+    assert text.splitlines()[:1] == [f"setup: PATH starts with {bin_dir}"], text  # before anything else ran
+    assert sorted(re.findall(r"^node (\S+): accelerate is (\S+)$", text, re.M)) == [
+        (name, str(bin_dir / "accelerate")) for name in ("g0", "g1")], text
     job_id = result.stdout.strip().split(";")[0]
 
     job = job_fields(job_id)  # what sbatch asked for and Slurm allocated
@@ -308,6 +325,37 @@ def test_dry_run_of_a_two_node_gpu_job(cluster, tmp_path, task, gpu_options, gpu
         assert options["--num_cpu_threads_per_process"] == str(cpus // gpus)
     assert text.count("dry run (DRY_RUN=1), not started") == 2 and "train:" not in text
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("template, task", [("rotation", "train_rotation.py"), ("siamese", "train_siamese.py")])
+def test_a_template_run_outside_a_job_says_to_submit_it(template, task):
+    """`bash slurm/rotation.sh ...` on a login node or a laptop: one line saying how to submit it (or run the
+    training here), exit status 2, nothing started; no cluster needed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = subprocess.run(["bash", f"slurm/{template}.sh", "--model", "resnet18", "--run-name", "a b"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"slurm/{template}.sh is a Slurm batch script: submit it with `sbatch [sbatch options] slurm/{template}.sh "
+        f"--model resnet18 --run-name a\\ b` (for a run on this machine: python {task} --model resnet18 --run-name "
+        "a\\ b)"], result.stderr
+
+
+@pytest.mark.parametrize("hook", ["missing", "failing"])
+def test_a_setup_env_that_is_missing_or_fails_stops_the_job_saying_so(tmp_path, hook):
+    """The batch shell as Slurm starts it (SLURM_JOB_ID set), here without a cluster: a SETUP_ENV file that is not
+    there, or that fails (a `module load` of a module the cluster lacks), stops the job before anything runs."""
+    setup = tmp_path / "setup.sh"
+    if hook == "failing":
+        setup.write_text("echo 'module: no such module' >&2\nfalse\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SLURM_JOB_ID="1", SLURM_SUBMIT_DIR=REPO, SETUP_ENV=str(setup))
+    result = subprocess.run(["bash", "slurm/rotation.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
+    assert result.stderr.splitlines() == ({
+        "missing": [f"error: SETUP_ENV={setup}: no such file (a path from {REPO}): fix the path or unset SETUP_ENV"],
+        "failing": ["module: no such module", f"error: sourcing {setup} failed (exit status 1): fix it"]}[hook])
 
 
 def test_multi_node_launch_without_main_process_ip_fails_fast(tmp_path):
