@@ -51,7 +51,7 @@ def test_the_options_tables_state_the_parsers_plain_defaults():
 
 
 def test_the_quick_start_prints_the_projects_own_lines_first(tmp_path):
-    command = re.search(r"## Quick start\n\n```bash\n[^\n]*\n(python [^\n]*)\n", README).group(1)
+    command = re.search(r"## Quick start\n.*?```bash\n[^\n]*\n(python [^\n]*)\n", README, re.S).group(1)
     argv = command.replace("runs/quickstart", str(tmp_path / "quickstart")).split()[1:]
     result = subprocess.run([sys.executable, *argv, "--max-steps", "2", "--report-to", "none"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
@@ -59,3 +59,15 @@ def test_the_quick_start_prints_the_projects_own_lines_first(tmp_path):
     assert result.stdout.splitlines()[0].startswith("data: "), result.stdout[:500]
     warnings = [line for line in result.stderr.splitlines() if "warn" in line.lower() or "not passed" in line]
     assert warnings == [], warnings  # nothing but the project's lines and its progress bar
+
+
+def test_the_cpu_only_install_pins_what_requirements_txt_pins():
+    """The quick start's CPU-only line installs the torch and torchvision that requirements.txt then accepts (a
+    local version such as 2.14.1+cpu satisfies ==2.14.1), from PyTorch's CPU index."""
+    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)$", open(os.path.join(REPO, "requirements.txt")).read(),
+                           re.M))
+    start = README.index("## Quick start")
+    quick_start = " ".join(README[start:README.index("```bash", start)].split())  # the text before its commands
+    line = re.search(r"`(pip install torch[^`]*)`", quick_start).group(1)
+    assert line == (f"pip install torch=={pins['torch']} torchvision=={pins['torchvision']} --index-url "
+                    "https://download.pytorch.org/whl/cpu && pip install -r requirements.txt")
