@@ -341,21 +341,28 @@ def test_a_template_run_outside_a_job_says_to_submit_it(template, task):
         "a\\ b)"], result.stderr
 
 
-@pytest.mark.parametrize("hook", ["missing", "failing"])
+@pytest.mark.parametrize("hook", ["missing", "failing", "default"])
 def test_a_setup_env_that_is_missing_or_fails_stops_the_job_saying_so(tmp_path, hook):
     """The batch shell as Slurm starts it (SLURM_JOB_ID set), here without a cluster: a SETUP_ENV file that is not
-    there, or that fails (a `module load` of a module the cluster lacks), stops the job before anything runs."""
-    setup = tmp_path / "setup.sh"
-    if hook == "failing":
+    there, or that fails (a `module load` of a module the cluster lacks), stops the job before anything runs;
+    without SETUP_ENV, the repository's slurm/env.sh is that file (REPO_DIR here: a copy with one)."""
+    setup = tmp_path / "slurm" / "env.sh" if hook == "default" else tmp_path / "setup.sh"
+    if hook != "missing":
+        setup.parent.mkdir(exist_ok=True)
         setup.write_text("echo 'module: no such module' >&2\nfalse\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(SLURM_JOB_ID="1", SLURM_SUBMIT_DIR=REPO, SETUP_ENV=str(setup))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "SETUP_ENV"}
+    env.update(SLURM_JOB_ID="1", SLURM_SUBMIT_DIR=REPO)
+    if hook == "default":
+        env["REPO_DIR"] = str(tmp_path)
+    else:
+        env["SETUP_ENV"] = str(setup)
     result = subprocess.run(["bash", "slurm/rotation.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=60)
     assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
     assert result.stderr.splitlines() == ({
         "missing": [f"error: SETUP_ENV={setup}: no such file (a path from {REPO}): fix the path or unset SETUP_ENV"],
-        "failing": ["module: no such module", f"error: sourcing {setup} failed (exit status 1): fix it"]}[hook])
+        "failing": ["module: no such module", f"error: sourcing {setup} failed (exit status 1): fix it"],
+        "default": ["module: no such module", f"error: sourcing {setup} failed (exit status 1): fix it"]}[hook])
 
 
 def test_multi_node_launch_without_main_process_ip_fails_fast(tmp_path):
