@@ -11,7 +11,8 @@ import os
 import shutil
 
 from accelerate.utils import gather_object, set_seed
-from accelerate.utils.constants import SCALER_NAME
+from accelerate.utils.constants import (MODEL_NAME, OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_MODEL_NAME, SCALER_NAME,
+                                        SCHEDULER_NAME)
 
 from common import UserError, diagnostics, distributed, files, models
 from common.config import save_config
@@ -193,10 +194,20 @@ def _intact_checkpoint(args):
         return None
     if not os.path.isdir(args.resume):
         raise UserError(f"checkpoint {args.resume!r} does not exist: pass a folder under OUTPUT_DIR/checkpoints/")
+    if not _looks_like_a_checkpoint(args.resume):
+        raise UserError(f"{args.resume} is not a checkpoint (no manifest.json, no model files): give "
+                        f"OUTPUT_DIR/checkpoints/step_N or leave --resume out")
     problem = verify_checkpoint(args.resume)
     if problem:
         raise UserError(f"checkpoint {args.resume} is damaged: {problem}; pass another one or --resume auto")
     return args.resume
+
+
+def _looks_like_a_checkpoint(path: str) -> bool:
+    """A manifest or any file Accelerate's save_state writes: without one the folder is not a checkpoint at all
+    (a typo, an output dir), with one and no manifest it is a damaged one."""
+    prefixes = (SAFE_MODEL_NAME, MODEL_NAME, OPTIMIZER_NAME, RNG_STATE_NAME, SCHEDULER_NAME, SCALER_NAME)
+    return any(name == "manifest.json" or name.startswith(prefixes) for name in os.listdir(path))
 
 
 def resume(accelerator, args, state, must_match: tuple, batches_per_epoch: int):

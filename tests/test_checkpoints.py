@@ -221,3 +221,23 @@ with open(os.path.join(out, f"rank{run.accelerator.process_index}.json"), "w") a
     torch.set_rng_state(torch.load(step3 / "random_states_0.pkl", weights_only=False)["torch_manual_seed"])
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     assert crop_flip(images[:4]).tolist() == rank0["a"]["augmented"], "rank 0 did not keep its saved random state"
+
+
+@pytest.mark.parametrize("contents, says", [
+    ((), "is not a checkpoint (no manifest.json, no model files)"),
+    (("notes.txt",), "is not a checkpoint (no manifest.json, no model files)"),
+    (("model.safetensors", "optimizer.bin"), "is damaged: it has no manifest.json"),
+], ids=["empty", "other_files", "checkpoint_files"])
+def test_resume_path_without_a_manifest_is_not_a_checkpoint_unless_it_holds_checkpoint_files(
+        tmp_path, contents, says):
+    from types import SimpleNamespace
+    from common.checkpoints import choose
+    folder = tmp_path / "somewhere"
+    folder.mkdir()
+    for name in contents:
+        (folder / name).write_bytes(b"x")
+    with pytest.raises(UserError) as refused:
+        choose(SimpleNamespace(output_dir=str(tmp_path / "out"), resume=str(folder)))
+    assert says in str(refused.value)
+    if "not a checkpoint" in says:
+        assert "OUTPUT_DIR/checkpoints/step_N" in str(refused.value) and "leave --resume out" in str(refused.value)
