@@ -47,9 +47,18 @@ DATASETS = {
     "synthetic": "generated, for checks (--synthetic-size)",
 }
 DATASETS_TO_EVALUATE = EVALUATES_ITSELF + ("none",)
-# --dataset images: the share of the images held out of training for the pretext's own metrics (seeded, fixed by
-# the list of files, not by --seed: runs of other seeds are scored on the same images), within these bounds.
-HELD_OUT_SHARE, HELD_OUT_MIN, HELD_OUT_MAX = 0.02, 2, 10_000
+# --dataset images: the images held out of training for the pretext's own metrics (seeded, fixed by the list of
+# files, not by --seed: runs of other seeds are scored on the same images): 2% of them, but HELD_OUT_ENOUGH where
+# a tenth of the images allows (fewer make the metrics noise: one image of 10 moves an accuracy by 10 points),
+# never more than a tenth (training keeps nine), at least HELD_OUT_MIN, at most HELD_OUT_MAX.
+HELD_OUT_SHARE, HELD_OUT_ENOUGH, HELD_OUT_MOST = 0.02, 256, 0.1
+HELD_OUT_MIN, HELD_OUT_MAX = 2, 10_000
+
+
+def held_out_count(n_images: int) -> int:
+    """How many of n_images --dataset images holds out of training (see HELD_OUT_SHARE)."""
+    wanted = max(HELD_OUT_ENOUGH, int(n_images * HELD_OUT_SHARE))
+    return min(HELD_OUT_MAX, max(HELD_OUT_MIN, min(wanted, int(n_images * HELD_OUT_MOST))))
 
 
 @dataclass
@@ -193,7 +202,7 @@ def scan_images(data_dir: str):
     else:
         raise UserError(f"--data-dir {data_dir!r} does not exist: pass a folder of images (any layout) or a text "
                         f"file that lists image paths, one per line")
-    held = min(HELD_OUT_MAX, max(HELD_OUT_MIN, int(len(paths) * HELD_OUT_SHARE)))
+    held = held_out_count(len(paths))
     if len(paths) < 2 * held:
         raise UserError(f"{data_dir!r} holds {len(paths)} image(s): --dataset images needs at least "
                         f"{2 * HELD_OUT_MIN} ({HELD_OUT_MIN} are held out of training for the pretext's metrics)")
@@ -560,6 +569,8 @@ def load_train_split(args, accelerator):
             where = "listed in" if os.path.isfile(args.data_dir) else "under"
             found = (f"{n_train + n_test:,} unlabeled images {where} {args.data_dir} at {args.image_size} px: "
                      f"{n_train:,} train + {n_test:,} held out for the pretext's metrics ({train} + {test} as uint8)")
+            if n_test < HELD_OUT_ENOUGH:
+                found += f"; the pretext's metrics rest on {n_test:,} images: noisy ({HELD_OUT_ENOUGH} steady them)"
         else:
             found = f"{n_train:,} train + {n_test:,} test images at {args.image_size} px ({train} + {test} as uint8)"
         print(f"data: {found}; placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)

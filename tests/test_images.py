@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from common import UserError
-from common.data import HELD_OUT_MIN, ImageData, load_imagefolder, scan_images
+from common.data import ImageData, load_imagefolder, scan_images
 from conftest import write_unlabeled_images
 
 
@@ -14,7 +14,8 @@ def test_every_image_at_any_depth_is_found_in_one_order_and_some_are_held_out(tm
     found = [p for p, _ in split["train"] + split["test"]]
     assert sorted(found) == expected and classes == []  # hidden files and folders and the text file left out
     assert [p for p, _ in split["train"]] == sorted(p for p, _ in split["train"])
-    assert len(split["test"]) == HELD_OUT_MIN and all(label == -1 for _, label in split["train"] + split["test"])
+    # 4: a tenth of the 40 images and the symlink (test_enough_images_are_held_out_...)
+    assert len(split["test"]) == 4 and all(label == -1 for _, label in split["train"] + split["test"])
     assert scan_images(str(tmp_path)) == (split, classes)  # the held-out images are fixed by the files
 
 
@@ -63,3 +64,26 @@ def test_an_unreadable_image_is_named_or_skipped_and_counted(tmp_path):
         load_imagefolder(str(tmp_path / "photos"), 16, str(tmp_path / "cache"), scan=scan_images)
     data = load_imagefolder(str(tmp_path / "photos"), 16, str(tmp_path / "cache"), skip_bad=True, scan=scan_images)
     assert data.skipped_images == 1 and len(data.train_images) + len(data.test_images) == 21
+
+
+@pytest.mark.parametrize("count, held", [(4, 2), (41, 4), (500, 50), (5_000, 256), (60_000, 1_200)])
+def test_enough_images_are_held_out_for_the_pretext_metrics_and_training_keeps_nine_tenths(tmp_path, count, held):
+    # 2% of 500 was 10 images: a rotation accuracy on them moves by 10 points with one image. Now 256 where a
+    # tenth of the images allows it (a tenth below that), 2% above 12,800 images.
+    for i in range(count):
+        (tmp_path / f"{i:05d}.jpg").touch()  # only listed, never decoded
+    split, _ = scan_images(str(tmp_path))
+    assert len(split["test"]) == held and len(split["train"]) == count - held
+
+
+def test_the_data_line_says_when_the_pretext_metrics_rest_on_few_images(tmp_path, capsys):
+    from accelerate import Accelerator
+    from common import data
+    from conftest import parse
+    write_unlabeled_images(tmp_path / "photos", count=40)
+    args = parse(["--dataset", "images", "--data-dir", tmp_path / "photos", "--cache-dir", tmp_path / "cache",
+                  "--image-size", "16", "--output-dir", tmp_path / "out"])
+    data.load_train_split(args, Accelerator(cpu=True))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("data: "))
+    assert "37 train + 4 held out for the pretext's metrics" in line
+    assert "the pretext's metrics rest on 4 images: noisy (256 steady them)" in line
