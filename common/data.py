@@ -35,6 +35,7 @@ STREAM_EVAL_SAMPLE = 10_000
 # downloaded by torchvision. LABELLED: every train image has a label (what --pairs label needs); EVALUATES_ITSELF:
 # a labelled split to evaluate on (STL-10's 5,000 labelled train images beside its 100,000 unlabeled ones).
 FILE_DATASETS = ("imagefolder", "images")
+DOWNLOADED = ("cifar10", "cifar100", "stl10")  # by torchvision, into --data-dir when missing
 LABELLED = ("cifar10", "cifar100", "imagefolder", "synthetic")
 EVALUATES_ITSELF = LABELLED + ("stl10",)
 # --dataset's choices, with their help.
@@ -573,9 +574,11 @@ def load_train_split(args, accelerator):
                 found += f"; the pretext's metrics rest on {n_test:,} images: noisy ({HELD_OUT_ENOUGH} steady them)"
         else:
             found = f"{n_train:,} train + {n_test:,} test images at {args.image_size} px ({train} + {test} as uint8)"
-        print(f"data: {found}; placement {chosen} (--data-placement {args.data_placement}): {why}", flush=True)
-        return cache_path, chosen, (scanned if chosen == "stream" else None), (n_train + n_test) * image_bytes
-    cache_path, chosen, scanned, decoded_bytes = distributed.on_main_process_for_all(accelerator, plan)
+        line = f"data: {found}; placement {chosen} (--data-placement {args.data_placement}): {why}"
+        if args.dataset not in DOWNLOADED:  # a download's line waits for its files: a failed one claims no images
+            print(line, flush=True)
+        return cache_path, chosen, (scanned if chosen == "stream" else None), (n_train + n_test) * image_bytes, line
+    cache_path, chosen, scanned, decoded_bytes, line = distributed.on_main_process_for_all(accelerator, plan)
     if chosen == "stream":
         dataset = stream_imagefolder(args.data_dir, args.image_size, scanned, sample_cache=cache_path)
     elif cache_path:
@@ -583,6 +586,8 @@ def load_train_split(args, accelerator):
                                    cache_path, decoded_bytes, scan=SCANS[args.dataset])
     else:
         dataset = load_generated(args, accelerator)
+        if args.dataset in DOWNLOADED and accelerator.is_main_process:
+            print(line, flush=True)
     if dataset.skipped_images and accelerator.is_main_process:
         print(f"warning: {dataset.skipped_images} unreadable image file(s) of {args.data_dir!r} left out "
               f"(--skip-bad-images); results.json counts them as skipped_images", flush=True)
@@ -657,7 +662,7 @@ def load_shared(args, accelerator) -> ImageData:
 def load_generated(args, accelerator) -> ImageData:
     """The synthetic set or a dataset torchvision downloads. That is downloaded (into a --data-dir that may be
     shared) by the main process alone, then checked by the first process of each other node, then read by all."""
-    if args.dataset in ("cifar10", "cifar100", "stl10"):
+    if args.dataset in DOWNLOADED:
         with accelerator.main_process_first():
             with accelerator.local_main_process_first():
                 return read_dataset(args)

@@ -5,6 +5,7 @@ test_labels int64 (-1: no label); classes (the class names). torchvision downloa
 are not there yet (and checks their MD5); any failure to download or read them is a UserError.
 """
 import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +67,20 @@ def _stl10_split(data_dir: str, split: str):
 
 @contextlib.contextmanager
 def _user_error(name: str, data_dir: str, instead: str):
-    """Turns a failure of torchvision's download or read into a UserError that says in one line what to do."""
+    """Turns a failure of torchvision's download or read into a UserError that says in one line what to do, and
+    removes the folders torchvision made for the download if they are still empty (./data/ from a first try)."""
+    made, folder = [], os.path.abspath(data_dir)
+    while not os.path.exists(folder):
+        made.append(folder)  # innermost first
+        folder = os.path.dirname(folder)
     try:
         yield
     except MemoryError:  # not the files' fault
         raise
     except Exception as e:  # network errors come in many types; the fix is the same
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty (a partial download): kept, the next try replaces it
+                os.rmdir(folder)
         why = " ".join(str(e).split()) or type(e).__name__
         raise UserError(f"could not load or download {name} into {data_dir!r} ({why}); download it there, "
                         f"or point --dataset {instead}") from e

@@ -114,3 +114,39 @@ def test_checksum_skipping_env_reaches_a_subprocess(tmp_path):
     assert done.returncode == 0, done.stderr
     total = int(written["train"][0].astype(np.int64).sum() + written["unlabeled"].astype(np.int64).sum())
     assert done.stdout.split("\n")[0] == f"3 {written['train'][1].tolist() + [-1] * 4} {total}"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every URL fetch fails as with no network; torchvision's download_url itself runs (it makes the folder)."""
+    import urllib.error
+    import urllib.request
+
+    def unreachable(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+
+
+@pytest.mark.parametrize("read", [lambda d: downloads.read_cifar(d, 32, 10), lambda d: downloads.read_stl10(d, 96)],
+                         ids=["cifar10", "stl10"])
+def test_a_failed_download_leaves_no_folder_it_made(tmp_path, no_network, read):
+    (tmp_path / "kept").mkdir()  # there before: stays, empty as it was
+    for data_dir in (tmp_path / "new" / "data", tmp_path / "kept"):
+        with pytest.raises(UserError, match="name resolution"):
+            read(str(data_dir))
+    assert sorted(os.listdir(tmp_path)) == ["kept"] and os.listdir(tmp_path / "kept") == []
+
+
+def test_a_failed_download_prints_no_data_line(tmp_path, no_network, capsys):
+    from accelerate import Accelerator
+    from common import data
+    from conftest import parse
+    args = parse(["--dataset", "cifar10", "--data-dir", tmp_path / "data", "--cache-dir", tmp_path / "cache",
+                  "--output-dir", tmp_path / "out"])
+    with pytest.raises(UserError, match="could not load or download CIFAR-10"):
+        data.load_train_split(args, Accelerator(cpu=True))
+    assert "data: " not in capsys.readouterr().out and not (tmp_path / "data").exists()
+    write_cifar10(tmp_path / "data", n_train=23, n_test=7)
+    with checksums_skipped():  # the files there: read, then the line (the split sizes are CIFAR's)
+        data.load_train_split(args, Accelerator(cpu=True))
+    assert capsys.readouterr().out.startswith("data: 50,000 train + 10,000 test images at 32 px")
