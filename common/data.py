@@ -11,8 +11,10 @@ import argparse
 import atexit
 import errno
 import fcntl
+import glob
 import hashlib
 import os
+import shlex
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -27,6 +29,8 @@ from tqdm.auto import tqdm
 from common import UserError, distributed, files, placement
 from common.decode import DECODER, IMAGE_EXTENSIONS, _decode_or_none, decode_workers
 
+# The names of the caches of decoded images in --cache-dir (imagefolder_cache, load_stl10).
+CACHE_NAMES = ("imagefolder-*.pt", "stl10-*.pt")
 # Train images a streamed split's evaluation sample holds (seeded): evaluations never decode the train split.
 STREAM_EVAL_SAMPLE = 10_000
 
@@ -326,7 +330,9 @@ def decoded_once(cache_path: str, decode, needed: int = 0) -> ImageData:
             except files.WriteFailed as e:
                 problems.append(e.problem)
                 continue
-            if path != cache_path:
+            if path == cache_path:
+                print(_cache_written(path), flush=True)
+            else:
                 print(f"warning: decoded images not cached in --cache-dir: {problems[0]}; cached for this run in "
                       f"{path!r} instead, which this node's processes share (removed when this process exits; "
                       f"the next start decodes again unless --cache-dir has room)", flush=True)
@@ -334,6 +340,17 @@ def decoded_once(cache_path: str, decode, needed: int = 0) -> ImageData:
             return ImageData(**torch.load(path, weights_only=True, mmap=True))  # the decoded copy goes
     raise UserError(f"the decoded images could not be cached anywhere on this node ({'; '.join(problems)}): free "
                     f"space, or pass --cache-dir on a disk with room")
+
+
+def _cache_written(path: str) -> str:
+    """Where the new cache is, what such caches take in --cache-dir, and how to delete them (nothing else does)."""
+    folder = os.path.dirname(path)
+    caches = [p for name in CACHE_NAMES for p in glob.glob(os.path.join(glob.escape(folder), name))]
+    total = sum(os.path.getsize(p) for p in caches)
+    patterns = " ".join(shlex.quote(folder) + "/" + name for name in CACHE_NAMES)
+    return (f"cached the decoded images in {path!r} ({files.size(os.path.getsize(path), exact=False)}); "
+            f"{folder!r} keeps such caches across runs ({files.size(total, exact=False)} now): `rm -f {patterns}` "
+            f"deletes them safely while no run is starting (a run decodes again what it misses)")
 
 
 class _decoder_lock:

@@ -199,3 +199,20 @@ print(json.dumps([forks, dataset.train_images.workers]))
     forks, workers = json.loads(result.stdout.splitlines()[-1])
     assert len(forks) == workers and all(threads[0] == "MainThread" for threads in forks), forks
     assert not [name for threads in forks for name in threads if name.startswith("stream-reader")], forks
+
+
+def test_writing_a_cache_says_where_it_is_and_how_to_delete_it(image_folder, tmp_path, capsys):
+    import subprocess
+    cache = tmp_path / "my cache"  # a space: the command quotes the folder
+    (cache).mkdir()
+    (cache / "notes.pt").write_bytes(b"not ours")  # another file in --cache-dir: the command leaves it
+    load_imagefolder(str(image_folder), 16, str(cache))
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("cached the decoded images")]
+    assert len(said) == 1 and str(cache) in said[0] and "deletes them safely" in said[0], said
+    command = said[0].split("`")[1]
+    subprocess.run(command, shell=True, check=True)
+    assert os.listdir(cache) == ["notes.pt"]
+    load_imagefolder(str(image_folder), 16, str(cache))  # decoded again
+    assert "cached the decoded images" in capsys.readouterr().out
+    load_imagefolder(str(image_folder), 16, str(cache))  # mapped from the cache: nothing written, nothing said
+    assert "cached the decoded images" not in capsys.readouterr().out
