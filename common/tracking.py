@@ -12,14 +12,12 @@ from common import files, media
 
 def tracker_name(args):
     """What Accelerator(log_with=...) gets: "wandb", "tensorboard" or None. Without W&B credentials the run is
-    offline (synced later), so nodes without internet still get one."""
+    offline (synced later), so nodes without internet still get one (Tracker._init_tracker)."""
     tracker = args.report_to if args.report_to != "none" else None
     if tracker == "wandb" and importlib.util.find_spec("wandb") is None:
         print("warning: wandb is not installed (pip install wandb), so this run is not tracked; "
               "pass --report-to none to silence this", file=sys.stderr)
         tracker = None
-    if tracker == "wandb" and not os.environ.get("WANDB_MODE") and not _wandb_credentials():
-        os.environ["WANDB_MODE"] = "offline"
     return tracker
 
 
@@ -112,13 +110,25 @@ class Tracker:
                 "name": args.run_name or os.environ.get("WANDB_NAME") or os.path.basename(
                     os.path.abspath(args.output_dir)),
                 "entity": args.wandb_entity, "tags": args.wandb_tags.split(",") if args.wandb_tags else None}
-        accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
+            # The mode the user set (WANDB_MODE) wins; else offline without credentials, said as the reason.
+            why_offline = f"WANDB_MODE={os.environ.get('WANDB_MODE')}"
+            if not os.environ.get("WANDB_MODE") and not _wandb_credentials():
+                os.environ.pop("WANDB_MODE", None)  # set but empty means unset; wandb refuses ""
+                init_kwargs["wandb"]["mode"], why_offline = "offline", "no credentials found"
+        # TensorBoard: the hparams go into the run's own folder below, not a timestamped run beside it (Accelerate's
+        # store_init_configuration); config.json in OUTPUT_DIR keeps them too.
+        tensorboard = args.report_to == "tensorboard"
+        accelerator.init_trackers(project, config=None if tensorboard else config, init_kwargs=init_kwargs)
+        if tensorboard:
+            writer = accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_hparams(config, metric_dict={}, run_name=".")  # "." : the writer's own log dir
+            writer.flush()
         if args.report_to == "wandb":
             run = accelerator.get_tracker("wandb", unwrap=True)
             if run.settings.mode == "offline":
                 # Each (re)start writes its own offline folder; synced together they become one run again.
                 parts = os.path.join(os.path.dirname(os.path.dirname(run.dir)), f"offline-run-*-{run.id}")
-                print(f"W&B is offline (no credentials found): the run is in {os.path.dirname(run.dir)}; "
+                print(f"W&B is offline ({why_offline}): the run is in {os.path.dirname(run.dir)}; "
                       f"upload it (all its resumed parts as one run) with: wandb sync {parts}", flush=True)
 
     def _wandb_run_id(self) -> str:

@@ -2,6 +2,8 @@
 run per training across resumes, TensorBoard as the alternative. Runs are read back with the trackers' own tools."""
 import json
 
+import pytest
+
 from conftest import REPO, SMALL, TRACKED, accelerate_launch, run_script, toy_train, wandb_read, wandb_runs
 
 
@@ -84,3 +86,60 @@ def test_metrics_lines_a_full_disk_holds_back_are_written_in_order_once_there_is
     tracker.log({"train/loss": 0.7}, step=4)
     assert [json.loads(line)["step"] for line in open(tracker.metrics_path)] == [1, 2, 3, 4]
     assert "the 2 line(s) held back are written" in capsys.readouterr().out
+
+
+class _OfflineWandb:
+    """Accelerate and wandb as the Tracker sees them: wandb.init's mode is its mode argument, else WANDB_MODE."""
+
+    def __init__(self, tmp_path):
+        self.is_main_process, self.log_with, self.num_processes, self.mixed_precision = True, ["wandb"], 1, "no"
+        self.tmp_path = tmp_path
+
+    def init_trackers(self, project, config=None, init_kwargs=None):
+        import os
+        from types import SimpleNamespace
+        kwargs = (init_kwargs or {}).get("wandb", {})
+        mode = kwargs.get("mode") or os.environ.get("WANDB_MODE") or "online"
+        self.run = SimpleNamespace(settings=SimpleNamespace(mode=mode), id=kwargs["id"],
+                                   dir=str(self.tmp_path / "wandb" / f"offline-run-1-{kwargs['id']}" / "files"))
+
+    def get_tracker(self, name, unwrap=False):
+        return self.run
+
+
+@pytest.mark.parametrize("user_mode, says", [("offline", "W&B is offline (WANDB_MODE=offline)"),
+                                             ("", "W&B is offline (no credentials found)")],
+                         ids=["set_by_the_user", "no_credentials"])
+def test_wandb_offline_says_why(tmp_path, monkeypatch, capsys, user_mode, says):
+    from types import SimpleNamespace
+    from common.tracking import Tracker, tracker_name
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_MODE", user_mode)
+    args = SimpleNamespace(report_to="wandb", output_dir=str(tmp_path), wandb_project=None, run_name=None,
+                           wandb_entity=None, wandb_tags=None)
+    assert tracker_name(args) == "wandb"
+    accelerator = _OfflineWandb(tmp_path)
+    Tracker(args, accelerator, "rotation").start(0, True, {})
+    out = capsys.readouterr().out
+    assert accelerator.run.settings.mode == "offline" and says in out and "wandb sync" in out, out
+    assert ("no credentials" in out) == (user_mode == "")
+
+
+def test_tensorboard_writes_its_hparams_into_the_run_not_a_timestamped_one(tmp_path):
+    from types import SimpleNamespace
+    from accelerate import Accelerator
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator  # reads hparams
+    from common.tracking import Tracker
+    args = SimpleNamespace(report_to="tensorboard", output_dir=str(tmp_path), lr=0.1, model="simple_cnn")
+    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path))
+    tracker = Tracker(args, accelerator, "rotation")
+    tracker.start(0, True, {"git_commit": "abc"})
+    tracker.log({"train/loss": 1.0}, step=1)
+    tracker.summarize({})
+    run = tmp_path / "rotation"
+    assert [p.name for p in run.iterdir() if p.is_dir()] == []  # TensorBoard shows one run: this one
+    events = EventAccumulator(str(run))
+    events.Reload()
+    hparams = events.PluginTagToContent("hparams")
+    assert b"git_commit" in hparams["_hparams_/experiment"] and "train/loss" in events.Tags()["tensors"]
