@@ -38,9 +38,15 @@ def confusion_matrix(true: torch.Tensor, predicted: torch.Tensor, names: list) -
     cell, margin = 64, 48
     canvas = Image.new("RGB", (margin + n * cell, margin + n * cell), "white")
     draw = ImageDraw.Draw(canvas)
+    # The axes' titles: "predicted" over the columns' names, "true" written upwards left of the rows' names.
+    grid = n * cell
+    draw.text((margin + grid // 2, 1), "predicted", fill="black", font=font(12), anchor="mt")
+    title = Image.new("RGB", (grid, 14), "white")
+    ImageDraw.Draw(title).text((grid // 2, 1), "true", fill="black", font=font(12), anchor="mt")
+    canvas.paste(title.rotate(90, expand=True), (1, margin))
     for i in range(n):
-        draw.text((4, margin + i * cell + cell // 2 - 6), names[i], fill="black", font=font(12))
-        draw.text((margin + i * cell + 8, 16), names[i], fill="black", font=font(12))
+        draw.text((17, margin + i * cell + cell // 2 - 6), names[i], fill="black", font=font(12))
+        draw.text((margin + i * cell + 8, 20), names[i], fill="black", font=font(12))
         for j in range(n):
             level = int(255 * (1 - share[i, j]))
             x, y = margin + j * cell, margin + i * cell

@@ -33,3 +33,17 @@ def test_scatter_colours_points_by_class():
     picture = media.scatter(points, torch.tensor([0, 3]), "two points", size=100)
     assert tuple(picture.pixels[100 - 10, 10]) == media.PALETTE[0]  # (0, 0) is drawn bottom left
     assert tuple(picture.pixels[10, 90]) == media.PALETTE[3]  # (1, 1) top right
+
+
+def test_confusion_matrix_names_its_axes_true_and_predicted():
+    picture = media.confusion_matrix(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 2]),
+                                     ["0°", "90°", "180°", "270°"])
+    cell, margin = 64, 48
+    dark = picture.pixels.astype(int).sum(-1) < 3 * 128
+    # "predicted" above the column names, over the grid; "true" up the left side, across the middle of the grid,
+    # where no row name is (those sit at the middle of each row)
+    assert dark[:14, margin:].sum() > 20
+    middle = margin + 2 * cell
+    assert dark[middle - 8:middle + 8, :16].sum() > 10
+    rows = dark[:, :16].sum(1).nonzero()[0]
+    assert rows.max() - rows.min() > 20  # a word written upwards: taller than one line
