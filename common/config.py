@@ -9,6 +9,8 @@ from common import UserError, augment, cli, data, files, models, placement, sche
 from common.distributed import add_distributed_arguments, distributed_checks
 from common.optimizers import OPTIMIZERS
 
+DEFAULT_EVAL_EVERY = 10  # epochs between evaluations when --eval-every is not given
+
 
 class HelpFormatter(argparse.HelpFormatter):
     """--help with every option's default said once: argparse's "(default: X)", unless the help says "default:" in
@@ -127,7 +129,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--skip-eval", action="store_true",
                     help="no evaluation at all, not even at the end (throughput benchmarks, smoke tests)")
-    ev.add_argument("--eval-every", type=int, default=10, help="epochs between evaluations (0: only at the end)")
+    ev.add_argument("--eval-every", type=int, default=None,
+                    help=f"epochs between evaluations, 0: only at the end (default: {DEFAULT_EVAL_EVERY}, and further "
+                         f"apart where the training between two sees fewer images than an evaluation encodes; a "
+                         f"value given is kept)")
     ev.add_argument("--eval-at-start", action="store_true",
                     help="also evaluate the untrained encoder, logged as eval/*_init")
     ev.add_argument("--eval-batch-size", type=int, default=512, help="images per forward pass of the evaluation")
@@ -198,7 +203,7 @@ def option_checks(args: argparse.Namespace) -> list:
         (args.checkpoint_every > 0, f"--checkpoint-every must be >= 1 (got {args.checkpoint_every})"),
         (args.keep_checkpoints > 0, f"--keep-checkpoints must be >= 1 (got {args.keep_checkpoints})"),
         (args.log_every > 0, f"--log-every must be >= 1 (got {args.log_every})"),
-        (args.eval_every >= 0, f"--eval-every must be >= 0 (got {args.eval_every})"),
+        (args.eval_every is None or args.eval_every >= 0, f"--eval-every must be >= 0 (got {args.eval_every})"),
         (args.knn_k > 0, f"--knn-k must be >= 1 (got {args.knn_k})"),
         (args.knn_temperature > 0, f"--knn-temperature must be > 0 (got {args.knn_temperature})"),
         (args.linear_probe_epochs > 0, f"--linear-probe-epochs must be >= 1 (got {args.linear_probe_epochs})"),

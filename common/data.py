@@ -651,6 +651,12 @@ def load_evaluation(args, accelerator, dataset: ImageData = None):
     return labelled
 
 
+def images_evaluated(labelled: ImageData, dataset: ImageData) -> int:
+    """The images an evaluation encodes: the labelled set's probe and test images, and the pretext's held-out ones."""
+    labelled_images = len(labelled.evaluation_train()[1]) + len(labelled.test_labels) if labelled is not None else 0
+    return labelled_images + len(dataset.test_images)
+
+
 def evaluation_summary(args, labelled: ImageData, dataset: ImageData) -> dict:
     """What results.json says of the evaluation: the labelled set (or none) and the images the pretext's own
     metrics are measured on."""

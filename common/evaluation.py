@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import distributed
+from common import distributed, progress
 from common.augment import to_float
 
 
@@ -30,15 +30,16 @@ def checked_between_batches(check):
 
 
 @torch.no_grad()
-def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int, dtype=torch.float32) -> torch.Tensor:
+def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int, dtype=torch.float32,
+                desc: str = "eval: features") -> torch.Tensor:
     """fn(float batch in [0, 1]) for every image, sharded over processes; returns all outputs in image order,
-    as dtype (bf16 halves the memory of large cached features)."""
+    as dtype (bf16 halves the memory of large cached features). desc: its progress bar's (on a terminal)."""
     # A list, not a tensor: Accelerate moves a padded tensor split to the device, and a CPU tensor cannot be
     # indexed with CUDA indices. The images stay where they are (host or device) until each batch is encoded.
     with accelerator.split_between_processes(list(range(len(images))), apply_padding=True) as mine:
         mine = torch.tensor(mine, dtype=torch.int64)
         outputs, check = [], _between_batches.get()
-        for chunk in mine.split(batch_size):
+        for chunk in progress.on_terminal(mine.split(batch_size), desc, show=accelerator.is_local_main_process):
             outputs.append(fn(to_float(images[chunk.to(images.device)].to(accelerator.device))).to(dtype))
             if check:
                 check()
@@ -77,7 +78,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, tempe
     train_labels, test_labels = train_labels.to(train_feats.device), test_labels.to(train_feats.device)
     k = min(k, len(train_feats))
     correct = 0
-    for start in range(0, len(test_feats), chunk):
+    for start in progress.on_terminal(range(0, len(test_feats), chunk), "eval: k-NN"):
         sim, idx = (test_feats[start:start + chunk] @ train_feats.T).topk(k, dim=1)
         votes = torch.zeros(len(sim), num_classes, device=sim.device)
         votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
@@ -101,7 +102,7 @@ def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, ep
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     with torch.enable_grad():
-        for _ in range(epochs):
+        for _ in progress.on_terminal(range(epochs), "eval: linear probe epochs"):
             for idx in torch.randperm(len(xtr), generator=g).to(dev).split(batch_size):
                 loss = F.cross_entropy(probe(xtr[idx]), train_labels[idx])
                 opt.zero_grad(set_to_none=True)

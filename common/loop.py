@@ -42,11 +42,14 @@ def train(task_class, argv=None) -> dict:
     # Resumes from OUTPUT_DIR's newest intact checkpoint, if any; writes config.json, starts the tracker.
     run = training.Run.start(args, accelerator, model, optimizer, scheduler, train_loader, task.name,
                              task.must_match, stop_signals, train_source)
+    if run.completed is not None:  # started again after it finished: nothing to train or evaluate
+        return run.completed
     unwrapped = distributed.plain_module(accelerator, model)  # evaluated eagerly; the trained model untouched
 
     def evaluate(suffix=""):  # stoppable between its batches by a preemption notice
         return run.evaluate(evaluation_metrics, accelerator, task, unwrapped, labelled, suffix)
 
+    images_evaluated = data.images_evaluated(labelled, dataset)  # spaces the default evaluations (Run.evaluation_due)
     if args.eval_at_start and run.fresh:
         run.log_initial_evaluation(evaluate(suffix="_init"))
     for epoch in run.epochs():
@@ -58,7 +61,7 @@ def train(task_class, argv=None) -> dict:
                 run.optimizer_step()  # on a step's last micro-batch: clip, log the norm, update; zero the grads
             # After a step's last micro-batch: lr schedule, logs, checkpoint, stop on a preemption signal.
             run.end_batch(images=len(indices), samples=len(batch.inputs), loss=loss, **metrics)
-        if run.evaluation_due(epoch):
+        if run.evaluation_due(epoch, images_evaluated):
             run.log_evaluation(evaluate())
 
     final_metrics = {} if args.skip_eval else evaluate()

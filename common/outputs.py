@@ -1,5 +1,6 @@
 """What a finished run leaves: OUTPUT_DIR/final/ (the encoder, common.models.load_encoder reads it) and
 results.json, written by the main process; then one line of figures on the console."""
+import json
 import os
 import sys
 
@@ -11,6 +12,24 @@ def write_final(accelerator, args, encoder, results: dict) -> None:
     do (the last checkpoint is saved, so the same command writes them again)."""
     encoder = distributed.plain_module(accelerator, encoder)
     distributed.on_main_process_for_all(accelerator, lambda: _write(args, encoder, results))
+
+
+def finished_results(accelerator, args, step: int):
+    """results.json's values when OUTPUT_DIR holds a run that finished at `step` (its final/ and results.json
+    written), said in one line; else None (every process gets the main process's answer)."""
+    def read():
+        path = os.path.join(args.output_dir, "results.json")
+        try:
+            with open(path) as f:
+                results = json.load(f)
+        except (OSError, ValueError):  # none yet, or unreadable: the final evaluation writes it again
+            results = None
+        if not (results and results.get("steps") == step and os.path.isdir(os.path.join(args.output_dir, "final"))):
+            return None
+        print(f"{args.output_dir} holds a finished run ({step} steps): its results are in {path}, nothing is "
+              f"redone (a larger --max-steps or --epochs trains on; another --output-dir starts anew)", flush=True)
+        return results
+    return distributed.on_main_process_for_all(accelerator, read)
 
 
 def _write(args, encoder, results: dict) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError, schedules
+from common import UserError, progress, schedules
 from common.evaluation import evaluating, map_batches
 
 CLASSIFIERS = ("nonlinear", "linear")
@@ -64,7 +64,8 @@ def block_features(accelerator, encoder, images: torch.Tensor, batch_size: int, 
 
     dims = feature_dims(encoder, blocks, max_dim)
     with evaluating(accelerator, encoder):
-        joined = map_batches(accelerator, all_blocks, images, batch_size, dtype)
+        joined = map_batches(accelerator, all_blocks, images, batch_size, dtype,
+                             desc=f"block features{' (mirrored)' if flip else ''}")
     return dict(zip(blocks, joined.split(dims, dim=1)))
 
 
@@ -104,7 +105,7 @@ def train_classifiers(train_views: dict, train_labels: torch.Tensor, test_featur
     scheduler = schedules.make_scheduler(optimizer, total_steps, milestones=schedules.CLASSIFIER_MILESTONES)
     generator = torch.Generator().manual_seed(seed)
     heads.train()
-    for _ in range(epochs):
+    for _ in progress.on_terminal(range(epochs), "classifier epochs"):
         order = torch.randperm(n, generator=generator).to(device)
         mirrored = (torch.rand(n, 1, generator=generator) < 0.5).to(device)
         for indices in order.split(batch_size):

@@ -7,6 +7,7 @@ evaluation_due, evaluate (stoppable between batches), log_evaluation, results an
 """
 import math
 import os
+from contextlib import contextmanager
 import signal
 import sys
 import tempfile
@@ -17,9 +18,10 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from common import Preempted, UserError, checkpoints, diagnostics, distributed, evaluation, files, runlock, schedules
+from common import (Preempted, UserError, checkpoints, diagnostics, distributed, evaluation, files, outputs, runlock,
+                    schedules)
 from common.cli import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from common.config import environment, save_config
+from common.config import DEFAULT_EVAL_EVERY, environment, save_config
 from common.data import micro_batch_size
 from common.tracking import Tracker, scalars, tracker_name
 
@@ -104,6 +106,7 @@ class TrainState:
         self.epoch_start_train_time_s = 0.0
         self.skipped_steps = 0  # non-finite gradients, --nan-policy skip
         self.amp_skipped_steps = 0  # fp16: steps the GradScaler skipped on overflow (normal, not errors)
+        self.evaluated_step = 0  # the step of the last evaluation during training (0: none, or the untrained one)
         self.init_metrics = {}
 
     def state_dict(self):
@@ -315,6 +318,8 @@ class Run:
         self.record_indices = diagnostics.index_recorder(accelerator)
         self.model_timer = None  # SSL_SCRIPTS_TIME_MODEL's (Run.start)
         self._saved_step = None  # the step whose checkpoint this process last saved or resumed from
+        self._said_evaluations_apart = False
+        self.completed = None  # results.json's values when OUTPUT_DIR holds this run finished (Run.start)
         self._first_step = 1
 
     @classmethod
@@ -329,7 +334,10 @@ class Run:
         if checkpoints.resume(run.accelerator, run.args, run.state, run.must_match, len(run.loader)):
             run._saved_step = run.state.step
         run._first_step = run.state.step + 1  # stops are agreed on there too: a notice during loading
-        run._start_logs()
+        # The same command once the run has finished: its results stand, with no new tracker run
+        run.completed = outputs.finished_results(run.accelerator, run.args, run.state.step) if run.finished else None
+        if run.completed is None:
+            run._start_logs()
         return run
 
     def _start_logs(self) -> None:
@@ -484,7 +492,8 @@ class Run:
         if self._saved_step == self.state.step:  # e.g. a stop signal on a checkpoint step: saved once
             return
         state_bytes = files.tensor_bytes([self.model.state_dict(), self.optimizer.state_dict()])
-        checkpoints.save(self.accelerator, self.args, self.state.step, self.environment, state_bytes)
+        with self._bar_paused():
+            checkpoints.save(self.accelerator, self.args, self.state.step, self.environment, state_bytes)
         self._saved_step = self.state.step
         self._restart_clocks()
 
@@ -505,15 +514,27 @@ class Run:
         Main process only; values must already be global."""
         self.tracker.log(values, self.state.step)
 
-    def evaluation_due(self, epoch: int) -> bool:
-        every = self.args.eval_every
-        return not self.args.skip_eval and every > 0 and (epoch + 1) % every == 0 and not self.finished
+    def evaluation_due(self, epoch: int, images_evaluated: int = 0) -> bool:
+        """Whether to evaluate after `epoch`: every --eval-every epochs. Without --eval-every, every
+        DEFAULT_EVAL_EVERY epochs once the training since the last evaluation has seen at least the images_evaluated
+        that an evaluation encodes (a short run on a small dataset is then not mostly evaluation)."""
+        every = self.args.eval_every if self.args.eval_every is not None else DEFAULT_EVAL_EVERY
+        if self.args.skip_eval or every <= 0 or (epoch + 1) % every or self.finished:
+            return False
+        trained = (self.state.step - self.state.evaluated_step) * self.args.batch_size
+        if self.args.eval_every is not None or trained >= images_evaluated:
+            return True
+        if not self._said_evaluations_apart and self.accelerator.is_main_process:
+            tqdm.write(f"evaluations further apart than every {every} epochs: {trained:,} images trained since the "
+                       f"last, fewer than the {images_evaluated:,} an evaluation encodes (--eval-every N keeps N)")
+        self._said_evaluations_apart = True
+        return False
 
     def evaluate(self, evaluate, *args, **kwargs) -> dict:
         """evaluate(*args, **kwargs), with stop signals agreed on between its batches (an all-reduce each): a
         long evaluation must not outlast Slurm's notice. On a stop: a checkpoint of the training so far (a resume
         evaluates again), then Preempted."""
-        with evaluation.checked_between_batches(self._stop_if_signalled):
+        with evaluation.checked_between_batches(self._stop_if_signalled), self._bar_paused():
             return evaluate(*args, **kwargs)
 
     def _stop_if_signalled(self) -> None:
@@ -521,14 +542,28 @@ class Run:
             self._stop_now(during="an evaluation")
 
     def log_evaluation(self, metrics: dict) -> None:
-        """Logs an evaluation's metrics; the time it took does not count as training (samples/s)."""
+        """Logs an evaluation's metrics; the time it took does not count as training (samples/s, the bar's rate)."""
         self.log(metrics)
+        self.state.evaluated_step = self.state.step
         self._restart_clocks()
 
     def log_initial_evaluation(self, metrics: dict) -> None:
         """The untrained encoder's eval/*_init: logged at step 0 and kept for results.json across resumes."""
         self.state.init_metrics = scalars(metrics)
         self.log_evaluation(metrics)
+
+    @contextmanager
+    def _bar_paused(self):
+        """The training bar's rate and time left leave out what runs within (an evaluation, a checkpoint)."""
+        bar = getattr(self, "progress", None)
+        started = time.time()  # tqdm's clock
+        try:
+            yield
+        finally:
+            if bar is not None and not bar.disable:
+                paused = time.time() - started
+                bar.start_t += paused
+                bar.last_print_t += paused
 
     def _restart_clocks(self) -> None:
         self._clock = self.metrics.clock = time.perf_counter()

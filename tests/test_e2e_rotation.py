@@ -101,6 +101,15 @@ def test_default_tracker_is_wandb_offline_without_credentials(tmp_path):
     run_id = (out / "wandb_run_id").read_text().strip()
     runs = list((out / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1 and (runs[0] / f"run-{run_id}.wandb").exists()
+    # The same command again: the run is finished, so nothing is evaluated again and no W&B run folder is added
+    again = accelerate_launch("train_rotation.py", *[a for a in SMALL if a not in ("--report-to", "none")],
+                              "--max-steps", "4", "--output-dir", out, env={**env, "WANDB_MODE": ""})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{out} holds a finished run (4 steps): its results are in {out / 'results.json'}" in again.stdout
+    assert "done:" not in again.stdout and len(list((out / "wandb").glob("offline-run-*"))) == 1
+    # A larger --max-steps trains on from the last checkpoint
+    longer = accelerate_launch("train_rotation.py", *SMALL, "--max-steps", "6", "--skip-eval", "--output-dir", out)
+    assert longer.returncode == 0 and "done: 6 steps" in longer.stdout, longer.stderr[-3000:]
 
 
 def test_skipped_unreadable_images_are_counted_in_the_log_and_results(image_folder, tmp_path):

@@ -436,3 +436,19 @@ def test_fp16_resumes_a_checkpoint_written_without_it_with_a_fresh_scaler_and_th
     assert (tmp_path / "fp16" / "checkpoints" / "step_00000003" / "scaler.pt").exists()
     _, run = toy_train(tmp_path / "fp16", "--max-steps", "6")  # bf16 after fp16: the scaler's state is not needed
     assert run.state.step == 6
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_default_evaluations_wait_for_as_many_trained_images_as_one_encodes(tmp_path, given):
+    # toy_run: 8 images a step, 8 steps an epoch. Without --eval-every: every 10 epochs (640 images trained), but
+    # not before the training since the last evaluation has seen the 1,000 images an evaluation encodes.
+    run, _ = toy_run(tmp_path, "--epochs", "40", *(["--eval-every", "10"] if given else []))
+    run.state.step = 80
+    assert run.evaluation_due(9, images_evaluated=1000) == given  # 640 images since the start
+    assert not run.evaluation_due(10, images_evaluated=1000)  # not an epoch of the schedule
+    run.state.step = 160
+    assert run.evaluation_due(19, images_evaluated=1000)  # 1,280 images since the start
+    run.log_evaluation({})
+    run.state.step = 240
+    assert run.evaluation_due(29, images_evaluated=1000) == given  # 640 since the last
+    exited(tmp_path)
