@@ -12,6 +12,8 @@ from common import Preempted, UserError
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+AT_ONCE = (f"second Ctrl-C: stopped at once, without a checkpoint; the same command resumes from the last one "
+           f"(exit code {EXIT_INTERRUPTED})")
 
 
 def run(main) -> None:

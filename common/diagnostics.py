@@ -37,6 +37,8 @@ def hold(point: str, step: int) -> None:
     where, _, path = (spec or "").partition(":")
     if where != f"{point}@{step}":
         return
+    if os.environ.get("SSL_SCRIPTS_HOLD_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+        return  # SSL_SCRIPTS_HOLD_RANK=N: that process alone waits (the others go on, into the next collective)
     open(path + ".held", "w").close()
     while not os.path.exists(path + ".go"):
         time.sleep(0.01)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 
-from common.cli import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
+from common.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
 
 # The training processes' own ends: each has already said why, in a line of its own.
 EXPLAINED = (EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_INTERRUPTED)
@@ -39,10 +39,13 @@ def children(pid: int) -> list:
 
 class Forwarder:
     """Signal handlers of the launcher's main thread that pass each signal on to the training processes (the
-    launcher's children: torchrun's workers, or accelerate's one process)."""
+    launcher's children: torchrun's workers, or accelerate's one process). A second Ctrl-C kills the workers at
+    once: one of them stopping alone would leave the others failing in a collective, each with a traceback."""
 
     def __init__(self):
         self.pid, self.pgrp = os.getpid(), os.getpgrp()
+        self.interrupts = 0
+        self.stopped_at_once = False  # a second Ctrl-C killed training processes
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, self._forward)
@@ -52,13 +55,20 @@ class Forwarder:
             signal.signal(signal.SIGUSR1, self._forward)
 
     def _forward(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
         for pid in children(self.pid):
             try:
                 # A terminal's Ctrl-C already reached the children in the launcher's process group (accelerate's one
-                # process); torchrun's workers run in sessions of their own. SIGTERM and USR1 are idempotent there.
+                # process, which stops itself on a second); torchrun's workers run in sessions of their own.
+                # SIGTERM and USR1 are idempotent there.
                 if signum == signal.SIGINT and os.getpgid(pid) == self.pgrp:
                     continue
-                os.kill(pid, signum)
+                if signum == signal.SIGINT and self.interrupts > 1:
+                    os.kill(pid, signal.SIGKILL)
+                    self.stopped_at_once = True
+                else:
+                    os.kill(pid, signum)
             except ProcessLookupError:
                 continue
 
@@ -114,7 +124,8 @@ def main(argv=None) -> int:
         except BaseException as e:  # the launcher's own problem (a bad option, a port in use): raised below
             outcome["error"] = e
 
-    Forwarder().install()
+    forwarder = Forwarder()
+    forwarder.install()
     thread = threading.Thread(target=launch, name="accelerate-launch")
     thread.start()
     while thread.is_alive():
@@ -122,6 +133,9 @@ def main(argv=None) -> int:
     if "error" in outcome:
         raise outcome["error"]
     failures = outcome["failures"]
+    if forwarder.stopped_at_once:
+        print(f"\n{AT_ONCE}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     if not failures:
         return 0
     unexplained = {rank: code for rank, code in failures.items() if code not in EXPLAINED}

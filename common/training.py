@@ -20,12 +20,15 @@ from tqdm.auto import tqdm
 
 from common import (Preempted, UserError, checkpoints, diagnostics, distributed, evaluation, files, outputs, runlock,
                     schedules)
-from common.cli import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from common.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED
 from common.config import DEFAULT_EVAL_EVERY, environment, save_config
 from common.data import micro_batch_size
 from common.tracking import Tracker, scalars, tracker_name
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+# SIGINTs closer than this are one Ctrl-C reaching a process twice (`pkill -INT` of every process, and the launcher
+# passing it on); a second Ctrl-C of a person's comes later.
+SAME_CTRL_C_S = 1.0
 # fp16: the GradScaler skips a step whose gradients overflow and halves its scale. A few skips at the start are
 # normal; this many in a row (scale divided by 2^50) means the run diverged and would skip every step forever.
 MAX_CONSECUTIVE_AMP_SKIPS = 50
@@ -125,6 +128,7 @@ class StopSignals:
     def __init__(self):
         self.received = 0
         self.interrupts = 0
+        self._interrupted_at = -math.inf
         self._pid = os.getpid()
 
     @classmethod
@@ -142,10 +146,13 @@ class StopSignals:
         if os.getpid() != self._pid:  # a forked decode worker (it inherits the handler): its parent stops it
             return
         if signum == signal.SIGINT:
+            now = time.monotonic()
+            if now - self._interrupted_at < SAME_CTRL_C_S:  # one Ctrl-C delivered twice (pkill, and a launcher)
+                return
+            self._interrupted_at = now
             self.interrupts += 1
             if self.interrupts > 1:
-                _say_once(f"second Ctrl-C: stopped at once, without a checkpoint; the same command resumes from the "
-                          f"last one (exit code {EXIT_INTERRUPTED})")
+                _say_once(AT_ONCE)
                 os._exit(EXIT_INTERRUPTED)  # at once: no cleanup that could wait on another process
             _say_once("Ctrl-C: stopping at the next step the processes agree on, with a checkpoint (Ctrl-C again "
                       "stops at once, without one)")
@@ -178,7 +185,10 @@ def _say_once(message: str) -> None:
     """A line from a signal handler, on the main process only: one write (no lock a handler could deadlock on), on a
     line of its own (the progress bar may be mid-line)."""
     if os.environ.get("RANK", "0") == "0":
-        os.write(sys.stderr.fileno(), f"\n{message}\n".encode())
+        try:
+            os.write(2, f"\n{message}\n".encode())  # fd 2: sys.stderr may be a wrapper without one (pytest)
+        except OSError:
+            pass
 
 
 def launched() -> bool:

@@ -26,13 +26,13 @@ class Held:
     """A training started in a session of its own (as a terminal's foreground job) that waits at `point`
     (SSL_SCRIPTS_HOLD) until go(); its output in OUT.log."""
 
-    def __init__(self, command, out, point="step@2"):
+    def __init__(self, command, out, point="step@2", env=None):
         self.out, self.marker = str(out), f"{out}.hold"
         self.log = open(f"{out}.log", "w")
         self.process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=self.log,
                                         stderr=subprocess.STDOUT,
                                         env={**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
-                                             "SSL_SCRIPTS_HOLD": f"{point}:{self.marker}"})
+                                             "SSL_SCRIPTS_HOLD": f"{point}:{self.marker}", **(env or {})})
         self.wait_for(lambda: os.path.exists(self.marker + ".held"))
 
     def text(self) -> str:
@@ -95,16 +95,34 @@ def test_ctrl_c_checkpoints_exits_3_and_the_same_command_resumes(tmp_path, proce
     assert f"resumed from {out / 'checkpoints' / f'step_{step:08d}'}" in text, text[-3000:]
 
 
-def test_a_second_ctrl_c_stops_at_once_saying_so(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_second_ctrl_c_stops_at_once_saying_so(tmp_path, processes):
+    # One process stops itself. Under launch.py only rank 0 is held, so rank 1 waits for it in the next step's
+    # all-reduce, where no signal handler runs: rank 0 stopping alone would leave it failing there, with a
+    # traceback. The launcher kills both instead.
     out = tmp_path / "run"
-    held = Held(launch_command(os.path.join(REPO, "train_rotation.py"), *TRAIN, "--output-dir", str(out)), out)
+    script = [os.path.join(REPO, "train_rotation.py"), *TRAIN, "--output-dir", str(out)]
+    held = Held([sys.executable, *script] if processes == 1 else launch_command(*script), out,
+                env={"SSL_SCRIPTS_HOLD_RANK": "0"})
     held.ctrl_c()
     held.wait_for(lambda: "Ctrl-C: stopping" in held.text())
-    time.sleep(1)  # each process to take the first one (two signals at once would arrive as one)
+    time.sleep(1.5)  # a person's second Ctrl-C: not at the same moment (two signals at once arrive as one)
     held.ctrl_c()  # still held: only the second Ctrl-C can end it
     assert held.end() == 130, held.text()[-3000:]
     assert last_line(held.text()).startswith("second Ctrl-C: stopped at once, without a checkpoint"), held.text()
     assert "Traceback" not in held.text() and not (out / "checkpoints").exists()
+
+
+def test_one_ctrl_c_delivered_twice_at_once_is_one(tmp_path):
+    # `pkill -INT -f train_rotation` reaches the launcher and every training process, which the launcher then
+    # passes it on to: one Ctrl-C, arriving twice, must not stop the run at once
+    out = tmp_path / "run"
+    held = Held(launch_command(os.path.join(REPO, "train_rotation.py"), *TRAIN, "--output-dir", str(out)), out)
+    subprocess.run(["pkill", "-INT", "-f", str(out)], check=True)
+    held.wait_for(lambda: "Ctrl-C: stopping" in held.text())
+    held.go()
+    assert held.end() == 3, held.text()[-3000:]
+    assert_stopped_cleanly(held.text())
 
 
 @pytest.mark.parametrize("launch", ["launch.py", "accelerate launch --cpu"])

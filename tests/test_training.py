@@ -452,3 +452,19 @@ def test_default_evaluations_wait_for_as_many_trained_images_as_one_encodes(tmp_
     run.state.step = 240
     assert run.evaluation_due(29, images_evaluated=1000) == given  # 640 since the last
     exited(tmp_path)
+
+
+def test_one_ctrl_c_arriving_twice_at_once_is_noted_once():
+    import signal
+
+    from common.training import StopSignals
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        stop_signals = StopSignals.install()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # within SAME_CTRL_C_S: a second one would exit this process at once
+        assert stop_signals.interrupts == 1 and stop_signals.received == signal.SIGINT
+        assert stop_signals.name() == "Ctrl-C (SIGINT)"
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
