@@ -327,6 +327,25 @@ def test_dry_run_of_a_two_node_gpu_job(cluster, tmp_path, task, gpu_options, gpu
     assert not (tmp_path / "out").exists()
 
 
+def test_the_account_and_partition_placeholders_once_filled_in_are_the_jobs(cluster, tmp_path):
+    """The template's ##SBATCH placeholders as a user fills them in (one # deleted, the values set), in a copy
+    submitted under the task's name (REPO_DIR says where the repository is): the job runs there, as that account."""
+    template = open(os.path.join(REPO, "slurm", "train.sh")).read()
+    for placeholder in ("##SBATCH --account=YOUR_ACCOUNT", "##SBATCH --partition=YOUR_GPU_PARTITION"):
+        assert placeholder in template
+    filled = template.replace("##SBATCH --account=YOUR_ACCOUNT", "#SBATCH --account=vision-lab").replace(
+        "##SBATCH --partition=YOUR_GPU_PARTITION", "#SBATCH --partition=fakegpu")
+    (tmp_path / "rotation.sh").write_text(filled)
+    log = tmp_path / "slurm.out"
+    result = sbatch(f"--output={log}", tmp_path / "rotation.sh", "--output-dir", tmp_path / "out",
+                    env={"DRY_RUN": "1", "REPO_DIR": REPO})
+    text = log.read_text(errors="replace") if log.exists() else "no log"
+    assert result.returncode == 0, result.stderr + text
+    job = job_fields(result.stdout.strip().split(";")[0])
+    assert (job["Partition"], job["Account"]) == ("fakegpu", "vision-lab"), job
+    assert "dry run (DRY_RUN=1), not started" in text and "train_rotation.py" in text, text
+
+
 @pytest.mark.parametrize("template, task", [("rotation", "train_rotation.py"), ("siamese", "train_siamese.py")])
 def test_a_template_run_outside_a_job_says_to_submit_it(template, task):
     """`bash slurm/rotation.sh ...` on a login node or a laptop: one line saying how to submit it (or run the
