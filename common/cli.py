@@ -7,7 +7,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from common import Preempted, UserError
+from common import Preempted, UserError, processes  # noqa: F401  (processes: reads the launcher's pid first)
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -17,6 +17,16 @@ AT_ONCE = (f"second Ctrl-C: stopped at once, without a checkpoint; the same comm
 
 
 def run(main) -> None:
+    try:
+        _run(main)
+    finally:
+        # Ending now: a late stop signal (torchrun stops the other processes with SIGTERM once one has exited) must
+        # not turn the exit status into death by that signal once Python's shutdown has reset the handlers.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _run(main) -> None:
     try:
         main()
     except UserError as e:
@@ -33,10 +43,6 @@ def end_with_user_error(message: str, agreed: bool = False) -> None:
 
 
 def _end_with(message: str, status: int, stream, every_process: bool) -> None:
-    # Ending now: a late stop signal (torchrun stops the other processes with SIGTERM as soon as one has exited) must
-    # not turn this status into death by that signal once Python's shutdown has reset the handlers.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()  # ends the progress bar's line, so the message starts a line of its own
     main_process = os.environ.get("RANK", "0") == "0"

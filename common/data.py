@@ -15,6 +15,7 @@ import glob
 import hashlib
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common import UserError, distributed, files, placement
+from common import UserError, distributed, files, placement, processes
 from common.decode import DECODER, IMAGE_EXTENSIONS, _decode_or_none, decode_workers
 
 # The names of the caches of decoded images in --cache-dir (imagefolder_cache, load_stl10).
@@ -411,7 +412,7 @@ def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, s
     total = sum(len(labelled[s]) for s in ("train", "test"))
     print(f"decoding {total} images of {data_dir}", flush=True)
     workers = decode_workers()  # the node's other processes wait meanwhile: all of this one's CPUs decode
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool, \
+    with fork_pool(workers) as pool, \
             tqdm(total=total, desc="decode", unit="img", mininterval=1 if sys.stderr.isatty() else 30) as bar:
         for split in ("train", "test"):
             jobs = labelled[split]
@@ -437,6 +438,13 @@ def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, s
             tensors[f"{split}_images"] = images if kept == len(jobs) else images[:kept].clone()
             tensors[f"{split}_labels"] = labels if kept == len(jobs) else labels[:kept].clone()
     return ImageData(**tensors, classes=classes, skipped_images=skipped)
+
+
+def fork_pool(workers: int) -> ProcessPoolExecutor:
+    """Decode workers forked from this process, killed by the kernel when it exits: a training stopped at once
+    (a second Ctrl-C, a kill) leaves none behind, holding memory or a GPU's handles."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=processes.die_with_parent,
+                               initargs=(signal.SIGKILL, os.getpid()))
 
 
 class StreamedImages:
@@ -491,7 +499,7 @@ class StreamedImages:
         after the process's own setup and before the reader thread exists (a fork of a threaded process can
         deadlock the child)."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("fork"))
+            self._pool = fork_pool(self.workers)
             self._pool.submit(int)  # a fork pool forks all its workers at its first job, on the thread that gives it
 
     def _decode_into(self, indices: list, out: torch.Tensor):

@@ -1,6 +1,6 @@
 """launch.py: `accelerate launch` (its own options, parsed by Accelerate), with what a terminal and a scheduler need
-of it: Ctrl-C and SIGTERM reach every training process exactly once, the launcher never exits before them, and the
-last line is the training's own (a stop, an error) or one line of the launcher's, never torchrun's report or a
+of it: Ctrl-C and SIGTERM reach every training process, the launcher never exits before them, and the last line is
+the training's own (a stop, an error) or one line of the launcher's, never torchrun's report or a
 CalledProcessError traceback. Its exit status is the training's: 0, 2 (a user error), 3 (stopped with a checkpoint:
 the same command resumes), 130 (stopped at once by a second Ctrl-C).
 
@@ -13,68 +13,63 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from common.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
+from common.processes import catches, children, signal_name
 
 # The training processes' own ends: each has already said why, in a line of its own.
 EXPLAINED = (EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_INTERRUPTED)
-
-
-def children(pid: int) -> list:
-    """The processes whose parent is pid (Linux's /proc; elsewhere pgrep)."""
-    if os.path.isdir("/proc"):
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as stat:
-                        if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
-                            found.append(int(entry))
-                except (OSError, IndexError, ValueError):
-                    continue  # it exited meanwhile
-        return found
-    listed = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in listed.split()]
+# What torchrun does to the other processes once one has ended (SIGTERM, SIGKILL 30 s later): not a failure of theirs
+COLLATERAL = (-signal.SIGTERM, -signal.SIGKILL)
+SAME_CTRL_C_S = 1.0  # as the training's (common/training.py): closer SIGINTs are one Ctrl-C delivered twice
 
 
 class Forwarder:
     """Signal handlers of the launcher's main thread that pass each signal on to the training processes (the
-    launcher's children: torchrun's workers, or accelerate's one process). A second Ctrl-C kills the workers at
-    once: one of them stopping alone would leave the others failing in a collective, each with a traceback."""
+    launcher's children: torchrun's workers, or accelerate's one process). A second Ctrl-C kills torchrun's workers
+    at once: one of them stopping alone would leave the others failing in a collective, each with a traceback."""
 
     def __init__(self):
         self.pid, self.pgrp = os.getpid(), os.getpgrp()
         self.interrupts = 0
         self.stopped_at_once = False  # a second Ctrl-C killed training processes
+        self._interrupted_at = -float("inf")
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._forward)
-        signal.signal(signal.SIGTERM, self._forward)
-        # Under slurm/node.sh the launcher inherits "ignore USR1" (its forwarder reaches the training processes)
-        if signal.getsignal(signal.SIGUSR1) != signal.SIG_IGN:
-            signal.signal(signal.SIGUSR1, self._forward)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            # Inherited "ignore" stays: USR1 under slurm/node.sh (its forwarder reaches the training processes),
+            # SIGINT for a script's `cmd &` (a Ctrl-C meant for the script's foreground job)
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                signal.signal(sig, self._forward)
 
     def _forward(self, signum, frame) -> None:
         if signum == signal.SIGINT:
+            now = time.monotonic()
+            if now - self._interrupted_at < SAME_CTRL_C_S:
+                return
+            self._interrupted_at = now
             self.interrupts += 1
-        for pid in children(self.pid):
+        targets = children(self.pid)
+        if not targets:  # still starting (imports, the rendezvous): nothing to stop but the launcher
+            os.write(2, f"\nlaunch: stopped on {signal_name(signum)}: no training process was running\n".encode())
+            os._exit(128 + signum)
+        for pid in targets:
             try:
-                # A terminal's Ctrl-C already reached the children in the launcher's process group (accelerate's one
-                # process, which stops itself on a second); torchrun's workers run in sessions of their own.
-                # SIGTERM and USR1 are idempotent there.
-                if signum == signal.SIGINT and os.getpgid(pid) == self.pgrp:
-                    continue
-                if signum == signal.SIGINT and self.interrupts > 1:
-                    os.kill(pid, signal.SIGKILL)
+                if signum == signal.SIGINT and self.interrupts > 1 and os.getpgid(pid) != self.pgrp:
+                    os.kill(pid, signal.SIGKILL)  # torchrun's workers, in sessions of their own
                     self.stopped_at_once = True
-                else:
+                elif signum != signal.SIGUSR1 or catches(pid, signum):  # USR1 kills a process still importing
+                    # A terminal's Ctrl-C reaches accelerate's one process too (the launcher's process group):
+                    # the two copies arrive together, and it counts them as one.
                     os.kill(pid, signum)
             except ProcessLookupError:
                 continue
 
 
 def exit_status(codes: list) -> int:
-    """One status for the processes' exit codes (negative: killed by that signal)."""
+    """One status for the processes' exit codes (negative: killed by that signal): an unexplained failure's, else
+    the most telling of the processes' own (2, then 130, then 3)."""
     worst = next((c for c in codes if c not in (0,) + EXPLAINED), None)
     if worst is None:
         worst = max(codes, key=lambda c: (c == EXIT_USER_ERROR, c == EXIT_INTERRUPTED, c == EXIT_PREEMPTED, c))
@@ -85,33 +80,47 @@ def describe(failures: dict) -> str:
     """One line for processes that ended without saying why (a traceback, a kill); failures: {rank: exit code}."""
     parts = []
     for rank, code in sorted(failures.items()):
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        how = f"was killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
         parts.append(f"process {rank} {how}")
     advice = " (out of memory? see dmesg)" if any(c == -signal.SIGKILL for c in failures.values()) else \
         " (its error is above)"
     return f"launch: {', '.join(parts)}{advice}"
 
 
+def unexplained(failures: dict) -> dict:
+    """The failures no process explained; a kill by torchrun after another process's own end is not one."""
+    own_end = any(code in EXPLAINED for code in failures.values())
+    return {rank: code for rank, code in failures.items()
+            if code not in EXPLAINED and not (own_end and code in COLLATERAL)}
+
+
 def run_accelerate(args) -> dict:
     """accelerate launch's launch_command(args): {rank: exit code} of the processes that failed ({} when all
     succeeded)."""
-    from accelerate.commands.launch import launch_command
+    from accelerate.commands import launch as accelerate_launch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     try:
-        launch_command(args)
+        accelerate_launch.launch_command(args)
     except ChildFailedError as e:  # torchrun: the processes that failed
         return {rank: failure.exitcode for rank, failure in e.failures.items()}
     except subprocess.CalledProcessError as e:  # accelerate's one process
         return {0: e.returncode}
-    except SystemExit as e:  # accelerate's --quiet one process
-        return {0: e.code} if e.code else {}
     return {}
 
 
 def main(argv=None) -> int:
+    forwarder = Forwarder()
+    forwarder.install()  # first: a Ctrl-C while torch loads stops the launcher in one line
     import torch.distributed.run  # noqa: F401  (creates torchrun's loggers, quieted below)
-    from accelerate.commands.launch import launch_command_parser
-    args = launch_command_parser().parse_args(argv)
+    from accelerate.commands import launch as accelerate_launch
+    args = accelerate_launch.launch_command_parser().parse_args(argv)
+    if getattr(args, "max_restarts", 0):
+        print("error: launch.py: --max_restarts would start a run stopped with a checkpoint again at once; leave it "
+              "out (the same command resumes)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    args.quiet = False  # --quiet makes accelerate's one-process launcher exit 1 whatever the training's status
+    # --debug with rich installed prints torchrun's failure and swallows it (exit 0): the status is the training's
+    accelerate_launch.is_rich_available = lambda: False
     # torchrun's agent logs each failure and the workers it stops; the launcher says it once, below
     for name in list(logging.Logger.manager.loggerDict):
         if name.startswith("torch.distributed.elastic"):
@@ -124,8 +133,6 @@ def main(argv=None) -> int:
         except BaseException as e:  # the launcher's own problem (a bad option, a port in use): raised below
             outcome["error"] = e
 
-    forwarder = Forwarder()
-    forwarder.install()
     thread = threading.Thread(target=launch, name="accelerate-launch")
     thread.start()
     while thread.is_alive():
@@ -138,7 +145,7 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     if not failures:
         return 0
-    unexplained = {rank: code for rank, code in failures.items() if code not in EXPLAINED}
-    if unexplained:
-        print(describe(unexplained), file=sys.stderr, flush=True)
+    if unexplained(failures):
+        print(describe(unexplained(failures)), file=sys.stderr, flush=True)
+        return exit_status(list(unexplained(failures).values()))
     return exit_status(list(failures.values()))

@@ -14,6 +14,13 @@ def train(task_class, argv=None) -> dict:
     """Trains `task_class` (a tasks.task.Task subclass) with the options in argv (default: the command line);
     returns results.json's values."""
     stop_signals = training.StopSignals.install()  # first: a preemption notice while the data loads is kept
+    try:
+        return _train(task_class, argv, stop_signals)
+    finally:
+        stop_signals.restore_ctrl_c()
+
+
+def _train(task_class, argv, stop_signals) -> dict:
     args = config.parse_options(task_class, argv)
     accelerator = training.build_accelerator(args)
     training.claim_output_dir(accelerator, args)  # one training per folder, writable and shared by every process

@@ -18,8 +18,8 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from common import (Preempted, UserError, checkpoints, diagnostics, distributed, evaluation, files, outputs, runlock,
-                    schedules)
+from common import (Preempted, UserError, checkpoints, diagnostics, distributed, evaluation, files, outputs, processes,
+                    runlock, schedules)
 from common.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED
 from common.config import DEFAULT_EVAL_EVERY, environment, save_config
 from common.data import micro_batch_size
@@ -130,17 +130,26 @@ class StopSignals:
         self.interrupts = 0
         self._interrupted_at = -math.inf
         self._pid = os.getpid()
+        self._previous_sigint = signal.default_int_handler
 
     @classmethod
     def install(cls) -> "StopSignals":
         """Handlers for STOP_SIGNALS that note the signal; the same command resumes after the stop. Under a launcher,
         the launcher's death is a SIGTERM too (Linux): a training process is never left running on its own."""
         stop_signals = cls()
+        stop_signals._previous_sigint = signal.getsignal(signal.SIGINT)
         for sig in STOP_SIGNALS:
-            signal.signal(sig, stop_signals._note)
-        if launched():
-            stop_when_parent_dies(signal.SIGTERM)
+            # A script's `cmd &` is started with SIGINT ignored: a Ctrl-C meant for the foreground is not for it
+            if not (sig == signal.SIGINT and stop_signals._previous_sigint == signal.SIG_IGN):
+                signal.signal(sig, stop_signals._note)
+        if processes.launched():
+            processes.die_with_parent(signal.SIGTERM)
         return stop_signals
+
+    def restore_ctrl_c(self) -> None:
+        """Ctrl-C as it was before install (KeyboardInterrupt, say), for a caller in the same process (a notebook,
+        the tests) once the training has returned."""
+        signal.signal(signal.SIGINT, self._previous_sigint)
 
     def _note(self, signum, frame) -> None:
         if os.getpid() != self._pid:  # a forked decode worker (it inherits the handler): its parent stops it
@@ -189,25 +198,6 @@ def _say_once(message: str) -> None:
             os.write(2, f"\n{message}\n".encode())  # fd 2: sys.stderr may be a wrapper without one (pytest)
         except OSError:
             pass
-
-
-def launched() -> bool:
-    """Started by accelerate launch / torchrun (or launch.py), not by a shell."""
-    return "LOCAL_RANK" in os.environ or "ACCELERATE_DYNAMO_BACKEND" in os.environ  # torchrun's; accelerate's
-
-
-def stop_when_parent_dies(signum) -> None:
-    """Linux's PR_SET_PDEATHSIG: the kernel sends signum when the parent (the launcher) exits, so a launcher that is
-    killed does not leave the training running, holding the output dir's lock. Elsewhere nothing is done."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signum))  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the launcher died before the call: nobody will send it
-        os.kill(os.getpid(), signum)
 
 
 class TrainMetrics:
@@ -480,7 +470,12 @@ class Run:
     def _stop_now(self, during: str = None) -> None:
         self._save_checkpoint()
         self.progress.close()
-        self.accelerator.end_training()
+        # accelerator.end_training(), with every process waiting for the main one's tracker to finish: torchrun stops
+        # the others (SIGTERM, SIGKILL 30 s later) once one has exited, which would cut it short
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.wait_for_everyone()
+        self.accelerator.state.destroy_process_group()
         where = f" during {during}" if during else ""
         raise Preempted(f"stopping on {self.stop_signals.name()} at step {self.state.step}{where}: checkpoint "
                         f"saved; the same command resumes from it (exit code {EXIT_PREEMPTED})")

@@ -105,8 +105,12 @@ def test_every_option_of_every_command_shows_its_default_once(command, capsys):
 
 @pytest.mark.parametrize("command", ["train_rotation.py", "train_siamese.py", "evaluate.py"])
 def test_a_bad_choice_is_one_line_naming_the_option(command, capsys):
+    import signal
+    before = [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)]
     with pytest.raises(SystemExit) as stop:
         _command_parses(command)(["--dataset", "cifar01"])
     assert stop.value.code == 2
+    # parsed in this process: its signals are as they were (ignoring SIGTERM here would pass on to every child)
+    assert [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)] == before
     err = capsys.readouterr().err
     assert len(err.splitlines()) <= 2 and "--dataset" in err and "invalid choice: 'cifar01'" in err, err

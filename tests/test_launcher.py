@@ -22,6 +22,13 @@ def launch_command(*args, num_processes=2):
             "--num_cpu_threads_per_process", "1", *args]
 
 
+def as_a_terminal_starts_it() -> None:
+    """Signals as a shell's foreground job has them, whatever this test process inherited (a CI runner started in
+    the background ignores SIGINT, and a shell passes "ignore" on)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class Held:
     """A training started in a session of its own (as a terminal's foreground job) that waits at `point`
     (SSL_SCRIPTS_HOLD) until go(); its output in OUT.log."""
@@ -30,7 +37,7 @@ class Held:
         self.out, self.marker = str(out), f"{out}.hold"
         self.log = open(f"{out}.log", "w")
         self.process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=self.log,
-                                        stderr=subprocess.STDOUT,
+                                        stderr=subprocess.STDOUT, preexec_fn=as_a_terminal_starts_it,
                                         env={**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
                                              "SSL_SCRIPTS_HOLD": f"{point}:{self.marker}", **(env or {})})
         self.wait_for(lambda: os.path.exists(self.marker + ".held"))
@@ -144,6 +151,19 @@ def test_sigterm_to_the_launcher_leaves_no_training_process_and_no_lock(tmp_path
     runlock.release(runlock.acquire(str(out)))  # free: no process holds OUTPUT_DIR any longer
 
 
+def test_ctrl_c_before_the_training_started_stops_the_launcher_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(launch_command(os.path.join(REPO, "train_rotation.py"), *TRAIN, "--output-dir",
+                                              str(out)), cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, preexec_fn=as_a_terminal_starts_it)
+    time.sleep(0.5)  # the launcher imports torch meanwhile: no training process exists yet
+    os.killpg(process.pid, signal.SIGINT)
+    text = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, text
+    assert last_line(text) == "launch: stopped on SIGINT: no training process was running", text
+    assert "Traceback" not in text and not out.exists()
+
+
 def test_exit_status_and_the_one_line_for_unexplained_ends():
     assert launcher.exit_status([3, 3]) == 3 and launcher.exit_status([3]) == 3
     assert launcher.exit_status([2, 3]) == 2  # a user error said on one process outranks the stop
@@ -151,3 +171,7 @@ def test_exit_status_and_the_one_line_for_unexplained_ends():
     assert launcher.describe({1: -signal.SIGKILL}) == \
         "launch: process 1 was killed by SIGKILL (out of memory? see dmesg)"
     assert launcher.describe({0: 1}) == "launch: process 0 exited with code 1 (its error is above)"
+    assert launcher.describe({0: -40}) == "launch: process 0 was killed by signal 40 (its error is above)"
+    # torchrun stops the others once one has ended: their SIGTERM / SIGKILL is not a failure of theirs
+    assert launcher.unexplained({0: 3, 1: -signal.SIGTERM}) == {} and launcher.unexplained({0: 3, 1: 1}) == {1: 1}
+    assert launcher.unexplained({0: -signal.SIGKILL}) == {0: -signal.SIGKILL}
