@@ -16,13 +16,12 @@ import threading
 import time
 
 from common.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
-from common.processes import catches, children, signal_name
+from common.processes import SAME_CTRL_C_S, catches, children, signal_name
 
 # The training processes' own ends: each has already said why, in a line of its own.
 EXPLAINED = (EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_INTERRUPTED)
 # What torchrun does to the other processes once one has ended (SIGTERM, SIGKILL 30 s later): not a failure of theirs
 COLLATERAL = (-signal.SIGTERM, -signal.SIGKILL)
-SAME_CTRL_C_S = 1.0  # as the training's (common/training.py): closer SIGINTs are one Ctrl-C delivered twice
 
 
 class Forwarder:

@@ -8,6 +8,9 @@ import sys
 # Read when the entry point starts (common/cli.py imports this first): a launcher that dies later is noticed even
 # where it was PID 1 (a container's command) or where an orphan goes to a subreaper rather than to PID 1.
 PARENT_AT_START = os.getppid()
+# SIGINTs closer than this are one Ctrl-C reaching a process twice (`pkill -INT` of every process, and a launcher
+# passing it on); a second Ctrl-C of a person's comes later.
+SAME_CTRL_C_S = 1.0
 
 
 def launched() -> bool:

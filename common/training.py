@@ -26,9 +26,6 @@ from common.data import micro_batch_size
 from common.tracking import Tracker, scalars, tracker_name
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-# SIGINTs closer than this are one Ctrl-C reaching a process twice (`pkill -INT` of every process, and the launcher
-# passing it on); a second Ctrl-C of a person's comes later.
-SAME_CTRL_C_S = 1.0
 # fp16: the GradScaler skips a step whose gradients overflow and halves its scale. A few skips at the start are
 # normal; this many in a row (scale divided by 2^50) means the run diverged and would skip every step forever.
 MAX_CONSECUTIVE_AMP_SKIPS = 50
@@ -156,7 +153,7 @@ class StopSignals:
             return
         if signum == signal.SIGINT:
             now = time.monotonic()
-            if now - self._interrupted_at < SAME_CTRL_C_S:  # one Ctrl-C delivered twice (pkill, and a launcher)
+            if now - self._interrupted_at < processes.SAME_CTRL_C_S:  # one Ctrl-C delivered twice
                 return
             self._interrupted_at = now
             self.interrupts += 1
