@@ -13,10 +13,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 from common.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
-from common.processes import SAME_CTRL_C_S, catches, children, signal_name
+from common.processes import CtrlC, catches, children, signal_name
 
 # The training processes' own ends: each has already said why, in a line of its own.
 EXPLAINED = (EXIT_USER_ERROR, EXIT_PREEMPTED, EXIT_INTERRUPTED)
@@ -31,9 +30,8 @@ class Forwarder:
 
     def __init__(self):
         self.pid, self.pgrp = os.getpid(), os.getpgrp()
-        self.interrupts = 0
+        self.ctrl_c = CtrlC()
         self.stopped_at_once = False  # a second Ctrl-C killed training processes
-        self._interrupted_at = -float("inf")
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
@@ -43,19 +41,15 @@ class Forwarder:
                 signal.signal(sig, self._forward)
 
     def _forward(self, signum, frame) -> None:
-        if signum == signal.SIGINT:
-            now = time.monotonic()
-            if now - self._interrupted_at < SAME_CTRL_C_S:
-                return
-            self._interrupted_at = now
-            self.interrupts += 1
+        if signum == signal.SIGINT and not self.ctrl_c.pressed():
+            return
         targets = children(self.pid)
         if not targets:  # still starting (imports, the rendezvous): nothing to stop but the launcher
             os.write(2, f"\nlaunch: stopped on {signal_name(signum)}: no training process was running\n".encode())
             os._exit(128 + signum)
         for pid in targets:
             try:
-                if signum == signal.SIGINT and self.interrupts > 1 and os.getpgid(pid) != self.pgrp:
+                if signum == signal.SIGINT and self.ctrl_c.count > 1 and os.getpgid(pid) != self.pgrp:
                     os.kill(pid, signal.SIGKILL)  # torchrun's workers, in sessions of their own
                     self.stopped_at_once = True
                 elif signum != signal.SIGUSR1 or catches(pid, signum):  # USR1 kills a process still importing
@@ -144,7 +138,7 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     if not failures:
         return 0
-    if unexplained(failures):
-        print(describe(unexplained(failures)), file=sys.stderr, flush=True)
-        return exit_status(list(unexplained(failures).values()))
-    return exit_status(list(failures.values()))
+    lost = unexplained(failures)
+    if lost:
+        print(describe(lost), file=sys.stderr, flush=True)
+    return exit_status(list((lost or failures).values()))

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 # Read when the entry point starts (common/cli.py imports this first): a launcher that dies later is noticed even
 # where it was PID 1 (a container's command) or where an orphan goes to a subreaper rather than to PID 1.
@@ -11,6 +12,22 @@ PARENT_AT_START = os.getppid()
 # SIGINTs closer than this are one Ctrl-C reaching a process twice (`pkill -INT` of every process, and a launcher
 # passing it on); a second Ctrl-C of a person's comes later.
 SAME_CTRL_C_S = 1.0
+
+
+class CtrlC:
+    """A person's Ctrl-Cs, counted from the SIGINTs a process gets: those closer than SAME_CTRL_C_S are one."""
+
+    def __init__(self):
+        self.count = 0
+        self._at = -float("inf")
+
+    def pressed(self) -> bool:
+        """Call on each SIGINT: whether it is a new Ctrl-C (False: the same one delivered again)."""
+        now = time.monotonic()
+        if now - self._at < SAME_CTRL_C_S:
+            return False
+        self._at, self.count = now, self.count + 1
+        return True
 
 
 def launched() -> bool:

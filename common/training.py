@@ -124,8 +124,7 @@ class StopSignals:
 
     def __init__(self):
         self.received = 0
-        self.interrupts = 0
-        self._interrupted_at = -math.inf
+        self.ctrl_c = processes.CtrlC()
         self._pid = os.getpid()
         self._previous_sigint = signal.default_int_handler
 
@@ -152,12 +151,9 @@ class StopSignals:
         if os.getpid() != self._pid:  # a forked decode worker (it inherits the handler): its parent stops it
             return
         if signum == signal.SIGINT:
-            now = time.monotonic()
-            if now - self._interrupted_at < processes.SAME_CTRL_C_S:  # one Ctrl-C delivered twice
+            if not self.ctrl_c.pressed():  # one Ctrl-C delivered twice (pkill, and a launcher)
                 return
-            self._interrupted_at = now
-            self.interrupts += 1
-            if self.interrupts > 1:
+            if self.ctrl_c.count > 1:
                 _say_once(AT_ONCE)
                 os._exit(EXIT_INTERRUPTED)  # at once: no cleanup that could wait on another process
             _say_once("Ctrl-C: stopping at the next step the processes agree on, with a checkpoint (Ctrl-C again "

@@ -463,7 +463,7 @@ def test_one_ctrl_c_arriving_twice_at_once_is_noted_once():
         stop_signals = StopSignals.install()
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # within SAME_CTRL_C_S: a second one would exit this process at once
-        assert stop_signals.interrupts == 1 and stop_signals.received == signal.SIGINT
+        assert stop_signals.ctrl_c.count == 1 and stop_signals.received == signal.SIGINT
         assert stop_signals.name() == "Ctrl-C (SIGINT)"
     finally:
         for sig, handler in previous.items():
