@@ -1,17 +1,8 @@
-"""Self-supervised rotation prediction (RotNet, Gidaris et al. 2018): the task is tasks/rotation.py, the loop
-common/loop.py.
+"""Self-supervised rotation prediction (RotNet): ssl_scripts/commands/train_rotation.py (installed: ssl-train-rotation).
 
-    accelerate launch --config_file accelerate_configs/cpu.yaml train_rotation.py --dataset synthetic \
-        --model simple_cnn --max-steps 100
+    python train_rotation.py --dataset synthetic --model simple_cnn --max-steps 100
 """
-from common import cli
-
-
-def main():
-    from common import loop  # imported under cli.run: a Ctrl-C while torch loads is one line too
-    from tasks import TASKS
-    loop.train(TASKS["rotation"])
-
+from ssl_scripts.commands.train_rotation import run
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

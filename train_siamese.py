@@ -1,17 +1,8 @@
-"""A Siamese network trained on image pairs (contrastive loss, or SimCLR's NT-Xent): the task is tasks/siamese.py,
-the loop common/loop.py.
+"""A Siamese network on image pairs: ssl_scripts/commands/train_siamese.py (installed: ssl-train-siamese).
 
-    accelerate launch --config_file accelerate_configs/cpu.yaml train_siamese.py --dataset synthetic \
-        --model simple_cnn --max-steps 100
+    python train_siamese.py --dataset synthetic --model simple_cnn --max-steps 100
 """
-from common import cli
-
-
-def main():
-    from common import loop  # imported under cli.run: a Ctrl-C while torch loads is one line too
-    from tasks import TASKS
-    loop.train(TASKS["siamese"])
-
+from ssl_scripts.commands.train_siamese import run
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

@@ -433,7 +433,7 @@ def train_and_eval(ctx: StepRun, script: str, precision: str, options=(), metric
     if rc:
         ctx.fail(f"the run {failed(rc)}")
     ctx.keep(run)
-    from tasks import TASKS  # the project's own (the check runs from the repository root)
+    from ssl_scripts.tasks import TASKS  # the project's own (the check runs from the repository root)
     r, lines = read_json(os.path.join(run, "results.json")), metrics_lines(run)
     task = TASKS[script].headline_metric
     problems, values = [], {}
@@ -505,7 +505,7 @@ def step_siamese_bf16(ctx):
 
 
 def step_ntxent(ctx):
-    """1e: NT-Xent's negatives are gathered from every process with their gradients (common/losses.py); its
+    """1e: NT-Xent's negatives are gathered from every process with their gradients (ssl_scripts/models/losses.py); its
     backward sends them back: NCCL's reduce-scatter with a GPU per process, gloo's all-to-all where the 2 processes
     share one GPU. eval/view_pair_auc: the augment pairs' own metric, at start and at the end."""
     backend = "nccl" if ctx.mode.device == "gpu" and ctx.mode.gpus >= 2 else "gloo"

@@ -38,10 +38,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (limit, project and tutorial alike) runs with the allocator keeping its memory. No effect on GPU memory.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 32),
               "MALLOC_TOP_PAD_": str(2 ** 29)}
-from common import config, data, distributed, files, models, training
-from common.losses import contrastive_loss
-from common.optimizers import make_optimizer
-from tasks import TASKS
+from ssl_scripts import config
+from ssl_scripts.training import run as training
+from ssl_scripts.data import datasets as data
+from ssl_scripts.models import encoders
+from ssl_scripts.outputs import files
+from ssl_scripts.runtime import distributed
+from ssl_scripts.models.losses import contrastive_loss
+from ssl_scripts.training.optimizers import make_optimizer
+from ssl_scripts.tasks import TASKS
 
 
 TUTORIAL_BATCH = 64  # the original tutorial's DataLoader batch: 64 images, one random rotation each
@@ -55,7 +60,7 @@ def parse_args():
                    choices=("rotation", "siamese", "rotation-tutorial-batch"),
                    help=f"rotation-tutorial-batch: the tutorial's own batch, {TUTORIAL_BATCH} images with one "
                         f"rotation each (--rotations-per-image 1), whatever --samples-per-step says")
-    p.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"], choices=tuple(models.MODELS))
+    p.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"], choices=tuple(encoders.MODELS))
     p.add_argument("--samples-per-step", type=int, default=None,
                    help="images through the network per step (default: 512 on a GPU, RotNet's 128 x 4; 256 on CPU)")
     p.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default: GPU 5, CPU 10)")
@@ -138,7 +143,7 @@ class TutorialSiameseCIFAR10(TutorialRotatedCIFAR10):
         return img1, img2, torch.tensor(int(label1 == label2), dtype=torch.float32)
 
 
-def as_the_tutorial_ran_it(model: models.EncoderWithHead) -> models.EncoderWithHead:
+def as_the_tutorial_ran_it(model: encoders.EncoderWithHead) -> encoders.EncoderWithHead:
     """The same network and parameters, computed as the tutorial computed it: NCHW, and simple_cnn in its
     SimpleCNN's order (conv, relu, max-pool; flatten, fc). The project's own ways of computing the same function
     (channels_last, max-pool before relu, the first fc as a convolution over the map) are not the tutorial's."""
@@ -157,9 +162,9 @@ def tutorial_setup(args, opts):
 
     accelerator = distributed.make_accelerator(opts)
     dataset = data.read_dataset(opts)
-    encoder = models.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
+    encoder = encoders.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
     rotation = opts.task == "rotation"
-    model = as_the_tutorial_ran_it(models.EncoderWithHead(encoder, TASKS[opts.task].head(opts, encoder)))
+    model = as_the_tutorial_ran_it(encoders.EncoderWithHead(encoder, TASKS[opts.task].head(opts, encoder)))
     optimizer = make_optimizer(opts, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     dev, n = accelerator.device, samples_per_step(args, args.script)

@@ -234,14 +234,14 @@ class HostWaits:
 
 def parse(argv, task="rotation"):
     """A task's options as its training command parses them (defaults filled, checked)."""
-    from common.config import parse_options
-    from tasks import TASKS
+    from ssl_scripts.config import parse_options
+    from ssl_scripts.tasks import TASKS
     return parse_options(TASKS[task], [str(a) for a in argv])
 
 
 def training_accelerator(args):
-    """The loop's Accelerator setup: built, OUTPUT_DIR claimed, the run seeded (common/loop.py's first lines)."""
-    from common import training
+    """The loop's Accelerator setup: built, OUTPUT_DIR claimed, the run seeded (ssl_scripts/training/loop.py's first lines)."""
+    from ssl_scripts.training import run as training
     accelerator = training.build_accelerator(args)
     training.claim_output_dir(accelerator, args)
     training.seed_run(args)
@@ -251,8 +251,9 @@ def training_accelerator(args):
 def prepared_run(args, accelerator, model, samples=64, project="test", accelerator_view=None):
     """What the scripts set up between their model and their loop, on `samples` indices: (Run, prepared model).
     accelerator_view: what the Run is handed instead of the Accelerator (e.g. one that reports a GPU)."""
-    from common import data, training
-    from common.optimizers import make_optimizer
+    from ssl_scripts.training import run as training
+    from ssl_scripts.data import datasets as data
+    from ssl_scripts.training.optimizers import make_optimizer
     loader = data.index_loader(accelerator, args, samples)
     optimizer = make_optimizer(args, model)
     scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
@@ -320,8 +321,8 @@ def write_unlabeled_images(root, count=40, nested=False):
 
 def exited(output_dir):
     """OUTPUT_DIR as this process leaves it when it exits: the run lock an in-process toy run took there (held until
-    the process exits, common/runlock.py) released and its file removed, as at exit."""
-    from common import runlock
+    the process exits, ssl_scripts/outputs/runlock.py) released and its file removed, as at exit."""
+    from ssl_scripts.outputs import runlock
     lock = os.path.abspath(os.path.join(str(output_dir), runlock.LOCK_NAME))
     for fd, path in list(runlock._held.items()):
         if os.path.abspath(path) == lock:
@@ -347,9 +348,10 @@ def task_toy_run(task, output_dir, *extra):
     must_match, handed to the Run as the loop hands it). Returns (run, model)."""
     import torch
     from accelerate.state import AcceleratorState
-    from common import data, training
-    from common.optimizers import make_optimizer
-    from tasks import TASKS
+    from ssl_scripts.training import run as training
+    from ssl_scripts.data import datasets as data
+    from ssl_scripts.training.optimizers import make_optimizer
+    from ssl_scripts.tasks import TASKS
     AcceleratorState._reset_state(True)
     args = parse(["--output-dir", output_dir, "--report-to", "none", "--batch-size", "8", "--checkpoint-every", "3",
                   "--epochs", "2", "--log-every", "2", *extra], task)

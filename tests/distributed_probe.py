@@ -1,4 +1,4 @@
-"""Not a test: launched by test_distributed.py with two processes. `checks OUT`: the helpers of common/distributed.py
+"""Not a test: launched by test_distributed.py with two processes. `checks OUT`: the helpers of ssl_scripts/runtime/distributed.py
 and evaluation's use of them, each rank writing what it saw to OUT/rank<N>.json. `slow_checkpoint OUT`: a checkpoint
 whose rank 1 is late with its files. `compiled OUT [options]`: the
 loop with --compile, recording DDP's no_sync and evaluation's model. `lagging OUT [options]`: the real Run
@@ -12,7 +12,11 @@ import time
 
 import torch
 
-from common import UserError, cli, distributed, evaluation, models, outputs
+from ssl_scripts import UserError, cli
+from ssl_scripts.evaluation import frozen
+from ssl_scripts.models import encoders
+from ssl_scripts.outputs import final
+from ssl_scripts.runtime import distributed
 from conftest import parse, prepared_run, training_accelerator
 
 
@@ -26,7 +30,7 @@ def checks(out):
     encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
     encoder[1].running_mean += 5.0 * rank
     images = torch.randint(0, 256, (10, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    features = evaluation.features(accelerator, encoder, images, batch_size=4)
+    features = frozen.features(accelerator, encoder, images, batch_size=4)
     with torch.no_grad():
         rank0 = encoder.eval()(images.float() / 255)  # rank 0's statistics, which the exported encoder holds
     seen["features_use_rank0_statistics"] = torch.allclose(features, rank0, atol=1e-5)
@@ -97,7 +101,8 @@ def wait_in_every_helper(accelerator, args, out, barriers) -> dict:
     """Every helper of the project's (and of Accelerate's it uses) that waits for all processes: the device_ids of
     the barriers each called."""
     from accelerate.utils import broadcast_object_list
-    from common import checkpoints, training
+    from ssl_scripts.training import run as training
+    from ssl_scripts.training import checkpoints
     run_args = parse(["--report-to", "none", "--output-dir", os.path.join(out, "run")])
 
     def main_process_first():
@@ -123,8 +128,8 @@ def compiled(out, argv):
     """The rotation task's real loop with --compile (torch.compile's "eager" backend: the same wrapping, no
     inductor build) and --grad-accum: how often DDP's no_sync was entered, and what evaluation ran."""
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from common import loop
-    from tasks import TASKS
+    from ssl_scripts.training import loop
+    from ssl_scripts.tasks import TASKS
     compile_model = torch.compile
     torch.compile = lambda model, **options: compile_model(model, **{**options, "backend": "eager"})
     seen = {"no_sync": 0, "evaluated": []}
@@ -148,7 +153,7 @@ def compiled(out, argv):
 
 def slow_checkpoint(out):
     """checkpoints.save while rank 1 writes its random states a second late: the manifest rank 0 writes."""
-    from common import checkpoints
+    from ssl_scripts.training import checkpoints
     args = parse(["--report-to", "none", "--output-dir", out])
     accelerator = training_accelerator(args)
     model = accelerator.prepare(torch.nn.Linear(2, 1))
@@ -189,7 +194,7 @@ def lagging(argv):
     accelerator = training_accelerator(args)
     if accelerator.process_index == 1:
         lag_behind(os.path.abspath(args.output_dir))
-    run, model = prepared_run(args, accelerator, models.build_encoder("simple_cnn", image_size=8), project="probe")
+    run, model = prepared_run(args, accelerator, encoders.build_encoder("simple_cnn", image_size=8), project="probe")
     for _ in run.epochs():
         for indices in run.batches():
             with accelerator.accumulate(model):
@@ -200,7 +205,7 @@ def lagging(argv):
                 os.kill(os.getpid(), signal.SIGUSR1)  # a preemption notice, arriving during step 4
             run.end_batch(images=len(indices), samples=len(indices), loss=loss)
     results = run.results({})
-    outputs.write_final(accelerator, args, distributed.plain_module(accelerator, model), results)
+    final.write_final(accelerator, args, distributed.plain_module(accelerator, model), results)
     run.end({}, results)
 
 

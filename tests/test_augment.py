@@ -1,8 +1,8 @@
-"""The batched image transforms of common/augment.py."""
+"""The batched image transforms of ssl_scripts/data/augment.py."""
 import torch
 
-from common.augment import augment, random_crop_flip, to_float
-from common.data import make_synthetic
+from ssl_scripts.data.augment import augment, random_crop_flip, to_float
+from ssl_scripts.data.datasets import make_synthetic
 
 
 def test_random_crop_flip_is_a_shifted_window_of_the_padded_image():
@@ -29,7 +29,7 @@ def test_augment_returns_floats_in_unit_range():
 
 
 def test_resized_crop_at_full_scale_is_the_image_or_its_mirror():
-    from common.augment import random_resized_crop_flip
+    from ssl_scripts.data.augment import random_resized_crop_flip
     torch.manual_seed(0)
     x = torch.rand(16, 3, 8, 8)
     out = random_resized_crop_flip(x, scale=(1, 1), ratio=(1, 1))
@@ -38,7 +38,7 @@ def test_resized_crop_at_full_scale_is_the_image_or_its_mirror():
 
 
 def test_resized_crop_zooms_in():
-    from common.augment import random_resized_crop_flip
+    from ssl_scripts.data.augment import random_resized_crop_flip
     x = torch.zeros(1, 1, 16, 16)
     x[..., 4:12, 4:12] = 1  # a bright center square covering 1/4 of the image
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def test_resized_crop_zooms_in():
 
 
 def test_color_jitter_keeps_range_and_is_identity_at_zero_strength():
-    from common.augment import color_jitter
+    from ssl_scripts.data.augment import color_jitter
     x = torch.rand(32, 3, 8, 8)
     assert torch.allclose(color_jitter(x, strength=0.0, gray_p=0.0), x, atol=1e-6)
     out = color_jitter(x, strength=0.4, p=1.0, gray_p=1.0)
@@ -64,7 +64,7 @@ def test_simclr_views_of_one_image_differ():
 def test_batched_augmentations_and_rotations_never_make_the_host_wait():
     # On `meta` tensors (a stand-in for a GPU): a value read by the host or a mask's size would show up here.
     from conftest import HostWaits
-    from tasks.rotation import rotate
+    from ssl_scripts.tasks.rotation import rotate
     images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8, device="meta")
     with HostWaits() as waits:
         for kind in ("crop_flip", "simclr", "none"):
@@ -77,7 +77,7 @@ def test_batched_augmentations_and_rotations_never_make_the_host_wait():
 
 def test_a_registered_augmentation_is_an_option(monkeypatch):
     """One entry in augment.AUGMENTATIONS is all a new augmentation needs: --augment offers it, augment() runs it."""
-    from common import augment as augment_module
+    from ssl_scripts.data import augment as augment_module
     from conftest import parse
 
     def invert(images):

@@ -1,10 +1,10 @@
-"""Checkpoints (common/checkpoints.py) as the Run writes and chooses them."""
+"""Checkpoints (ssl_scripts/training/checkpoints.py) as the Run writes and chooses them."""
 import os
 
 import pytest
 
-from common import UserError
-from common.checkpoints import list_checkpoints, verify_checkpoint
+from ssl_scripts import UserError
+from ssl_scripts.training.checkpoints import list_checkpoints, verify_checkpoint
 from conftest import toy_run, toy_train
 
 
@@ -107,7 +107,7 @@ def test_a_checkpoint_of_the_old_cifar_stem_is_refused_where_the_stem_changed(tm
     """resnet18's stem follows the image size (the CIFAR stem up to 64 px), recorded in each checkpoint's
     config.json. One written before (no "stem") had the CIFAR stem at every size: refused at 96 px, resumed at 32."""
     import json
-    from common.checkpoints import write_manifest
+    from ssl_scripts.training.checkpoints import write_manifest
     from conftest import exited, tree_contents
     toy_train(tmp_path, "--image-size", image_size, stop_after=4)  # toy_run's model, resnet18 in the options
     exited(tmp_path)
@@ -137,7 +137,7 @@ def test_sigterm_too_saves_a_checkpoint_and_raises_preempted(tmp_path):
     # if the Run did not take SIGTERM over, the signal lands there (and does not kill pytest).
     import signal
     import torch
-    from common import Preempted
+    from ssl_scripts import Preempted
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         run, model = toy_run(tmp_path, "--checkpoint-every", "100")
@@ -155,7 +155,7 @@ def test_sigterm_too_saves_a_checkpoint_and_raises_preempted(tmp_path):
 def test_a_resume_onto_a_split_the_batch_does_not_divide_into_stops_with_one_line_and_overwrites_nothing(tmp_path):
     # --batch-size is the global batch: a checkpoint of 1 process x 1 accumulation step (batch 8) resumed as 1 x 3
     # would train 6 samples a step. The same check (micro_batch_size) guards another number of processes.
-    from common.data import micro_batch_size
+    from ssl_scripts.data.datasets import micro_batch_size
     from conftest import exited, tree_contents
     _, run = toy_train(tmp_path, stop_after=4)
     exited(tmp_path)
@@ -180,7 +180,7 @@ def test_ranks_a_resume_adds_draw_their_augmentations_from_seed_step_and_rank(tm
     import json
     import torch
     from accelerate.utils import set_seed
-    from common.augment import crop_flip
+    from ssl_scripts.data.augment import crop_flip
     from conftest import accelerate_command, exited, run_script
     toy_train(tmp_path / "source", stop_after=7)  # checkpoints at 3 and 6, of 1 process
     exited(tmp_path / "source")
@@ -189,7 +189,7 @@ def test_ranks_a_resume_adds_draw_their_augmentations_from_seed_step_and_rank(tm
     probe.write_text("""
 import json, os, sys
 import torch
-from common.augment import AUGMENTATIONS
+from ssl_scripts.data.augment import AUGMENTATIONS
 from conftest import toy_run
 out, seen = sys.argv[1], {}
 images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -231,7 +231,7 @@ with open(os.path.join(out, f"rank{run.accelerator.process_index}.json"), "w") a
 def test_resume_path_without_a_manifest_is_not_a_checkpoint_unless_it_holds_checkpoint_files(
         tmp_path, contents, says):
     from types import SimpleNamespace
-    from common.checkpoints import choose
+    from ssl_scripts.training.checkpoints import choose
     folder = tmp_path / "somewhere"
     folder.mkdir()
     for name in contents:

@@ -1,11 +1,11 @@
-"""The shared options (common/config.py) and their checks, for the training scripts and evaluate.py."""
+"""The shared options (ssl_scripts/config.py) and their checks, for the training scripts and evaluate.py."""
 import re
 
 import pytest
 
-from common import UserError
-from common.config import build_parser, dataset_checks, require
-from common.data import make_synthetic
+from ssl_scripts import UserError
+from ssl_scripts.config import build_parser, dataset_checks, require
+from ssl_scripts.data.datasets import make_synthetic
 from conftest import parse
 
 
@@ -17,7 +17,7 @@ def test_invalid_options_are_user_errors(option, value):
 
 
 def test_evaluate_checks_the_distributed_options_with_its_others():
-    import evaluate
+    from ssl_scripts.commands import evaluate
     with pytest.raises(UserError, match="--dist-timeout must be > 0"):
         evaluate.parse_args(["--encoder", "some/final", "--dist-timeout", "0"])
 
@@ -66,7 +66,7 @@ def test_every_command_prints_its_help(command):
 def _command_parses(command):
     """The parse of `command` (train_rotation.py, train_siamese.py, evaluate.py) in this process."""
     if command == "evaluate.py":
-        import evaluate
+        from ssl_scripts.commands import evaluate
         return evaluate.parse_args
     return lambda argv: parse(argv, task=command[len("train_"):-len(".py")])
 

@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from common import UserError
-from common.data import load_imagefolder, make_synthetic
+from ssl_scripts import UserError
+from ssl_scripts.data.datasets import load_imagefolder, make_synthetic
 
 
 def test_synthetic_is_seeded_and_shaped():
@@ -70,7 +70,7 @@ def test_bad_layouts_say_what_to_do(tmp_path, image_folder, layout, message):
 
 def test_channel_statistics_sample_the_whole_split():
     # An image folder is sorted by class: here 15,000 black images, then 15,000 white ones.
-    from common.data import ImageData
+    from ssl_scripts.data.datasets import ImageData
     images = torch.cat([torch.zeros(15000, 3, 4, 4), torch.full((15000, 3, 4, 4), 255.0)]).to(torch.uint8)
     labels = torch.cat([torch.zeros(15000), torch.ones(15000)]).long()
     mean, std = ImageData(images, labels, images[:2], labels[:2], ["black", "white"]).channel_stats()
@@ -79,16 +79,16 @@ def test_channel_statistics_sample_the_whole_split():
 
 def test_decoding_uses_the_cpus_this_process_may_run_on(image_folder, tmp_path, monkeypatch):
     # Under Slurm (or taskset) a process may run on 1 of the machine's 64 CPUs: 64 decoders would share it.
-    import common.data
+    import ssl_scripts.data.datasets
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     workers = []
-    real_pool = common.data.ProcessPoolExecutor
+    real_pool = ssl_scripts.data.datasets.ProcessPoolExecutor
 
     def counting_pool(max_workers, **kw):
         workers.append(max_workers)
         return real_pool(max_workers, **kw)
-    monkeypatch.setattr(common.data, "ProcessPoolExecutor", counting_pool)
+    monkeypatch.setattr(ssl_scripts.data.datasets, "ProcessPoolExecutor", counting_pool)
     load_imagefolder(str(image_folder), 16, str(tmp_path / "cache"))
     assert workers == [1]
     # and all of them where it may use many: the node's other processes only wait meanwhile (there were 8 at most)
@@ -122,7 +122,7 @@ def test_every_process_maps_the_cache_instead_of_loading_a_copy(image_folder, tm
 
 
 def test_decoding_fills_one_tensor_per_split_and_leaves_out_unreadable_files(image_folder):
-    from common.data import decode_imagefolder
+    from ssl_scripts.data.datasets import decode_imagefolder
     (image_folder / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     data = decode_imagefolder(str(image_folder), 16, skip_bad=True)
     assert data.train_images.shape == (12, 3, 16, 16) and data.skipped_images == 1
@@ -139,11 +139,11 @@ def test_channel_stats_in_chunks_equal_the_whole_sample_at_once():
 
 
 def test_a_cache_of_another_decoders_pixels_is_not_used(image_folder, tmp_path, monkeypatch):
-    import common.data
-    from common.data import imagefolder_cache, scan_imagefolder
+    import ssl_scripts.data.datasets
+    from ssl_scripts.data.datasets import imagefolder_cache, scan_imagefolder
     files = scan_imagefolder(str(image_folder))[0]
     before = imagefolder_cache(str(image_folder), 16, str(tmp_path), False, files)
-    monkeypatch.setattr(common.data, "DECODER", "another-decoder")
+    monkeypatch.setattr(ssl_scripts.data.datasets, "DECODER", "another-decoder")
     assert imagefolder_cache(str(image_folder), 16, str(tmp_path), False, files) != before
 
 
@@ -185,7 +185,8 @@ def test_the_stream_decode_pool_is_forked_from_the_training_thread_before_the_re
     import sys
     script = f"""
 import json, os, threading, torch
-from common import data, placement
+from ssl_scripts.data import datasets as data
+from ssl_scripts.data import placement
 dataset = data.stream_imagefolder({str(image_folder)!r}, 16, cache_dir={str(tmp_path / "cache")!r})
 forks = []
 os.register_at_fork(before=lambda: forks.append([t.name for t in [threading.current_thread(), *threading.enumerate()]]))

@@ -1,4 +1,4 @@
-"""common/distributed.py under a real two-process launch (gloo): what every process must agree on."""
+"""ssl_scripts/runtime/distributed.py under a real two-process launch (gloo): what every process must agree on."""
 import json
 import os
 import subprocess

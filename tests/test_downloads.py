@@ -1,4 +1,4 @@
-"""common/downloads.py on small files in the real formats: never a download (any is refused, so a test whose files
+"""ssl_scripts/data/downloads.py on small files in the real formats: never a download (any is refused, so a test whose files
 torchvision does not take fails at once)."""
 import os
 import subprocess
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from common import UserError, downloads
+from ssl_scripts import UserError
+from ssl_scripts.data import downloads
 from conftest import REPO
 from dataset_files import (checksum_skipping_env, checksums_skipped, downloads_refused, write_cifar10,
                            write_cifar100, write_stl10)
@@ -139,7 +140,7 @@ def test_a_failed_download_leaves_no_folder_it_made(tmp_path, no_network, read):
 
 def test_a_failed_download_prints_no_data_line(tmp_path, no_network, capsys):
     from accelerate import Accelerator
-    from common import data
+    from ssl_scripts.data import datasets as data
     from conftest import parse
     args = parse(["--dataset", "cifar10", "--data-dir", tmp_path / "data", "--cache-dir", tmp_path / "cache",
                   "--output-dir", tmp_path / "out"])

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from common.models import load_encoder
+from ssl_scripts.models.encoders import load_encoder
 from conftest import (REPO, SMALL, TRACKED, accelerate_command, accelerate_launch, run_script, wandb_read,
                       wandb_runs)
 

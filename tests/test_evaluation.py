@@ -5,7 +5,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from common.evaluation import knn_accuracy, linear_probe_accuracy, map_batches
+from ssl_scripts.evaluation.frozen import knn_accuracy, linear_probe_accuracy, map_batches
 
 
 def separable(n_per_class=100, dim=16, classes=4, seed=0):
@@ -53,9 +53,9 @@ def test_an_evaluation_never_seeds_the_gpus(monkeypatch):
     # torch.manual_seed also seeds every CUDA generator, which fork_rng(devices=[]) does not restore: the
     # training's augmentations on the GPU would replay step 0's after each evaluation.
     from types import SimpleNamespace
-    from common import evaluation
-    from common.data import ImageData
-    from common.models import build_encoder
+    from ssl_scripts.evaluation import frozen
+    from ssl_scripts.data.datasets import ImageData
+    from ssl_scripts.models.encoders import build_encoder
     seeded = []
     for name in ("manual_seed", "manual_seed_all", "set_rng_state", "set_rng_state_all"):
         monkeypatch.setattr(torch.cuda, name, lambda *a, name=name: seeded.append(name))
@@ -64,7 +64,7 @@ def test_an_evaluation_never_seeds_the_gpus(monkeypatch):
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = ImageData(images, torch.arange(40) % 4, images[:20], torch.arange(20) % 4, ["a", "b", "c", "d"])
     args = SimpleNamespace(eval_batch_size=16, knn_k=3, knn_temperature=0.07, linear_probe_epochs=1, seed=0)
-    metrics = evaluation.encoder_metrics(accelerator, build_encoder("simple_cnn", image_size=8), data, args)
+    metrics = frozen.encoder_metrics(accelerator, build_encoder("simple_cnn", image_size=8), data, args)
     assert set(metrics) == {"eval/knn_acc", "eval/linear_probe_acc"} and seeded == []
 
 
@@ -101,7 +101,7 @@ def test_map_batches_indexes_host_images_with_host_indices():
 
 
 def test_roc_auc_known_values():
-    from common.evaluation import roc_auc
+    from ssl_scripts.evaluation.frozen import roc_auc
     positive = torch.tensor([1, 1, 0, 0])
     assert roc_auc(torch.tensor([4.0, 3.0, 2.0, 1.0]), positive) == 1.0
     assert roc_auc(torch.tensor([1.0, 2.0, 3.0, 4.0]), positive) == 0.0

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common import UserError
-from common.checkpoints import verify_checkpoint
-from common.models import load_encoder
+from ssl_scripts import UserError
+from ssl_scripts.training.checkpoints import verify_checkpoint
+from ssl_scripts.models.encoders import load_encoder
 
 from conftest import (REPO, SMALL, accelerate_command, accelerate_launch, killed_when_held, python_script, run_script,
                       steps_of)
@@ -255,7 +255,8 @@ def test_a_cache_dir_on_a_full_disk_is_one_warning_and_the_next_start_caches(sma
 
 
 def test_an_image_cache_that_fits_nowhere_stops_before_decoding(tmp_path, image_folder, monkeypatch):
-    from common import data, files
+    from ssl_scripts.data import datasets as data
+    from ssl_scripts.outputs import files
     monkeypatch.setattr(files, "free_bytes", lambda path: 1000)
     decoded = []
     with pytest.raises(UserError, match=r"^the decoded images take 17.1 KiB and fit in no cache place of this node "

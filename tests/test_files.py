@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from common import files
+from ssl_scripts.outputs import files
 
 
 def entries(path):

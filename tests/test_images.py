@@ -1,9 +1,9 @@
-"""--dataset images: unlabeled images under a folder at any depth, or listed in a file (common/data.py)."""
+"""--dataset images: unlabeled images under a folder at any depth, or listed in a file (ssl_scripts/data/datasets.py)."""
 import pytest
 import torch
 
-from common import UserError
-from common.data import ImageData, load_imagefolder, scan_images
+from ssl_scripts import UserError
+from ssl_scripts.data.datasets import ImageData, load_imagefolder, scan_images
 from conftest import write_unlabeled_images
 
 
@@ -78,7 +78,7 @@ def test_enough_images_are_held_out_for_the_pretext_metrics_and_training_keeps_n
 
 def test_the_data_line_says_when_the_pretext_metrics_rest_on_few_images(tmp_path, capsys):
     from accelerate import Accelerator
-    from common import data
+    from ssl_scripts.data import datasets as data
     from conftest import parse
     write_unlabeled_images(tmp_path / "photos", count=40)
     args = parse(["--dataset", "images", "--data-dir", tmp_path / "photos", "--cache-dir", tmp_path / "cache",

@@ -1,4 +1,4 @@
-"""launch.py (common/launcher.py) and the training's stop signals seen from a terminal: Ctrl-C (SIGINT to the
+"""launch.py (ssl_scripts/runtime/launcher.py) and the training's stop signals seen from a terminal: Ctrl-C (SIGINT to the
 foreground process group, as a terminal sends it) stops with a checkpoint and the same command resumes; a second
 Ctrl-C stops at once; SIGTERM to a launcher leaves no training process and no lock; the last line is the project's."""
 import os
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from common import launcher, runlock
+from ssl_scripts.outputs import runlock
+from ssl_scripts.runtime import launcher
 from conftest import REPO, SMALL
 
 TRAIN = [*SMALL, "--skip-eval", "--max-steps", "8", "--log-every", "2"]

@@ -1,12 +1,12 @@
-"""common/loop.py's train(), in-process on one CPU process: what it builds before Accelerate's prepare."""
+"""ssl_scripts/training/loop.py's train(), in-process on one CPU process: what it builds before Accelerate's prepare."""
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from common import loop
+from ssl_scripts.training import loop
 from conftest import accelerate_launch, exited
-from tasks import TASKS
+from ssl_scripts.tasks import TASKS
 
 TINY_RESNET = ["--dataset", "synthetic", "--synthetic-size", "64", "--model", "resnet18", "--image-size", "8",
                "--batch-size", "8", "--skip-eval", "--report-to", "none", "--checkpoint-every", "2"]

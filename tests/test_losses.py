@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from common.losses import contrastive_loss
+from ssl_scripts.models.losses import contrastive_loss
 
 MARGIN = 1.0
 
@@ -78,7 +78,7 @@ def test_identical_embeddings_give_finite_gradients():
 
 def test_a_registered_pair_loss_is_an_option_of_the_siamese_task(monkeypatch):
     """One entry in losses.LOSSES is all a new loss needs: train_siamese.py --loss offers it, with its options."""
-    from common.losses import LOSSES, PairLoss
+    from ssl_scripts.models.losses import LOSSES, PairLoss
     from conftest import parse
 
     def options(group):
@@ -94,7 +94,7 @@ def test_ntxent_matches_its_formula_on_a_tiny_batch():
     # SimCLR's l(i, j) = -log(exp(sim(z_i, z_j) / t) / sum over k != i of exp(sim(z_i, z_k) / t)), averaged over
     # all 2N views, where view i's positive j is the other view of its image.
     import math
-    from common.losses import ntxent_loss
+    from ssl_scripts.models.losses import ntxent_loss
     generator = torch.Generator().manual_seed(0)
     emb1, emb2, t = torch.randn(3, 4, generator=generator), torch.randn(3, 4, generator=generator), 0.5
     z = torch.nn.functional.normalize(torch.cat([emb1, emb2]), dim=1).tolist()

@@ -1,7 +1,7 @@
-"""common/media.py: the dashboard pictures show what they claim to."""
+"""ssl_scripts/evaluation/media.py: the dashboard pictures show what they claim to."""
 import torch
 
-from common import media
+from ssl_scripts.evaluation import media
 
 
 def test_confusion_matrix_shades_rows_by_share():

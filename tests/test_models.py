@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from common import UserError
-from common.models import (MODELS, Encoder, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
+from ssl_scripts import UserError
+from ssl_scripts.models.encoders import (MODELS, Encoder, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
                            save_encoder, simple_cnn_blocks)
 from conftest import parse
-from tasks import TASKS
+from ssl_scripts.tasks import TASKS
 
 
 def task_head(task, encoder, *options):
@@ -174,7 +174,7 @@ def test_encoders_are_built_in_their_memory_format_and_it_changes_no_value(name)
 def test_a_registered_model_is_an_option_with_its_recipe(monkeypatch):
     """One entry in models.MODELS is all a new model needs: the parser and the recipe read it, and the tasks' heads
     fit its features (their widths are the tasks' own, by model name)."""
-    from common.models import ModelSpec
+    from ssl_scripts.models.encoders import ModelSpec
     monkeypatch.setitem(MODELS, "tiny", ModelSpec(simple_cnn_blocks, "flatten", recipe={"optimizer": "sgd", "lr": 0.5,
                                                                                         "schedule": "cosine"}))
     args = parse(["--model", "tiny"])
@@ -187,5 +187,5 @@ def test_a_registered_model_is_an_option_with_its_recipe(monkeypatch):
 
 
 def build_parser_help():
-    from common.config import build_parser
+    from ssl_scripts.config import build_parser
     return build_parser("t").format_help()

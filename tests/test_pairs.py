@@ -4,8 +4,8 @@ import pytest
 import torch
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
 
-from common.pairs import PairSampler, balanced_test_pairs
-from common.data import index_loader
+from ssl_scripts.data.pairs import PairSampler, balanced_test_pairs
+from ssl_scripts.data.datasets import index_loader
 
 LABELS = torch.arange(10).repeat_interleave(100)[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
 
@@ -103,7 +103,7 @@ def test_drawing_partners_never_makes_the_host_wait(mode):
 
 
 def test_a_class_with_one_image_is_named_for_label_pairs():
-    from common import UserError
+    from ssl_scripts import UserError
     labels = torch.tensor([0, 0, 1, 2, 2])
     with pytest.raises(UserError, match="every class, and bird has one: add images, or use --pairs augment"):
         PairSampler(labels, "label", class_names=["cat", "bird", "dog"])

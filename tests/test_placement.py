@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common import UserError
-from common.placement import TrainImages, choose
+from ssl_scripts import UserError
+from ssl_scripts.data.placement import TrainImages, choose
 from conftest import REPO, SMALL, accelerate_launch, killed_when_held, python_script, steps_of
 
 GiB = 2 ** 30
@@ -44,7 +44,7 @@ def test_a_placement_that_cannot_hold_the_data_is_refused_naming_need_free_and_w
 def test_processes_sharing_a_gpu_and_evaluation_features_count_against_its_memory(monkeypatch):
     # Two processes on the one GPU each place the split: at 50% of free memory each, 100% in all (the old estimate
     # counted one copy, allowed 70%, and the second copy ran out of memory later).
-    from common import placement
+    from ssl_scripts.data import placement
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (80 * GiB, 141 * GiB))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -134,7 +134,7 @@ def test_streamed_batches_are_decoded_ahead_off_the_training_thread(folder, tmp_
     import threading
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from common import data
+    from ssl_scripts.data import datasets as data
     from conftest import parse
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(cpu=True)
@@ -183,9 +183,10 @@ def test_streamed_siamese_steps_wait_for_one_decode_read_ahead_with_the_partners
     # and a resume mid-epoch (epoch 1, batch 1), with the host placement's pixels. 96 images, batch 32: 3 steps an
     # epoch.
     from accelerate.state import AcceleratorState
-    from common import data, loop
+    from ssl_scripts.data import datasets as data
+    from ssl_scripts.training import loop
     from conftest import exited
-    from tasks.siamese import Siamese
+    from ssl_scripts.tasks.siamese import Siamese
     steps, submit, make_batch = [], data.StreamedImages.submit, Siamese.make_batch
 
     class Waited:  # the Future of one decode, which records the steps that wait for it
@@ -231,7 +232,7 @@ def test_streamed_siamese_steps_wait_for_one_decode_read_ahead_with_the_partners
 
 def test_an_index_batch_a_step_reads_twice_is_decoded_once(folder, tmp_path):
     # ntxent's partners are its anchors: read ahead, they are decoded once
-    from common import data
+    from ssl_scripts.data import datasets as data
     dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
     images = TrainImages(dataset.train_images, "stream", CPU)
     images.images_to_read = lambda indices, epoch: [indices, indices]
@@ -247,13 +248,14 @@ def test_evaluating_a_streamed_split_decodes_nothing(folder, tmp_path):
     from types import SimpleNamespace
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from common import data, evaluation
-    from common.models import build_encoder
+    from ssl_scripts.data import datasets as data
+    from ssl_scripts.evaluation import frozen
+    from ssl_scripts.models.encoders import build_encoder
     AcceleratorState._reset_state(True)
     dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
     assert dataset.sample_images.shape == (96, 3, 32, 32) and isinstance(dataset.test_images, torch.Tensor)
     args = SimpleNamespace(eval_batch_size=64, knn_k=5, knn_temperature=0.07, linear_probe_epochs=1, seed=0)
-    metrics = evaluation.encoder_metrics(Accelerator(cpu=True), build_encoder("simple_cnn", 32), dataset, args)
+    metrics = frozen.encoder_metrics(Accelerator(cpu=True), build_encoder("simple_cnn", 32), dataset, args)
     assert set(metrics) == {"eval/knn_acc", "eval/linear_probe_acc"} and dataset.train_images.decoded == 0
     monkey = data.STREAM_EVAL_SAMPLE
     try:
@@ -277,7 +279,7 @@ def test_an_unreadable_streamed_file_on_one_rank_stops_every_rank_with_one_line(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode != 0 and time.time() - began < 120, result.stderr[-3000:]
     assert len(errors) == 1 and "cannot read image" in errors[0] and "zz.png" in errors[0], result.stderr[-3000:]
-    assert f'{REPO}/common/' not in result.stderr  # no worker's traceback: only the launcher's report
+    assert f'{REPO}/ssl_scripts/' not in result.stderr  # no worker's traceback: only the launcher's report
     assert not (out / "results.json").exists()
 
 

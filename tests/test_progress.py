@@ -1,4 +1,4 @@
-"""common/progress.py: the evaluation's progress on a terminal, and nowhere else (a redirected log, metrics.jsonl)."""
+"""ssl_scripts/runtime/progress.py: the evaluation's progress on a terminal, and nowhere else (a redirected log, metrics.jsonl)."""
 import fcntl
 import os
 import pty

@@ -5,9 +5,9 @@ import re
 import subprocess
 import sys
 
-from common.config import build_parser
+from ssl_scripts.config import build_parser
 from conftest import REPO
-from tasks import TASKS
+from ssl_scripts.tasks import TASKS
 
 README = open(os.path.join(REPO, "README.md")).read()
 
@@ -61,10 +61,10 @@ def test_the_quick_start_prints_the_projects_own_lines_first(tmp_path):
     assert warnings == [], warnings  # nothing but the project's lines and its progress bar
 
 
-def test_the_cpu_only_install_pins_what_requirements_txt_pins():
-    """The quick start's CPU-only line installs the torch and torchvision that requirements.txt then accepts (a
-    local version such as 2.14.1+cpu satisfies ==2.14.1), from PyTorch's CPU index."""
-    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)$", open(os.path.join(REPO, "requirements.txt")).read(),
+def test_the_cpu_only_install_pins_what_the_package_pins():
+    """The quick start's CPU-only line installs the torch and torchvision that pyproject.toml's dependencies then
+    accept (a local version such as 2.14.1+cpu satisfies ==2.14.1), from PyTorch's CPU index."""
+    pins = dict(re.findall(r'^ *"(torch|torchvision)==([^"]+)",$', open(os.path.join(REPO, "pyproject.toml")).read(),
                            re.M))
     start = README.index("## Quick start")
     quick_start = " ".join(README[start:README.index("```bash", start)].split())  # the text before its commands

@@ -1,4 +1,4 @@
-"""One training per OUTPUT_DIR (common/runlock.py), with the real script started as a user would start it."""
+"""One training per OUTPUT_DIR (ssl_scripts/outputs/runlock.py), with the real script started as a user would start it."""
 import json
 import os
 import signal
@@ -64,7 +64,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next_start(tmp_path):
 
 
 def test_the_lock_file_names_its_holder_and_goes_with_it(tmp_path):
-    from common import runlock
+    from ssl_scripts.outputs import runlock
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common import runlock; "
                                "runlock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(out)],
@@ -74,7 +74,7 @@ def test_the_lock_file_names_its_holder_and_goes_with_it(tmp_path):
     assert record["pid"] == holder.pid and record["host"] and record["started"].startswith("20")
     try:
         import pytest
-        from common import UserError
+        from ssl_scripts import UserError
         with pytest.raises(UserError, match=f"in use by another training \\(pid {holder.pid} on "):
             runlock.acquire(str(out))
     finally:

@@ -1,9 +1,9 @@
-"""The rotation task (tasks/rotation.py): its rotations, head and step."""
+"""The rotation task (ssl_scripts/tasks/rotation.py): its rotations, head and step."""
 import numpy as np
 import torch
 
-from common import media
-from tasks.rotation import rotate, rotation_examples
+from ssl_scripts.evaluation import media
+from ssl_scripts.tasks.rotation import rotate, rotation_examples
 
 
 def asymmetric_images(n=3, size=8):

@@ -1,12 +1,12 @@
-"""The siamese task (tasks/siamese.py): its options, losses wiring, and evaluation."""
+"""The siamese task (ssl_scripts/tasks/siamese.py): its options, losses wiring, and evaluation."""
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from common import UserError
+from ssl_scripts import UserError
 from conftest import parse
-from tasks.siamese import view_pair_metrics
+from ssl_scripts.tasks.siamese import view_pair_metrics
 
 
 def test_view_pairs_tell_two_views_of_one_image_from_two_images_and_draw_the_same_views_each_time():

@@ -6,9 +6,12 @@ import json
 import torch
 import torch.nn.functional as F
 
-from common import augment, cli, evaluation, loop
-from tasks import TASKS, register
-from tasks.task import Batch, Task
+from ssl_scripts import cli
+from ssl_scripts.data import augment
+from ssl_scripts.evaluation import frozen
+from ssl_scripts.training import loop
+from ssl_scripts.tasks import TASKS, register
+from ssl_scripts.tasks.task import Batch, Task
 
 
 @register
@@ -35,8 +38,8 @@ class Flip(Task):
         def predict(x):  # each test image as it is (label 0) and flipped (label 1)
             return torch.stack([model(x).argmax(1), model(x.flip(-1)).argmax(1)], dim=1)
 
-        with evaluation.evaluating(accelerator, model):
-            predicted = evaluation.map_batches(accelerator, predict, self.dataset.test_images,
+        with frozen.evaluating(accelerator, model):
+            predicted = frozen.map_batches(accelerator, predict, self.dataset.test_images,
                                                self.args.eval_batch_size).long().cpu()
         if not accelerator.is_main_process:
             return {}

@@ -1,4 +1,4 @@
-"""Tracking (common/tracking.py, through the Run) under real launches: values reduced over ranks, one W&B
+"""Tracking (ssl_scripts/outputs/tracking.py, through the Run) under real launches: values reduced over ranks, one W&B
 run per training across resumes, TensorBoard as the alternative. Runs are read back with the trackers' own tools."""
 import json
 
@@ -70,7 +70,7 @@ def test_metrics_are_logged_and_cut_back_on_resume(tmp_path):
 
 def test_metrics_lines_a_full_disk_holds_back_are_written_in_order_once_there_is_room(small_disk, capsys):
     from types import SimpleNamespace
-    from common.tracking import Tracker
+    from ssl_scripts.outputs.tracking import Tracker
     args = SimpleNamespace(output_dir=str(small_disk.path))
     accelerator = SimpleNamespace(is_main_process=True, log=lambda values, step: None)
     tracker = Tracker(args, accelerator, "test")
@@ -112,7 +112,7 @@ class _OfflineWandb:
                          ids=["set_by_the_user", "no_credentials"])
 def test_wandb_offline_says_why(tmp_path, monkeypatch, capsys, user_mode, says):
     from types import SimpleNamespace
-    from common.tracking import Tracker, tracker_name
+    from ssl_scripts.outputs.tracking import Tracker, tracker_name
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("WANDB_API_KEY", "")
     monkeypatch.setenv("WANDB_MODE", user_mode)
@@ -130,7 +130,7 @@ def test_tensorboard_writes_its_hparams_into_the_run_not_a_timestamped_one(tmp_p
     from types import SimpleNamespace
     from accelerate import Accelerator
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator  # reads hparams
-    from common.tracking import Tracker
+    from ssl_scripts.outputs.tracking import Tracker
     args = SimpleNamespace(report_to="tensorboard", output_dir=str(tmp_path), lr=0.1, model="simple_cnn")
     accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path))
     tracker = Tracker(args, accelerator, "rotation")

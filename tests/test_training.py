@@ -1,4 +1,4 @@
-"""The training loop's state (common/training.py's Run and Accelerator), in-process on one CPU process."""
+"""The training loop's state (ssl_scripts/training/run.py's Run and Accelerator), in-process on one CPU process."""
 import json
 import math
 import os
@@ -8,8 +8,8 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from common.checkpoints import list_checkpoints
-from common.data import index_loader
+from ssl_scripts.training.checkpoints import list_checkpoints
+from ssl_scripts.data.datasets import index_loader
 from conftest import exited, parse, toy_run, toy_steps, toy_train, training_accelerator
 
 
@@ -28,7 +28,7 @@ def test_resume_continues_the_same_data_order(tmp_path):
 
 
 def test_unwritable_output_dir_is_refused(tmp_path):
-    from common import UserError
+    from ssl_scripts import UserError
     blocker = tmp_path / "file"
     blocker.write_text("x")
     AcceleratorState._reset_state(True)
@@ -93,7 +93,7 @@ def test_the_model_timer_on_a_gpu_reads_cuda_events_only_when_taken(monkeypatch)
     # torch.cuda.Event stood in for (no GPU here): record() notes the clock; the timer must sum end - start of
     # each step, in seconds, and wait for the last event only when taken.
     import time
-    from common.diagnostics import ModelTimer
+    from ssl_scripts.training.diagnostics import ModelTimer
     waited = []
 
     class FakeEvent:
@@ -224,7 +224,7 @@ def test_index_batches_are_pinned_on_a_gpu_and_copied_without_waiting(tmp_path):
 
 def test_the_accelerator_has_the_process_group_options_and_tuned_convolutions(tmp_path, monkeypatch):
     from datetime import timedelta
-    from common.distributed import process_group_options
+    from ssl_scripts.runtime.distributed import process_group_options
     AcceleratorState._reset_state(True)
     args = parse(["--output-dir", str(tmp_path), "--report-to", "none"])
     accelerator = training_accelerator(args)
@@ -279,8 +279,8 @@ def test_the_run_accepts_any_model_on_a_gpu(tmp_path):
 def test_an_fp16_run_whose_every_step_overflows_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
     # fp16 needs a GPU; here the GradScaler's answer is given: from step 5 on, every step overflowed.
     from accelerate import Accelerator
-    from common import UserError
-    from common.training import MAX_CONSECUTIVE_AMP_SKIPS
+    from ssl_scripts import UserError
+    from ssl_scripts.training.run import MAX_CONSECUTIVE_AMP_SKIPS
     run, model = toy_run(tmp_path, "--epochs", "20", "--checkpoint-every", "4")
     monkeypatch.setattr(run.accelerator, "scaler", torch.amp.GradScaler("cpu"), raising=False)
     monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: run.state.step >= 4))
@@ -327,7 +327,7 @@ def test_fp16_overflow_steps_are_counted_exactly_and_left_to_the_scaler_under_na
 def nan_run(tmp_path, monkeypatch, bad_step):
     """toy_run's loop with --nan-policy abort, a log every 4 steps and a checkpoint every 3, 3 epochs of 8 steps,
     the loss non-finite at `bad_step` (SSL_SCRIPTS_FAULT). Returns (the run, the UserError it stopped with)."""
-    from common import UserError
+    from ssl_scripts import UserError
     monkeypatch.setenv("SSL_SCRIPTS_FAULT", f"nan@{bad_step}")
     run, model = toy_run(tmp_path, "--nan-policy", "abort", "--log-every", "4", "--checkpoint-every", "3",
                          "--epochs", "3")
@@ -344,7 +344,7 @@ def test_nan_policy_abort_stops_at_the_next_log_or_checkpoint_step_with_no_check
     """The check is read only at log and checkpoint steps (and the first step and epoch ends: 1, 8, 16, 24), not
     at each step: the run trains on after the bad step up to the next of them, and stops there."""
     from safetensors.torch import load_file
-    from common.checkpoints import path_of, verify_checkpoint
+    from ssl_scripts.training.checkpoints import path_of, verify_checkpoint
     run, error = nan_run(tmp_path, monkeypatch, bad_step)
     assert run.state.step == stopped_at
     assert str(error).startswith(f"non-finite loss or gradients at step {bad_step}: stopped. The last good "
@@ -359,7 +359,7 @@ def test_nan_policy_abort_stops_at_the_next_log_or_checkpoint_step_with_no_check
 
 def test_a_stop_signal_saves_a_checkpoint_and_raises_preempted(tmp_path):
     import signal
-    from common import Preempted
+    from ssl_scripts import Preempted
     run, model = toy_run(tmp_path, "--checkpoint-every", "100")
     with pytest.raises(Preempted, match="stopping on SIGUSR1 at step 5: checkpoint saved"):
         for _ in run.epochs():
@@ -373,8 +373,8 @@ def test_a_stop_signal_saves_a_checkpoint_and_raises_preempted(tmp_path):
 def test_a_stop_signal_during_an_evaluation_stops_it_between_batches_with_a_checkpoint(tmp_path):
     # An evaluation can outlast Slurm's two-minute notice: it is cut between two batches, not run to its end.
     import signal
-    from common import Preempted
-    from common.evaluation import map_batches
+    from ssl_scripts import Preempted
+    from ssl_scripts.evaluation.frozen import map_batches
     run, model = toy_run(tmp_path, "--checkpoint-every", "100")
     for _ in run.epochs():
         for indices in run.batches():
@@ -457,7 +457,7 @@ def test_default_evaluations_wait_for_as_many_trained_images_as_one_encodes(tmp_
 def test_one_ctrl_c_arriving_twice_at_once_is_noted_once():
     import signal
 
-    from common.training import StopSignals
+    from ssl_scripts.training.run import StopSignals
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
         stop_signals = StopSignals.install()

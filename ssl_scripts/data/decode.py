@@ -1,0 +1,70 @@
+"""An image file to square uint8 pixels: decode_image, and what the parallel decodes of ssl_scripts/data/datasets.py use with it."""
+import math
+import os
+import time
+
+import numpy as np
+
+# Seconds added to every image's decode, for the checks and bench/data_scale.py (a slow file system, or a decode
+# as costly as a GPU step); 0 in normal use.
+DECODE_DELAY_S = float(os.environ.get("SSL_SCRIPTS_DECODE_DELAY", "0") or 0)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# A JPEG far larger than the target is decoded scaled down by libjpeg (DCT scaling by 1/2, 1/4 or 1/8, a fraction
+# of the full decode's work), its shorter side kept at least DRAFT_GAP times the target, like Image.thumbnail's
+# reducing_gap. The scaled decode blurs like a box filter; the bicubic resize that follows hides it while it still
+# shrinks the image well, but closer to the target the difference to the full decode grows fast. 1.5 still lets a
+# 500x375 image decode at half size for 96 px (2 would not). torchvision.io.decode_jpeg gives the full decode's
+# pixels, but cannot scale.
+DRAFT_GAP = 1.5
+# Names the pixels decode_image gives, in the name of every cache it fills: a cache of another decoder's pixels is
+# decoded again, so a cached split and a streamed one never differ.
+DECODER = f"pil-draft-{DRAFT_GAP}"
+
+
+def _draft(img, size: int):
+    """Asks an opened, not yet loaded JPEG for the smallest scaled decode that keeps its shorter side at least
+    DRAFT_GAP * size. Returns the original's extent in the scaled image's pixels, or None (not a JPEG, too small)."""
+    request = math.ceil(DRAFT_GAP * size)
+    if min(img.size) < 2 * request:
+        return None
+    # PIL picks the largest scale 1/2^k that keeps both sides >= the request: a square request bounds the shorter.
+    drafted = img.draft("RGB", (request, request))  # None for formats without draft mode
+    return drafted[1][2:] if drafted else None
+
+
+def decode_image(path: str, size: int) -> np.ndarray:
+    """Any PIL-readable image -> (size, size, 3) uint8: converted to RGB, shorter side resized, center-cropped
+    (ImageOps.fit); a JPEG far larger than size is decoded scaled down first (_draft)."""
+    from PIL import Image, ImageOps
+
+    if DECODE_DELAY_S:
+        time.sleep(DECODE_DELAY_S)
+    with Image.open(path) as img:
+        extent = _draft(img, size)
+        img.load()
+        if img.mode != "RGB":
+            # Palette and alpha images go through RGBA so transparency becomes its colour, not garbage.
+            img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA", "LA") else img.convert("RGB")
+        if extent:
+            # ImageOps.fit's centre crop, taken on the original's extent: libjpeg rounds the scaled size up
+            # (500 / 8 -> 63), so fitting the scaled image itself would shift and stretch the crop.
+            w, h = extent
+            m = min(w, h)
+            box = ((w - m) / 2, (h - m) / 2, (w + m) / 2, (h + m) / 2)
+            img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+        elif img.size != (size, size):
+            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def decode_workers() -> int:
+    """The CPUs this process may run on (Slurm and taskset restrict them), not all of the machine's."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _decode_or_none(job):
+    path, size = job
+    try:
+        return decode_image(path, size)
+    except Exception as e:  # PIL raises OSError, UnidentifiedImageError, ValueError, SyntaxError ...
+        return f"{type(e).__name__}: {e}"

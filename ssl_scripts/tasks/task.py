@@ -1,0 +1,72 @@
+"""What a pretext task defines; the shared loop (ssl_scripts/training/loop.py) does the rest: data, the model around the task's
+head, optimizer, schedule, checkpoints and resume, logs, the evaluation schedule and the final outputs.
+
+A new task is one module under ssl_scripts/tasks/ with a Task subclass, and one entry in tasks.TASKS (or tasks.register):
+its options and the ones a checkpoint must match, its default augmentation, its head, how a batch is made of the
+train images, a short step, its evaluation and its dashboard pictures.
+"""
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+
+class Batch(NamedTuple):
+    inputs: torch.Tensor  # what goes through the network in one forward pass; its length: the step's samples
+    targets: torch.Tensor  # what the loss compares the outputs with
+
+
+class Task:
+    name = ""  # the registry's key, the tracker's project and the checkpoints' task
+    description = ""  # the first line of --help
+    must_match = ()  # options a checkpoint cannot be resumed under when changed (besides checkpoints.MUST_MATCH)
+    default_augment = "crop_flip"  # --augment's default
+    headline_metric = ""  # the eval/* metric of its own evaluation that sums it up (bench/gpu_check.py reports it)
+
+    # ----------------------------------------------------------------------------------------- options
+    @classmethod
+    def add_options(cls, parser) -> None:
+        """The task's own options, added to the shared parser (ssl_scripts/config.py)."""
+
+    @classmethod
+    def fill_defaults(cls, args) -> None:
+        """The task's defaults of options left unset (None), which may depend on its other options: the one place
+        they are decided (a model's optimizer recipe is models.MODELS's)."""
+        if args.augment is None:
+            args.augment = cls.default_augment
+
+    @classmethod
+    def option_checks(cls, args) -> list:
+        """(ok, message) checks of the task's options, the message saying what to do (see config.require)."""
+        return []
+
+    # --------------------------------------------------------------------------------------- training
+    def __init__(self, args, dataset, train_source):
+        """args: the parsed options; dataset: the ImageData; train_source: the train split where it is placed
+        (placement.TrainImages: train_source[indices] is a uint8 batch on the device)."""
+        self.args, self.dataset, self.train_source = args, dataset, train_source
+
+    @classmethod
+    def head(cls, args, encoder) -> nn.Module:
+        """The network after the encoder (which depends only on the options and the encoder), thrown away after
+        training."""
+        raise NotImplementedError
+
+    def make_batch(self, indices: torch.Tensor, epoch: int) -> Batch:
+        """This micro-batch's inputs and targets from the train images at `indices` (augmented, on the device)."""
+        raise NotImplementedError
+
+    def images_to_read(self, indices: torch.Tensor, epoch: int) -> list:
+        """The index batches make_batch(indices, epoch) reads from the train images, in the order it reads them: a
+        streamed split decodes them all ahead, in one decode, as the loader draws `indices`."""
+        return [indices]
+
+    def step(self, model, batch: Batch):
+        """(loss, metrics): the loss to backpropagate and train/* values (tensors stay on the device)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, accelerator, model, labelled) -> dict:
+        """eval/* metrics and pictures beyond the shared k-NN and linear probe of the encoder on `labelled` (which
+        the loop adds): the pretext's own, on images never trained on (self.dataset's test split)."""
+        return {}
