@@ -1,5 +1,5 @@
 """bench/throughput.py runs all three measurements end to end and prints its table (tiny sizes: no figures are
-checked here; speed targets are read from the benchmark's own output, see README "Throughput")."""
+checked here; speed targets are read from the benchmark's own output, see docs/results.md, "Throughput")."""
 import json
 import os
 import signal

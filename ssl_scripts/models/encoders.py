@@ -84,7 +84,7 @@ def nin_blocks() -> list:
 
 
 # The CIFAR stem up to this size (CIFAR's 32 px, Tiny-ImageNet's 64), torchvision's above (STL-10's 96, ImageNet's
-# 224), as solo-learn and lightly do: the CIFAR stem at 224 px costs 15x torchvision's FLOPs (README, Models).
+# 224), as solo-learn and lightly do: the CIFAR stem at 224 px costs 15x torchvision's FLOPs (docs/models.md).
 CIFAR_STEM_MAX_SIZE = 64
 RESNET_STEMS = {"cifar": "the CIFAR stem (3x3 conv, stride 1, no max-pool)",
                 "imagenet": f"torchvision's stem (7x7 conv, stride 2, max-pool; the CIFAR one up to "
