@@ -4,7 +4,8 @@ import re
 import pytest
 
 from ssl_scripts import UserError
-from ssl_scripts.config import build_parser, dataset_checks, require
+from ssl_scripts.config import build_parser, require
+from ssl_scripts.evaluation.options import dataset_checks
 from ssl_scripts.data.datasets import make_synthetic
 from conftest import parse
 

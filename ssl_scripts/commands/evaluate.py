@@ -15,22 +15,34 @@ import time
 import torch
 from ssl_scripts import UserError, cli, config
 from ssl_scripts.data import datasets as data
+from ssl_scripts.data import options as data_options
 from ssl_scripts.evaluation import rotnet_protocol
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import files
+from ssl_scripts.outputs.environment import environment
 from ssl_scripts.runtime import distributed
 
 
-def parse_args(argv=None):
+def comma_list(text: str) -> list:
+    """--classifiers: 'a,b' -> ['a', 'b']."""
+    return text.split(",")
+
+
+def comma_list_or_all(text: str):
+    """--blocks: 'a,b' -> ['a', 'b']; empty: None, every block."""
+    return comma_list(text) if text else None
+
+
+def parse_args(argv=None) -> config.Options:
     parser = config.OptionParser(__doc__.strip().splitlines()[0])
     parser.add_argument("--encoder", required=True, help="an exported encoder: the final/ folder of a training run")
-    config.add_data_arguments(parser, image_size=None)  # --image-size defaults to the encoder's
-    distributed.add_distributed_arguments(parser)
+    data_options.add_source_options(parser, image_size=None)  # --image-size defaults to the encoder's
+    distributed.add_options(parser)
     protocol = parser.add_argument_group("protocol")
-    protocol.add_argument("--blocks", default=None,
+    protocol.add_argument("--blocks", type=comma_list_or_all, default=None,
                           help="comma-separated blocks to probe (default: all; nin: block1..block4, "
                                "resnet18: stem, layer1..layer4)")
-    protocol.add_argument("--classifiers", default=",".join(rotnet_protocol.CLASSIFIERS),
+    protocol.add_argument("--classifiers", type=comma_list, default=",".join(rotnet_protocol.CLASSIFIERS),
                           help=f"any of: {', '.join(rotnet_protocol.CLASSIFIERS)}")
     protocol.add_argument("--classifier-epochs", type=int, default=50, help="RotNet: 50")
     protocol.add_argument("--classifier-batch-size", type=int, default=128, help="RotNet: 128")
@@ -46,11 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=None,
                         help="JSON of the results (default: rotnet_protocol.json next to the encoder's folder); "
                              "the table also goes to the same name with .md")
-    args = parser.parse_args(argv)
-    args.blocks = args.blocks.split(",") if args.blocks else None
-    args.classifiers = args.classifiers.split(",")
-    config.fill_eval_dataset(args)  # the dataset's own labelled splits, if it has them
-    checks = [
+    # Defaults: --eval-dataset the dataset's own labelled splits (if it has them), --output beside the encoder.
+    args = config.decide_defaults(parser.parse_args(argv), data_options.option_defaults, output_default)
+    config.require([
         (all(c in rotnet_protocol.CLASSIFIERS for c in args.classifiers),
          f"--classifiers takes {' and/or '.join(rotnet_protocol.CLASSIFIERS)} (got {','.join(args.classifiers)})"),
         (args.classifier_epochs > 0, f"--classifier-epochs must be >= 1 (got {args.classifier_epochs})"),
@@ -58,15 +68,20 @@ def parse_args(argv=None):
          f"--classifier-batch-size must be >= 2 for batch norm (got {args.classifier_batch_size})"),
         (args.classifier_lr > 0, f"--classifier-lr must be > 0 (got {args.classifier_lr})"),
         (args.train_subset is None or args.train_subset > 1, f"--train-subset must be >= 2 (got {args.train_subset})"),
-        *config.data_checks(args),
+        *data_options.option_checks(args),
         (args.eval_dataset != "none", f"evaluate.py trains classifiers on labelled images, and --dataset "
                                       f"{args.dataset} has none: pass --eval-dataset (e.g. cifar10, or imagefolder "
                                       f"--eval-data-dir DIR)"),
-        *distributed.distributed_checks(args),
-    ]
-    config.require(checks)
-    args.output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.encoder)), "rotnet_protocol.json")
+        *distributed.option_checks(args),
+    ])
     return args
+
+
+def output_default(args) -> dict:
+    """--output's default: rotnet_protocol.json next to the encoder's folder."""
+    if args.output:
+        return {}
+    return {"output": os.path.join(os.path.dirname(os.path.abspath(args.encoder)), "rotnet_protocol.json")}
 
 
 def main(argv=None):
@@ -78,18 +93,18 @@ def main(argv=None):
     trained = encoders.load_encoder(args.encoder, accelerator.device)
     if args.image_size not in (None, trained.image_size):
         raise UserError(f"--image-size {args.image_size} differs from the encoder's {trained.image_size}: drop it")
-    args.image_size = trained.image_size
+    at_encoder_size = args.replace(image_size=trained.image_size)  # the options the data and the report get
     torch.manual_seed(args.seed)
     mean, std = trained.mean.flatten().tolist(), trained.std.flatten().tolist()
     untrained = encoders.build_encoder(trained.name, trained.image_size, mean, std, stem=trained.stem)
     untrained = untrained.to(accelerator.device).eval()
-    encoders = {"trained": trained} if args.skip_untrained else {"trained": trained, "untrained": untrained}
+    probed = {"trained": trained} if args.skip_untrained else {"trained": trained, "untrained": untrained}
     blocks = rotnet_protocol.check_blocks(trained, args.blocks)
     dims = dict(zip(blocks, rotnet_protocol.feature_dims(trained, blocks, args.max_feature_dim)))
 
     # Data: the labelled set (--eval-dataset, by default --dataset's own), a folder scanned by the main process and
     # decoded once per node; uint8 until each batch is encoded.
-    dataset = data.load_evaluation(args, accelerator)
+    dataset = data.load_evaluation(at_encoder_size, accelerator)
     subset = None
     if args.train_subset is not None and args.train_subset < len(dataset.train_labels):
         subset = torch.randperm(len(dataset.train_labels), generator=torch.Generator().manual_seed(args.seed))
@@ -97,7 +112,7 @@ def main(argv=None):
 
     # Probes: per encoder, block features cached once, then every classifier of every block trained together.
     results = {}
-    for name, encoder in encoders.items():
+    for name, encoder in probed.items():
         began = time.time()
         results[name] = rotnet_protocol.probe_encoder(
             accelerator, encoder, dataset, blocks, args.classifiers, subset, args.eval_batch_size,
@@ -114,7 +129,7 @@ def main(argv=None):
                   **results, "paper_nonlinear": paper, "train_images": len(subset) if subset is not None
                   else len(dataset.train_labels), "test_images": len(dataset.test_labels),
                   "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-                  "time_s": time.time() - start, "options": vars(args), **config.environment()}
+                  "time_s": time.time() - start, "options": vars(at_encoder_size), **environment()}
         files.write_json(args.output, report)
         files.write_text(os.path.splitext(args.output)[0] + ".md", table + "\n")
         print(f"top-1 (%) on {report['test_images']} test images, classifiers trained on "

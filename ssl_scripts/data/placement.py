@@ -25,7 +25,8 @@ def _size(n: int) -> str:
     return files.size(n, exact=False)
 
 
-def add_placement_argument(group) -> None:
+def add_options(group) -> None:
+    """--data-placement, in the data group (ssl_scripts/data/options.py)."""
     group.add_argument("--data-placement", choices=PLACEMENTS, default="auto",
                        help="device: the train split on each GPU (fastest); host: in host memory, one copy per "
                             "node, batches copied to the GPU as they are needed; stream (image folders): each "

@@ -22,6 +22,17 @@ def tracker_name(args):
     return tracker
 
 
+def add_options(group) -> None:
+    """Where the metrics go (--report-to) and the W&B run's names: in the run group (training/options.py)."""
+    group.add_argument("--report-to", choices=("wandb", "tensorboard", "none"), default="wandb",
+                       help="the tracker the metrics go to (none: no tracker)")
+    group.add_argument("--wandb-project", default=None, help="default: $WANDB_PROJECT, else the task's name")
+    group.add_argument("--wandb-entity", default=None, help="W&B team or user (default: $WANDB_ENTITY, else yours)")
+    group.add_argument("--run-name", default=None,
+                       help="display name of the run (default: $WANDB_NAME, else the output dir's name)")
+    group.add_argument("--wandb-tags", default=None, help="comma-separated tags (default: $WANDB_TAGS)")
+
+
 def _wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True

@@ -16,7 +16,8 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast, broadcast_object
 from ssl_scripts import UserError
 
 
-def add_distributed_arguments(parser) -> None:
+def add_options(parser) -> None:
+    """The distributed group: the process group's backend and timeout."""
     group = parser.add_argument_group("distributed")
     group.add_argument("--dist-backend", choices=("nccl", "gloo"), default=None,
                        help="process-group backend (default: Accelerate's choice, nccl on GPUs, gloo on CPUs); gloo "
@@ -71,8 +72,8 @@ def barriers_without_a_device() -> None:
     PartialState.wait_for_everyone = _barrier_without_a_device
 
 
-def distributed_checks(args) -> list:
-    """(ok, message) checks of the options add_distributed_arguments made (see config.require)."""
+def option_checks(args) -> list:
+    """(ok, message) checks of the options add_options made (see config.require)."""
     return [(args.dist_timeout > 0, f"--dist-timeout must be > 0 seconds (got {args.dist_timeout})")]
 
 

@@ -49,12 +49,14 @@ class Siamese(Task):
         group.add_argument("--embedding-dim", type=int, default=128, help="width of the projection head's output")
 
     @classmethod
-    def fill_defaults(cls, args) -> None:
+    def option_defaults(cls, args) -> dict:
+        defaults = {}
         if args.augment is None:
             # Two views of one image need SimCLR's augmentation, or the network matches them by their pixels alone.
-            args.augment = "simclr" if args.pairs == "augment" else "crop_flip"
+            defaults["augment"] = "simclr" if args.pairs == "augment" else "crop_flip"
         if args.positive_fraction is None:
-            args.positive_fraction = 1.0 if LOSSES[args.loss].every_pair_similar else 0.5
+            defaults["positive_fraction"] = 1.0 if LOSSES[args.loss].every_pair_similar else 0.5
+        return defaults
 
     @classmethod
     def option_checks(cls, args) -> list:

@@ -29,11 +29,10 @@ class Task:
         """The task's own options, added to the shared parser (ssl_scripts/config.py)."""
 
     @classmethod
-    def fill_defaults(cls, args) -> None:
-        """The task's defaults of options left unset (None), which may depend on its other options: the one place
-        they are decided (a model's optimizer recipe is models.MODELS's)."""
-        if args.augment is None:
-            args.augment = cls.default_augment
+    def option_defaults(cls, args) -> dict:
+        """{option: value}: the task's defaults of options left unset (None), which may depend on its other options
+        (config.parse_options decides them, after the model's recipe and the data's)."""
+        return {"augment": cls.default_augment} if args.augment is None else {}
 
     @classmethod
     def option_checks(cls, args) -> list:

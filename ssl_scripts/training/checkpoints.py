@@ -19,7 +19,7 @@ from ssl_scripts.models import encoders
 from ssl_scripts.outputs import files
 from ssl_scripts.runtime import distributed
 from ssl_scripts.training import diagnostics
-from ssl_scripts.config import save_config
+from ssl_scripts.outputs.environment import save_config
 
 PREFIX = "step_"
 # Options a checkpoint cannot be resumed under when they changed: the weights' or optimizer state's shapes, the

@@ -11,6 +11,7 @@ from ssl_scripts import config
 from ssl_scripts.training import run as training
 from ssl_scripts.data import datasets as data
 from ssl_scripts.evaluation import frozen
+from ssl_scripts.evaluation import options as evaluation_options
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import final
 from ssl_scripts.runtime import distributed
@@ -37,7 +38,7 @@ def _train(task_class, argv, stop_signals) -> dict:
     # or the host (--data-placement); the loader yields index batches, sharded over the processes by Accelerate.
     dataset, train_source = data.load_train_split(args, accelerator)
     labelled = data.load_evaluation(args, accelerator, dataset)  # evaluates the encoder; None: --eval-dataset none
-    config.require(config.dataset_checks(args, labelled))
+    config.require(evaluation_options.dataset_checks(args, labelled))
     train_loader = data.index_loader(accelerator, args, len(train_source), on_draw=train_source.read_ahead)
     task = task_class(args, dataset, train_source)
     train_source.images_to_read = task.images_to_read  # what a streamed split decodes ahead for a drawn batch

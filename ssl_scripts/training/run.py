@@ -24,7 +24,8 @@ from ssl_scripts.outputs import files, final, runlock
 from ssl_scripts.runtime import distributed, processes
 from ssl_scripts.training import checkpoints, diagnostics, schedules
 from ssl_scripts.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED
-from ssl_scripts.config import DEFAULT_EVAL_EVERY, environment, save_config
+from ssl_scripts.evaluation.options import DEFAULT_EVAL_EVERY
+from ssl_scripts.outputs.environment import environment, save_config
 from ssl_scripts.data.datasets import micro_batch_size
 from ssl_scripts.outputs.tracking import Tracker, scalars, tracker_name
 

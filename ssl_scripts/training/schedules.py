@@ -1,7 +1,10 @@
-"""Learning-rate schedules, per optimizer step: the training scripts' and the evaluation classifiers'."""
+"""Learning-rate schedules, per optimizer step: the training scripts' (and their options) and the evaluation
+classifiers'."""
 import math
 
 import torch
+
+from ssl_scripts.models.options import recipe_defaults
 
 # --schedule's choices.
 SCHEDULES = {"step": "x0.2 at 30%, 60%, 80% of training (RotNet's 60/120/160 of 200 epochs)",
@@ -30,3 +33,11 @@ def make_scheduler(optimizer, total_steps: int, schedule: str = "step", warmup_s
                    milestones=PRETRAINING_MILESTONES):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, schedule, warmup_steps, milestones))
+
+
+def add_options(group) -> None:
+    """--schedule and --warmup-steps, in the optimization group (ssl_scripts/training/options.py)."""
+    group.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
+                       help="; ".join(f"{name}: {what}" for name, what in SCHEDULES.items()).replace("%", "%%")
+                            + f" (default: the model's recipe, {recipe_defaults('schedule')})")
+    group.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
