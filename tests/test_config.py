@@ -1,4 +1,5 @@
 """The shared options (ssl_scripts/config.py) and their checks, for the training scripts and evaluate.py."""
+import os
 import re
 
 import pytest
@@ -36,6 +37,34 @@ def test_options_are_checked_against_the_loaded_data():
         require(dataset_checks(args, make_synthetic(8, n_train=40, n_test=8)))
     require(dataset_checks(args, make_synthetic(8, n_train=50, n_test=8)))
     require(dataset_checks(args, None))  # --eval-dataset none: no k-NN
+
+
+def test_the_parsed_options_refuse_a_change_and_a_derived_value_is_new_options():
+    import pickle
+    from ssl_scripts.commands import evaluate
+    args = parse([])
+    with pytest.raises(AttributeError, match="read-only once parsed"):
+        args.lr = 0.5
+    with pytest.raises(AttributeError, match="read-only once parsed"):
+        del args.augment
+    evaluated = evaluate.parse_args(["--encoder", "some/final"])
+    with pytest.raises(AttributeError, match="read-only once parsed"):
+        evaluated.image_size = 32  # the encoder's size is a new name (evaluate.main)
+    assert args.replace(lr=0.5).lr == 0.5 and args.lr == 0.1
+    copied = pickle.loads(pickle.dumps(args))  # as the processes exchange them
+    assert copied == args
+    with pytest.raises(AttributeError, match="read-only once parsed"):
+        copied.lr = 0.5
+
+
+def test_evaluate_parses_its_lists_and_decides_its_output():
+    from ssl_scripts.commands import evaluate
+    args = evaluate.parse_args(["--encoder", "some/final", "--blocks", "stem,layer1"])
+    assert (args.blocks, args.classifiers) == (["stem", "layer1"], ["nonlinear", "linear"])
+    assert args.output.endswith(os.path.join("some", "rotnet_protocol.json")) and os.path.isabs(args.output)
+    assert evaluate.parse_args(["--encoder", "some/final", "--blocks", ""]).blocks is None  # every block
+    with pytest.raises(UserError, match="--classifiers takes"):
+        evaluate.parse_args(["--encoder", "some/final", "--classifiers", ""])
 
 
 @pytest.mark.parametrize("dataset, evaluated", [("cifar10", "cifar10"), ("cifar100", "cifar100"), ("stl10", "stl10"),
