@@ -61,7 +61,7 @@ def test_evaluate_parses_its_lists_and_decides_its_output():
     from ssl_scripts.commands import evaluate
     args = evaluate.parse_args(["--encoder", "some/final", "--blocks", "stem,layer1"])
     assert (args.blocks, args.classifiers) == (["stem", "layer1"], ["nonlinear", "linear"])
-    assert args.output.endswith(os.path.join("some", "rotnet_protocol.json")) and os.path.isabs(args.output)
+    assert args.output.endswith(os.path.join("some", "probes.json")) and os.path.isabs(args.output)
     assert evaluate.parse_args(["--encoder", "some/final", "--blocks", ""]).blocks is None  # every block
     with pytest.raises(UserError, match="--classifiers takes"):
         evaluate.parse_args(["--encoder", "some/final", "--classifiers", ""])

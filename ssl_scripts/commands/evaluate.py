@@ -56,7 +56,7 @@ def parse_args(argv=None) -> config.Options:
     protocol.add_argument("--eval-batch-size", type=int, default=512, help="images per forward pass")
     protocol.add_argument("--seed", type=int, default=0, help="of the untrained network, subset and probes")
     parser.add_argument("--output", default=None,
-                        help="JSON of the results (default: rotnet_protocol.json next to the encoder's folder); "
+                        help="JSON of the results (default: probes.json next to the encoder's folder); "
                              "the table also goes to the same name with .md")
     # Defaults: --eval-dataset the dataset's own labelled splits (if it has them), --output beside the encoder.
     args = config.decide_defaults(parser.parse_args(argv), data_options.option_defaults, output_default)
@@ -78,10 +78,10 @@ def parse_args(argv=None) -> config.Options:
 
 
 def output_default(args) -> dict:
-    """--output's default: rotnet_protocol.json next to the encoder's folder."""
+    """--output's default: probes.json next to the encoder's folder."""
     if args.output:
         return {}
-    return {"output": os.path.join(os.path.dirname(os.path.abspath(args.encoder)), "rotnet_protocol.json")}
+    return {"output": os.path.join(os.path.dirname(os.path.abspath(args.encoder)), "probes.json")}
 
 
 def main(argv=None):
