@@ -63,7 +63,7 @@ def test_simclr_views_of_one_image_differ():
 
 def test_batched_augmentations_and_rotations_never_make_the_host_wait():
     # On `meta` tensors (a stand-in for a GPU): a value read by the host or a mask's size would show up here.
-    from conftest import HostWaits
+    from helpers import HostWaits
     from ssl_scripts.tasks.rotation import rotate
     images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8, device="meta")
     with HostWaits() as waits:
@@ -78,7 +78,7 @@ def test_batched_augmentations_and_rotations_never_make_the_host_wait():
 def test_a_registered_augmentation_is_an_option(monkeypatch):
     """One entry in augment.AUGMENTATIONS is all a new augmentation needs: --augment offers it, augment() runs it."""
     from ssl_scripts.data import augment as augment_module
-    from conftest import parse
+    from helpers import parse
 
     def invert(images):
         """1 - the image."""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_throughput_benchmark_prints_a_row_per_script(tmp_path):

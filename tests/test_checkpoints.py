@@ -5,7 +5,7 @@ import pytest
 
 from ssl_scripts import UserError
 from ssl_scripts.training.checkpoints import list_checkpoints, verify_checkpoint
-from conftest import toy_run, toy_train
+from helpers import toy_run, toy_train
 
 
 def test_incomplete_checkpoints_are_ignored(tmp_path):
@@ -85,7 +85,7 @@ def test_a_resume_with_any_must_match_option_changed_is_refused_naming_it_and_ov
         tmp_path, task, options, differs):
     # Each field of checkpoints.MUST_MATCH and of the task's must_match, one at a time, through a Run given the
     # task's must_match as the loop gives it ("task=NAME": the same output dir resumed by another task).
-    from conftest import exited, task_toy_run, toy_steps, tree_contents
+    from helpers import exited, task_toy_run, toy_steps, tree_contents
     run, model = task_toy_run(task, tmp_path)
     toy_steps(run, model, stop_after=4)  # a checkpoint at 3, and files written after it (metrics, config)
     exited(tmp_path)
@@ -108,7 +108,7 @@ def test_a_checkpoint_of_the_old_cifar_stem_is_refused_where_the_stem_changed(tm
     config.json. One written before (no "stem") had the CIFAR stem at every size: refused at 96 px, resumed at 32."""
     import json
     from ssl_scripts.training.checkpoints import write_manifest
-    from conftest import exited, tree_contents
+    from helpers import exited, tree_contents
     toy_train(tmp_path, "--image-size", image_size, stop_after=4)  # toy_run's model, resnet18 in the options
     exited(tmp_path)
     checkpoint = tmp_path / "checkpoints" / "step_00000003"
@@ -156,7 +156,7 @@ def test_a_resume_onto_a_split_the_batch_does_not_divide_into_stops_with_one_lin
     # --batch-size is the global batch: a checkpoint of 1 process x 1 accumulation step (batch 8) resumed as 1 x 3
     # would train 6 samples a step. The same check (micro_batch_size) guards another number of processes.
     from ssl_scripts.data.datasets import micro_batch_size
-    from conftest import exited, tree_contents
+    from helpers import exited, tree_contents
     _, run = toy_train(tmp_path, stop_after=4)
     exited(tmp_path)
     before = tree_contents(tmp_path)
@@ -181,7 +181,7 @@ def test_ranks_a_resume_adds_draw_their_augmentations_from_seed_step_and_rank(tm
     import torch
     from accelerate.utils import set_seed
     from ssl_scripts.data.augment import crop_flip
-    from conftest import accelerate_command, exited, run_script
+    from helpers import accelerate_command, exited, run_script
     toy_train(tmp_path / "source", stop_after=7)  # checkpoints at 3 and 6, of 1 process
     exited(tmp_path / "source")
     step3, step6 = (tmp_path / "source" / "checkpoints" / f"step_0000000{s}" for s in (3, 6))
@@ -190,7 +190,7 @@ def test_ranks_a_resume_adds_draw_their_augmentations_from_seed_step_and_rank(tm
 import json, os, sys
 import torch
 from ssl_scripts.data.augment import AUGMENTATIONS
-from conftest import toy_run
+from helpers import toy_run
 out, seen = sys.argv[1], {}
 images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 for name, checkpoint in zip(sys.argv[2::2], sys.argv[3::2]):

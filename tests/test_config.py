@@ -8,7 +8,7 @@ from ssl_scripts import UserError
 from ssl_scripts.config import build_parser, require
 from ssl_scripts.evaluation.options import dataset_checks
 from ssl_scripts.data.datasets import make_synthetic
-from conftest import parse
+from helpers import parse
 
 
 @pytest.mark.parametrize("option, value", [("--lr", "0"), ("--batch-size", "0"), ("--model", "vgg"),
@@ -87,7 +87,7 @@ def test_every_command_prints_its_help(command):
     # argparse formats every help text only for --help: a stray % in one (e.g. "70%") crashed it there alone.
     import subprocess
     import sys
-    from conftest import REPO
+    from helpers import REPO
     result = subprocess.run([sys.executable, *command.split(), "--help"], capture_output=True, text=True, timeout=120,
                             cwd=REPO)
     assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr[-2000:]

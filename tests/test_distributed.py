@@ -3,13 +3,13 @@ import json
 import os
 import subprocess
 
-from conftest import REPO, SMALL, accelerate_command, free_port, run_script, wandb_runs
+from helpers import REPO, SMALL, accelerate_command, free_port, run_script, wandb_runs
 
 
 def probe(*args):
     return run_script(["accelerate", "launch", "--config_file", f"{REPO}/accelerate_configs/cpu.yaml",
                        "--num_processes", "2", "--num_cpu_threads_per_process", "1",
-                       f"{REPO}/tests/distributed_probe.py", *map(str, args)], timeout=300)
+                       f"{REPO}/tests/helpers/probes/distributed_probe.py", *map(str, args)], timeout=300)
 
 
 def test_evaluation_and_directory_checks_agree_over_processes(tmp_path):

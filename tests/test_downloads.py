@@ -10,9 +10,9 @@ import torch
 
 from ssl_scripts import UserError
 from ssl_scripts.data import downloads
-from conftest import REPO
-from dataset_files import (checksum_skipping_env, checksums_skipped, downloads_refused, write_cifar10,
-                           write_cifar100, write_stl10)
+from helpers import REPO
+from helpers import (checksum_skipping_env, checksums_skipped, downloads_refused, write_cifar10,
+                     write_cifar100, write_stl10)
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_a_failed_download_leaves_no_folder_it_made(tmp_path, no_network, read):
 def test_a_failed_download_prints_no_data_line(tmp_path, no_network, capsys):
     from accelerate import Accelerator
     from ssl_scripts.data import datasets as data
-    from conftest import parse
+    from helpers import parse
     args = parse(["--dataset", "cifar10", "--data-dir", tmp_path / "data", "--cache-dir", tmp_path / "cache",
                   "--output-dir", tmp_path / "out"])
     with pytest.raises(UserError, match="could not load or download CIFAR-10"):

@@ -1,11 +1,11 @@
 """STL-10 and CIFAR-100 trained on through `accelerate launch`, from small files in their own formats (only the
-MD5 check skipped, downloads refused: tests/dataset_files.py)."""
+MD5 check skipped, downloads refused: tests/helpers/dataset_files.py)."""
 import json
 
 import pytest
 
-from conftest import accelerate_command, python_script, run_script
-from dataset_files import checksum_skipping_env, write_cifar100, write_stl10
+from helpers import accelerate_command, python_script, run_script
+from helpers import checksum_skipping_env, write_cifar100, write_stl10
 
 
 @pytest.mark.parametrize("dataset, script", [("stl10", "train_rotation.py"), ("cifar100", "train_siamese.py")])

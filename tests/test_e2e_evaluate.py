@@ -1,7 +1,7 @@
 """evaluate.py run for real through `accelerate launch`, on an encoder train_rotation.py exported."""
 import json
 
-from conftest import accelerate_launch, python_script
+from helpers import accelerate_launch, python_script
 
 
 def test_rotnet_protocol_on_a_trained_nin_reports_every_block_trained_and_untrained(tmp_path):

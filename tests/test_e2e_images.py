@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import accelerate_launch, python_script, write_unlabeled_images
+from helpers import accelerate_launch, python_script, write_unlabeled_images
 
 SMALL_IMAGES = ["--dataset", "images", "--model", "simple_cnn", "--image-size", "16", "--batch-size", "16",
                 "--knn-k", "3", "--linear-probe-epochs", "2", "--eval-batch-size", "64", "--report-to", "none",

@@ -7,7 +7,7 @@ import time
 import torch
 
 from ssl_scripts.models.encoders import load_encoder
-from conftest import (REPO, SMALL, TRACKED, accelerate_command, accelerate_launch, run_script, wandb_read,
+from helpers import (REPO, SMALL, TRACKED, accelerate_command, accelerate_launch, run_script, wandb_read,
                       wandb_runs)
 
 
@@ -113,7 +113,7 @@ def test_default_tracker_is_wandb_offline_without_credentials(tmp_path):
 
 
 def test_skipped_unreadable_images_are_counted_in_the_log_and_results(image_folder, tmp_path):
-    from conftest import python_script
+    from helpers import python_script
     (image_folder / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     out = tmp_path / "out"
     result = python_script("train_rotation.py", "--dataset", "imagefolder", "--data-dir", image_folder, "--image-size",

@@ -1,7 +1,7 @@
 """train_siamese.py run for real through `accelerate launch` (CPU, gloo for two processes)."""
 import json
 
-from conftest import SMALL, TRACKED, accelerate_launch, wandb_read, wandb_runs
+from helpers import SMALL, TRACKED, accelerate_launch, wandb_read, wandb_runs
 
 
 def test_two_processes_train_and_evaluate(tmp_path):
@@ -46,7 +46,7 @@ def test_bad_positive_fraction_is_one_line(tmp_path):
 
 
 def test_a_class_with_one_image_is_one_error_line(image_folder, tmp_path):
-    from conftest import python_script
+    from helpers import python_script
     for extra in sorted((image_folder / "train" / "dog").glob("*.png"))[1:]:
         extra.unlink()  # dog keeps one train image
     result = python_script("train_siamese.py", "--dataset", "imagefolder", "--data-dir", image_folder, "--image-size",

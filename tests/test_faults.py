@@ -13,7 +13,7 @@ from ssl_scripts import UserError
 from ssl_scripts.training.checkpoints import verify_checkpoint
 from ssl_scripts.models.encoders import load_encoder
 
-from conftest import (REPO, SMALL, accelerate_command, accelerate_launch, killed_when_held, python_script, run_script,
+from helpers import (REPO, SMALL, accelerate_command, accelerate_launch, killed_when_held, python_script, run_script,
                       steps_of)
 
 

@@ -4,7 +4,7 @@ import torch
 
 from ssl_scripts import UserError
 from ssl_scripts.data.datasets import ImageData, load_imagefolder, scan_images
-from conftest import write_unlabeled_images
+from helpers import write_unlabeled_images
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -79,7 +79,7 @@ def test_enough_images_are_held_out_for_the_pretext_metrics_and_training_keeps_n
 def test_the_data_line_says_when_the_pretext_metrics_rest_on_few_images(tmp_path, capsys):
     from accelerate import Accelerator
     from ssl_scripts.data import datasets as data
-    from conftest import parse
+    from helpers import parse
     write_unlabeled_images(tmp_path / "photos", count=40)
     args = parse(["--dataset", "images", "--data-dir", tmp_path / "photos", "--cache-dir", tmp_path / "cache",
                   "--image-size", "16", "--output-dir", tmp_path / "out"])

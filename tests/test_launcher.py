@@ -11,7 +11,7 @@ import pytest
 
 from ssl_scripts.outputs import runlock
 from ssl_scripts.runtime import launcher
-from conftest import REPO, SMALL
+from helpers import REPO, SMALL
 
 TRAIN = [*SMALL, "--skip-eval", "--max-steps", "8", "--log-every", "2"]
 STOP_LINE = "stopping on Ctrl-C (SIGINT) at step "

@@ -5,7 +5,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from ssl_scripts.training import loop
-from conftest import accelerate_launch, exited
+from helpers import accelerate_launch, exited
 from ssl_scripts.tasks import TASKS
 
 TINY_RESNET = ["--dataset", "synthetic", "--synthetic-size", "64", "--model", "resnet18", "--image-size", "8",

@@ -79,7 +79,7 @@ def test_identical_embeddings_give_finite_gradients():
 def test_a_registered_pair_loss_is_an_option_of_the_siamese_task(monkeypatch):
     """One entry in losses.LOSSES is all a new loss needs: train_siamese.py --loss offers it, with its options."""
     from ssl_scripts.models.losses import LOSSES, PairLoss
-    from conftest import parse
+    from helpers import parse
 
     def options(group):
         group.add_argument("--cosine-scale", type=float, default=1.0)

@@ -4,7 +4,7 @@ import torch
 from ssl_scripts import UserError
 from ssl_scripts.models.encoders import (MODELS, Encoder, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
                            save_encoder, simple_cnn_blocks)
-from conftest import parse
+from helpers import parse
 from ssl_scripts.tasks import TASKS
 
 

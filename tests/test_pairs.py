@@ -94,7 +94,7 @@ def test_balanced_test_pairs():
 @pytest.mark.parametrize("mode", ["label", "augment"])
 def test_drawing_partners_never_makes_the_host_wait(mode):
     # On `meta` tensors (a stand-in for a GPU): no tensor made from host data, no value read back, per call.
-    from conftest import HostWaits
+    from helpers import HostWaits
     sampler = PairSampler(LABELS, mode).to("meta")
     with HostWaits() as waits:
         partners, similar = sampler(torch.arange(64, device="meta"), epoch=3)

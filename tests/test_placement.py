@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from ssl_scripts import UserError
 from ssl_scripts.data.placement import TrainImages, choose
-from conftest import REPO, SMALL, accelerate_launch, killed_when_held, python_script, steps_of
+from helpers import REPO, SMALL, accelerate_launch, killed_when_held, python_script, steps_of
 
 GiB = 2 ** 30
 CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
@@ -135,7 +135,7 @@ def test_streamed_batches_are_decoded_ahead_off_the_training_thread(folder, tmp_
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from ssl_scripts.data import datasets as data
-    from conftest import parse
+    from helpers import parse
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(cpu=True)
     dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
@@ -185,7 +185,7 @@ def test_streamed_siamese_steps_wait_for_one_decode_read_ahead_with_the_partners
     from accelerate.state import AcceleratorState
     from ssl_scripts.data import datasets as data
     from ssl_scripts.training import loop
-    from conftest import exited
+    from helpers import exited
     from ssl_scripts.tasks.siamese import Siamese
     steps, submit, make_batch = [], data.StreamedImages.submit, Siamese.make_batch
 

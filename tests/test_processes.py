@@ -6,7 +6,7 @@ import sys
 import time
 
 from ssl_scripts.runtime import processes
-from conftest import REPO
+from helpers import REPO
 
 
 def python(code: str, **kw) -> subprocess.CompletedProcess:

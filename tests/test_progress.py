@@ -7,7 +7,7 @@ import subprocess
 import sys
 import termios
 
-from conftest import REPO, SMALL
+from helpers import REPO, SMALL
 
 BARS = ("eval: features", "eval: k-NN", "eval: linear probe epochs")
 

@@ -10,7 +10,7 @@ import types
 import torch
 
 from ssl_scripts.config import build_parser
-from conftest import REPO
+from helpers import REPO
 from ssl_scripts.tasks import TASKS
 
 README = open(os.path.join(REPO, "README.md")).read()

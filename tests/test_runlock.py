@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, python_script
+from helpers import REPO, python_script
 
 RUN = ["--dataset", "synthetic", "--model", "simple_cnn", "--report-to", "none", "--batch-size", "32",
        "--checkpoint-every", "10", "--log-every", "5", "--skip-eval"]

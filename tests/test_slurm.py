@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, SMALL, free_port
+from helpers import REPO, SMALL, free_port
 
 # The templates ask for 64 CPUs and 480 GB a node (8 GPUs); a CPU-only job says what it needs instead. The
 # cluster's CPU nodes have one CPU each (two on a 2-core machine).
@@ -50,7 +50,7 @@ def cluster():
     missing = _cluster_missing()
     if missing is None:
         return
-    from conftest import required_by  # unset, "", "0", "false": not required
+    from helpers import required_by  # unset, "", "0", "false": not required
     if required_by(REQUIRE):
         pytest.fail(f"{REQUIRE} is set but no local Slurm cluster answers ({missing}): start one with `{START}` "
                     "(root; installs Slurm with apt-get on Debian)", pytrace=False)

@@ -5,7 +5,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from ssl_scripts import UserError
-from conftest import parse
+from helpers import parse
 from ssl_scripts.tasks.siamese import view_pair_metrics
 
 

@@ -47,7 +47,7 @@ class Flip(Task):
 
 
 def test_a_task_defined_in_one_file_trains_on_two_processes_and_resumes(tmp_path):
-    from conftest import SMALL, accelerate_launch
+    from helpers import SMALL, accelerate_launch
     out = tmp_path / "flip"
     options = [*SMALL, "--checkpoint-every", "2", "--log-every", "2", "--output-dir", out]
     first = accelerate_launch("tests/test_tasks.py", *options, "--max-steps", "4", num_processes=2)

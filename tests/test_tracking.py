@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from conftest import REPO, SMALL, TRACKED, accelerate_launch, run_script, toy_train, wandb_read, wandb_runs
+from helpers import REPO, SMALL, TRACKED, accelerate_launch, run_script, toy_train, wandb_read, wandb_runs
 
 
 def test_logged_train_loss_is_the_mean_over_both_ranks(tmp_path):
     out = tmp_path / "probe"
     result = run_script(["accelerate", "launch", "--config_file", f"{REPO}/accelerate_configs/cpu.yaml",
-                         "--num_processes", "2", f"{REPO}/tests/rank_metrics_probe.py", "--dataset", "synthetic",
+                         "--num_processes", "2", f"{REPO}/tests/helpers/probes/rank_metrics_probe.py",
+                         "--dataset", "synthetic",
                          "--batch-size", "8", "--max-steps", "6", "--log-every", "3", "--output-dir", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     fed = [json.loads((out / f"fed_rank{rank}.json").read_text()) for rank in (0, 1)]

@@ -10,7 +10,7 @@ from accelerate.state import AcceleratorState
 
 from ssl_scripts.training.checkpoints import list_checkpoints
 from ssl_scripts.data.datasets import index_loader
-from conftest import exited, parse, toy_run, toy_steps, toy_train, training_accelerator
+from helpers import exited, parse, toy_run, toy_steps, toy_train, training_accelerator
 
 
 def test_resume_continues_the_same_data_order(tmp_path):
@@ -124,7 +124,7 @@ def test_the_model_timer_on_a_gpu_reads_cuda_events_only_when_taken(monkeypatch)
 def test_steps_between_log_and_checkpoint_steps_never_make_the_host_wait(tmp_path):
     # The scripts' loop. On a GPU any value read back (.item(), bool(), ...) stalls the device until it is idle;
     # here on the CPU every such read is recorded, step by step.
-    from conftest import HostWaits
+    from helpers import HostWaits
     run, model = toy_run(tmp_path, "--log-every", "4", "--checkpoint-every", "6")
     accelerator, per_step = run.accelerator, {}
     with HostWaits(device_only=False) as waits:
@@ -145,7 +145,7 @@ def test_steps_between_log_and_checkpoint_steps_never_make_the_host_wait(tmp_pat
     assert {step: per_step[step] for step in quiet} == {step: [] for step in quiet}
 
 
-# conftest's HostWaits is asserted to see nothing above, in test_augment.py and in test_pairs.py: here, that it
+# helpers' HostWaits is asserted to see nothing above, in test_augment.py and in test_pairs.py: here, that it
 # sees each kind of wait it claims to, and nothing else.
 def meta_waits():
     x, host = torch.ones(4, device="meta"), torch.ones(4)
@@ -160,7 +160,7 @@ def meta_waits():
 
 
 def seen_by(device_only, kinds):
-    from conftest import HostWaits
+    from helpers import HostWaits
     seen = {}
     for kind, make in kinds.items():
         with HostWaits(device_only=device_only) as waits:
@@ -203,7 +203,7 @@ def test_the_host_wait_detector_sees_each_kind_of_wait():
 
 def test_a_required_by_variable_set_to_0_false_or_nothing_requires_nothing(monkeypatch):
     # SSL_SCRIPTS_REQUIRE_SMALL_DISK / _SLURM: "0" used to count as set (any non-empty string did).
-    from conftest import required_by
+    from helpers import required_by
     monkeypatch.delenv("SSL_SCRIPTS_TEST_FLAG", raising=False)
     assert not required_by("SSL_SCRIPTS_TEST_FLAG")
     for value, required in [("", False), ("0", False), ("false", False), ("False", False), (" no ", False),

@@ -17,7 +17,7 @@ from ssl_scripts.evaluation import frozen
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import final
 from ssl_scripts.runtime import distributed
-from conftest import parse, prepared_run, training_accelerator
+from helpers import parse, prepared_run, training_accelerator
 
 
 def checks(out):

@@ -7,7 +7,7 @@ import sys
 import torch
 
 
-from conftest import parse, prepared_run, training_accelerator
+from helpers import parse, prepared_run, training_accelerator
 
 args = parse(sys.argv[1:])
 accelerator = training_accelerator(args)

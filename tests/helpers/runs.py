@@ -1,0 +1,108 @@
+"""In-process toy runs: a task's options parsed, and the real Run set up as the scripts set it up, around a tiny
+model, on one CPU process; and OUTPUT_DIR released as the process's exit would release it."""
+import os
+
+
+def parse(argv, task="rotation"):
+    """A task's options as its training command parses them (defaults filled, checked)."""
+    from ssl_scripts.config import parse_options
+    from ssl_scripts.tasks import TASKS
+    return parse_options(TASKS[task], [str(a) for a in argv])
+
+
+def training_accelerator(args):
+    """The loop's Accelerator setup: built, OUTPUT_DIR claimed, the run seeded (the first lines of
+    ssl_scripts/training/loop.py's train)."""
+    from ssl_scripts.training import run as training
+    accelerator = training.build_accelerator(args)
+    training.claim_output_dir(accelerator, args)
+    training.seed_run(args)
+    return accelerator
+
+
+def prepared_run(args, accelerator, model, samples=64, project="test", accelerator_view=None):
+    """What the scripts set up between their model and their loop, on `samples` indices: (Run, prepared model).
+    accelerator_view: what the Run is handed instead of the Accelerator (e.g. one that reports a GPU)."""
+    from ssl_scripts.training import run as training
+    from ssl_scripts.data import datasets as data
+    from ssl_scripts.training.optimizers import make_optimizer
+    loader = data.index_loader(accelerator, args, samples)
+    optimizer = make_optimizer(args, model)
+    scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    run = training.Run.start(args, accelerator_view or accelerator, model, optimizer, scheduler, loader, project,
+                             stop_signals=training.StopSignals.install())  # as the loop installs them
+    return run, model
+
+
+def toy_run(output_dir, *extra, accelerator_view=None):
+    """A real Run around a 2 -> 1 linear model, set up as the scripts do, on 64 samples (one CPU process):
+    --batch-size 8, a checkpoint every 3 steps, a log every 2, 2 epochs of 8 steps. Returns (run, model)."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    args = parse(
+        ["--output-dir", str(output_dir), "--report-to", "none", "--batch-size", "8", "--checkpoint-every", "3",
+         "--epochs", "2", "--log-every", "2", *map(str, extra)])
+    return prepared_run(args, training_accelerator(args), torch.nn.Linear(2, 1),
+                        accelerator_view=accelerator_view)
+
+
+def toy_train(output_dir, *extra, stop_after=None):
+    """The scripts' loop around toy_run's model; returns (the index batches it trained on, in order; the run)."""
+    run, model = toy_run(output_dir, *extra)
+    seen = []
+    toy_steps(run, model, stop_after, seen)
+    return seen, run
+
+
+def task_toy_run(task, output_dir, *extra):
+    """toy_run with a task's own options (e.g. siamese's --embedding-dim) and its checkpoint fields (its
+    must_match, handed to the Run as the loop hands it). Returns (run, model)."""
+    import torch
+    from accelerate.state import AcceleratorState
+    from ssl_scripts.training import run as training
+    from ssl_scripts.data import datasets as data
+    from ssl_scripts.training.optimizers import make_optimizer
+    from ssl_scripts.tasks import TASKS
+    AcceleratorState._reset_state(True)
+    args = parse(["--output-dir", output_dir, "--report-to", "none", "--batch-size", "8", "--checkpoint-every", "3",
+                  "--epochs", "2", "--log-every", "2", *extra], task)
+    accelerator = training_accelerator(args)
+    model = torch.nn.Linear(2, 1)
+    loader = data.index_loader(accelerator, args, 64)
+    optimizer = make_optimizer(args, model)
+    scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    run = training.Run.start(args, accelerator, model, optimizer, scheduler, loader, task, TASKS[task].must_match,
+                             stop_signals=training.StopSignals.install())
+    return run, model
+
+
+def toy_steps(run, model, stop_after=None, seen=None):
+    """The loop around a toy Run (toy_run's, task_toy_run's), until step `stop_after` (None: the end);
+    the index batches it trains on are appended to `seen`, if given."""
+    import torch
+    for _ in run.epochs():
+        for indices in run.batches():
+            if seen is not None:
+                seen.append(indices.tolist())
+            with run.accelerator.accumulate(model):
+                loss = model(torch.ones(len(indices), 2)).mean()
+                run.accelerator.backward(loss)
+                run.optimizer_step()
+            run.end_batch(images=len(indices), samples=len(indices), loss=loss)
+            if run.state.step == stop_after:
+                return run
+    return run
+
+
+def exited(output_dir):
+    """OUTPUT_DIR as this process leaves it when it exits: the run lock an in-process toy run took there (held until
+    the process exits, ssl_scripts/outputs/runlock.py) released and its file removed, as at exit."""
+    from ssl_scripts.outputs import runlock
+    lock = os.path.abspath(os.path.join(str(output_dir), runlock.LOCK_NAME))
+    for fd, path in list(runlock._held.items()):
+        if os.path.abspath(path) == lock:
+            runlock.release(fd)
