@@ -11,6 +11,8 @@ import pytest
 
 from helpers import REPO
 
+pytestmark = pytest.mark.e2e
+
 
 def test_throughput_benchmark_prints_a_row_per_script(tmp_path):
     out = tmp_path / "rows.json"

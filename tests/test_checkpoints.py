@@ -172,6 +172,7 @@ def test_a_resume_onto_a_split_the_batch_does_not_divide_into_stops_with_one_lin
     assert micro_batch_size(run.args, 2) == 4
 
 
+@pytest.mark.e2e
 def test_ranks_a_resume_adds_draw_their_augmentations_from_seed_step_and_rank(tmp_path):
     """A checkpoint of 1 process resumed on 2 (gloo): rank 1 has no saved random state; its augmentations come from
     set_seed((seed * 1_000_003 + step * 1009 + rank) % 2**32): the same on two resumes from one checkpoint, other

@@ -81,6 +81,7 @@ def test_an_evaluation_set_needs_labels_and_a_folder_needs_its_path(capsys):
         parse(["--eval-dataset", "imagefolder"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", ["train_rotation.py", "train_siamese.py", "evaluate.py", "-m bench.throughput",
                                      "-m bench.decode", "bench/data_scale.py"])
 def test_every_command_prints_its_help(command):

@@ -3,7 +3,11 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from helpers import REPO, SMALL, accelerate_command, free_port, run_script, wandb_runs
+
+pytestmark = pytest.mark.e2e
 
 
 def probe(*args):

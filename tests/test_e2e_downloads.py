@@ -7,6 +7,8 @@ import pytest
 from helpers import accelerate_command, python_script, run_script
 from helpers import checksum_skipping_env, write_cifar100, write_stl10
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.parametrize("dataset, script", [("stl10", "train_rotation.py"), ("cifar100", "train_siamese.py")])
 def test_a_downloaded_dataset_trains_and_evaluates_on_its_labelled_splits(tmp_path, dataset, script):

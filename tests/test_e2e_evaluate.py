@@ -1,7 +1,11 @@
 """evaluate.py run for real through `accelerate launch`, on an encoder train_rotation.py exported."""
 import json
 
+import pytest
+
 from helpers import accelerate_launch, python_script
+
+pytestmark = pytest.mark.e2e
 
 
 def test_rotnet_protocol_on_a_trained_nin_reports_every_block_trained_and_untrained(tmp_path):

@@ -6,6 +6,8 @@ import pytest
 
 from helpers import accelerate_launch, python_script, write_unlabeled_images
 
+pytestmark = pytest.mark.e2e
+
 SMALL_IMAGES = ["--dataset", "images", "--model", "simple_cnn", "--image-size", "16", "--batch-size", "16",
                 "--knn-k", "3", "--linear-probe-epochs", "2", "--eval-batch-size", "64", "--report-to", "none",
                 "--max-steps", "2"]

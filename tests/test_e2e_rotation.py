@@ -4,11 +4,14 @@ import os
 import subprocess
 import time
 
+import pytest
 import torch
 
 from ssl_scripts.models.encoders import load_encoder
 from helpers import (REPO, SMALL, TRACKED, accelerate_command, accelerate_launch, run_script, wandb_read,
                       wandb_runs)
+
+pytestmark = pytest.mark.e2e
 
 
 def test_two_processes_train_evaluate_and_export(tmp_path):

@@ -1,7 +1,11 @@
 """train_siamese.py run for real through `accelerate launch` (CPU, gloo for two processes)."""
 import json
 
+import pytest
+
 from helpers import SMALL, TRACKED, accelerate_launch, wandb_read, wandb_runs
+
+pytestmark = pytest.mark.e2e
 
 
 def test_two_processes_train_and_evaluate(tmp_path):

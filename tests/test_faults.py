@@ -29,6 +29,7 @@ def errors(result):
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.e2e
 def test_sigkill_inside_a_checkpoint_write_leaves_a_resumable_run(tmp_path):
     out = tmp_path / "run"
     command = accelerate_command("train_rotation.py", *SMALL, "--max-steps", "12", "--checkpoint-every", "1",
@@ -43,6 +44,7 @@ def test_sigkill_inside_a_checkpoint_write_leaves_a_resumable_run(tmp_path):
     assert json.loads((out / "results.json").read_text())["steps"] == 12
 
 
+@pytest.mark.e2e
 def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path):
     out = tmp_path / "run"
     first = python_script("train_rotation.py", *SMALL, "--max-steps", "6", "--checkpoint-every", "2",
@@ -63,6 +65,7 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_p
     assert "resumed from" in again.stdout and "step_00000004 at step 4" in again.stdout
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_of_other_options_is_refused_naming_the_fields(tmp_path):
     out = tmp_path / "run"
     first = python_script("train_siamese.py", *SMALL, "--max-steps", "2", "--skip-eval", "--output-dir", out)
@@ -79,6 +82,7 @@ def test_a_checkpoint_of_other_options_is_refused_naming_the_fields(tmp_path):
     assert longer.returncode == 0, longer.stderr[-3000:]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("policy", ["abort", "skip"])
 def test_non_finite_gradients_on_one_rank_are_decided_by_all(tmp_path, policy):
     out = tmp_path / policy
@@ -99,6 +103,7 @@ def test_non_finite_gradients_on_one_rank_are_decided_by_all(tmp_path, policy):
         assert not all(torch.equal(w5[n], w6[n]) for n in w5)  # ...and training went on
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script, processes, placement", [
     ("train_rotation.py", 1, "device"), ("train_rotation.py", 2, "device"), ("train_siamese.py", 1, "device"),
     ("train_siamese.py", 2, "device"), ("train_siamese.py", 2, "host")])
@@ -121,6 +126,7 @@ def test_deterministic_resume_ends_bitwise_identical(tmp_path, script, processes
     assert all(torch.equal(final_whole[name], final_cut[name]) for name in final_whole)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script, extra", [
     ("train_rotation.py", []), ("train_siamese.py", []),
     # NT-Xent's negatives are the other views of the global batch: gathered from both processes, with gradients
@@ -159,6 +165,7 @@ def test_one_process_and_two_with_the_same_batch_size_take_the_same_first_step(t
     ("train_siamese.py", "good", ["--positive-fraction", "-0.1"], "--positive-fraction must be within [0, 1]"),
     ("train_rotation.py", "good", ["--model", "vgg"], "unknown model"),
 ])
+@pytest.mark.e2e
 def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, image_folder, script, make, options,
                                                             message):
     from PIL import Image
@@ -184,6 +191,7 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, image_fold
     assert os.listdir(out) == ["results.json"] and (out / "results.json").read_text() == "keep me"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("first, then", [((2, 1), (1, 2)), ((1, 2), (2, 1))])
 def test_a_run_resumed_on_another_number_of_processes_trains_on_the_same_samples(tmp_path, first, then):
     """(processes, --grad-accum) before and after the resume; --batch-size 32 stays the global batch."""
@@ -222,6 +230,7 @@ def leftovers(folder):
     return [str(p) for p in folder.rglob("*") if p.name.startswith((".tmp-", ".old-"))]
 
 
+@pytest.mark.e2e
 def test_a_full_disk_at_the_start_is_one_line_and_leaves_nothing(small_disk):
     out = small_disk.path / "out"
     small_disk.fill()
@@ -232,6 +241,7 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_nothing(small_disk):
     assert os.listdir(out) == []
 
 
+@pytest.mark.e2e
 def test_a_cache_dir_on_a_full_disk_is_one_warning_and_the_next_start_caches(small_disk, image_folder, tmp_path):
     # Two processes: one decodes into a node-local fallback and the other maps it (before, each decoded on its own
     # after the first one's cache failed: one private copy per process).
@@ -265,6 +275,7 @@ def test_an_image_cache_that_fits_nowhere_stops_before_decoding(tmp_path, image_
     assert decoded == [] and os.listdir(tmp_path / "cache") == []
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_onto_a_full_disk_stops_every_process_and_resumes_once_there_is_room(small_disk):
     """A checkpoint here is 6.5 MB; 1 MiB is left for it: every process stops after the failed save (none waits
     for the others in a collective), with one line; the earlier checkpoints stay intact and are resumed from."""
@@ -297,6 +308,7 @@ def test_a_checkpoint_onto_a_full_disk_stops_every_process_and_resumes_once_ther
     assert sorted(set(logged)) == list(range(1, 9)) and logged == sorted(logged)  # cut back to step 4, then on
 
 
+@pytest.mark.e2e
 def test_final_and_results_onto_a_full_disk_are_written_by_the_same_command_once_there_is_room(small_disk):
     """The encoder of final/ is 82 KB; 48 KiB are left for it. The run is done and checkpointed, so the same
     command writes final/ and results.json (evaluating again) once there is room."""
@@ -322,6 +334,7 @@ def test_final_and_results_onto_a_full_disk_are_written_by_the_same_command_once
     assert sum(p.numel() for p in encoder.parameters()) > 0
 
 
+@pytest.mark.e2e
 def test_a_stop_signal_while_the_images_decode_stops_the_first_step_with_a_checkpoint(tmp_path, image_folder):
     # As under slurm/node.sh: the launcher ignores USR1 and its workers inherit that until they install their
     # handler. A notice that arrives while the data decodes (slowed here) must not be lost: the first step stops.

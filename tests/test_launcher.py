@@ -86,6 +86,7 @@ def resumed(command, out) -> str:
     return again.stdout + again.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("processes", [1, 2])
 def test_ctrl_c_checkpoints_exits_3_and_the_same_command_resumes(tmp_path, processes):
     # One process without a launcher (python train_rotation.py: the quick start), two under launch.py
@@ -103,6 +104,7 @@ def test_ctrl_c_checkpoints_exits_3_and_the_same_command_resumes(tmp_path, proce
     assert f"resumed from {out / 'checkpoints' / f'step_{step:08d}'}" in text, text[-3000:]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_second_ctrl_c_stops_at_once_saying_so(tmp_path, processes):
     # One process stops itself. Under launch.py only rank 0 is held, so rank 1 waits for it in the next step's
@@ -121,6 +123,7 @@ def test_a_second_ctrl_c_stops_at_once_saying_so(tmp_path, processes):
     assert "Traceback" not in held.text() and not (out / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_one_ctrl_c_delivered_twice_at_once_is_one(tmp_path):
     # `pkill -INT -f train_rotation` reaches the launcher and every training process, which the launcher then
     # passes it on to: one Ctrl-C, arriving twice, must not stop the run at once
@@ -133,6 +136,7 @@ def test_one_ctrl_c_delivered_twice_at_once_is_one(tmp_path):
     assert_stopped_cleanly(held.text())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("launch", ["launch.py", "accelerate launch --cpu"])
 def test_sigterm_to_the_launcher_leaves_no_training_process_and_no_lock(tmp_path, launch):
     # accelerate's one-process launcher does not pass SIGTERM on: the training learns of its death from the kernel
@@ -152,6 +156,7 @@ def test_sigterm_to_the_launcher_leaves_no_training_process_and_no_lock(tmp_path
     runlock.release(runlock.acquire(str(out)))  # free: no process holds OUTPUT_DIR any longer
 
 
+@pytest.mark.e2e
 def test_ctrl_c_before_the_training_started_stops_the_launcher_in_one_line(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(launch_command(os.path.join(REPO, "train_rotation.py"), *TRAIN, "--output-dir",

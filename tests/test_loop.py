@@ -46,6 +46,7 @@ def test_sync_bn_converts_before_prepare_and_its_checkpoints_resume_with_and_wit
     assert prepared[2:] == [{"BatchNorm2d"}, {"SyncBatchNorm"}] and "resumed from " in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sync_bn_in_launched_cpu_processes_is_one_error_line(tmp_path, processes):
     # One launched process too: it has a process group, in which torch's SyncBatchNorm and DDP refuse CPU tensors.

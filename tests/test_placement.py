@@ -113,6 +113,7 @@ def folder_options(folder, tmp_path):
             "simple_cnn", "--batch-size", "16", "--knn-k", "5", "--report-to", "none", "--skip-eval"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script, processes", [("train_rotation.py", 1), ("train_siamese.py", 2)])
 def test_every_placement_trains_on_the_same_samples_with_the_same_loss(tmp_path, folder, script, processes):
     runs = {}
@@ -266,6 +267,7 @@ def test_evaluating_a_streamed_split_decodes_nothing(folder, tmp_path):
     assert len(sampled.sample_images) == 10 and len(sampled.train_images) == 96
 
 
+@pytest.mark.e2e
 def test_an_unreadable_streamed_file_on_one_rank_stops_every_rank_with_one_line(tmp_path, folder):
     import shutil
     broken = tmp_path / "broken"
@@ -283,6 +285,7 @@ def test_an_unreadable_streamed_file_on_one_rank_stops_every_rank_with_one_line(
     assert not (out / "results.json").exists()
 
 
+@pytest.mark.e2e
 def test_a_rank_whose_listing_of_the_folder_misses_a_file_streams_the_main_process_list(tmp_path, folder):
     # On a shared file system two nodes can list a folder differently for a while. Rank 1's os.scandir here misses
     # one train file: had it listed the folder itself, its images after that file would shift by one (other
@@ -309,6 +312,7 @@ def test_a_rank_whose_listing_of_the_folder_misses_a_file_streams_the_main_proce
     assert len(losses["as_listed"]) == 3 and losses["rank1_misses_a_file"] == losses["as_listed"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("placement, dataset", [("host", "imagefolder"), ("stream", "imagefolder"),
                                                 ("stream", "images")])
 def test_a_killed_run_resumes_bitwise_with_the_data_on_the_host_or_streamed(tmp_path, folder, placement, dataset):
@@ -330,6 +334,7 @@ def test_a_killed_run_resumes_bitwise_with_the_data_on_the_host_or_streamed(tmp_
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
 
 
+@pytest.mark.e2e
 def test_a_dataset_too_large_for_memory_is_refused_in_one_line_before_it_is_allocated(tmp_path):
     result = python_script("train_rotation.py", *SMALL, "--synthetic-size", "100000000", "--max-steps", "1",
                            "--output-dir", tmp_path / "out")  # 100M + 25M test images at 32 px

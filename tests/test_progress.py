@@ -7,7 +7,11 @@ import subprocess
 import sys
 import termios
 
+import pytest
+
 from helpers import REPO, SMALL
+
+pytestmark = pytest.mark.e2e
 
 BARS = ("eval: features", "eval: k-NN", "eval: linear probe epochs")
 

@@ -9,6 +9,8 @@ import types
 
 import torch
 
+import pytest
+
 from ssl_scripts.config import build_parser
 from helpers import REPO
 from ssl_scripts.tasks import TASKS
@@ -54,6 +56,7 @@ def test_the_options_tables_state_the_parsers_plain_defaults():
     assert checked >= 15
 
 
+@pytest.mark.e2e
 def test_the_quick_start_prints_the_projects_own_lines_first(tmp_path):
     command = re.search(r"## Quick start\n.*?```bash\n[^\n]*\n(python [^\n]*)\n", README, re.S).group(1)
     argv = command.replace("runs/quickstart", str(tmp_path / "quickstart")).split()[1:]

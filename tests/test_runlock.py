@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from helpers import REPO, python_script
 
 RUN = ["--dataset", "synthetic", "--model", "simple_cnn", "--report-to", "none", "--batch-size", "32",
@@ -30,6 +32,7 @@ def snapshot(folder):
             for root, _, names in os.walk(folder) for name in names}
 
 
+@pytest.mark.e2e
 def test_a_second_start_on_the_same_output_dir_stops_at_once_and_writes_nothing(tmp_path):
     out, hold = tmp_path / "run", tmp_path / "hold"
     # The first run waits after its step 5 (logged) until the second start has been refused: alive for sure.
@@ -49,6 +52,7 @@ def test_a_second_start_on_the_same_output_dir_stops_at_once_and_writes_nothing(
     assert steps == [5, 10, 15, 20]  # each logged step once, in order: the second run logged nothing
 
 
+@pytest.mark.e2e
 def test_a_lock_left_by_a_killed_run_does_not_block_the_next_start(tmp_path):
     out = tmp_path / "run"
     first = start(out, "--max-steps", "400")

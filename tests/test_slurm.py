@@ -18,6 +18,8 @@ import yaml
 
 from helpers import REPO, SMALL, free_port
 
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+
 # The templates ask for 64 CPUs and 480 GB a node (8 GPUs); a CPU-only job says what it needs instead. The
 # cluster's CPU nodes have one CPU each (two on a 2-core machine).
 CPU_ONLY = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G"]

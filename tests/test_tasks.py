@@ -3,6 +3,7 @@ horizontally?) through the real loop, launched with `accelerate launch tests/tes
 stopped after a checkpoint and resumed. Nothing outside this file knows the task."""
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +13,8 @@ from ssl_scripts.evaluation import frozen
 from ssl_scripts.training import loop
 from ssl_scripts.tasks import TASKS, register
 from ssl_scripts.tasks.task import Batch, Task
+
+pytestmark = pytest.mark.e2e
 
 
 @register

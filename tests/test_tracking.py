@@ -7,6 +7,7 @@ import pytest
 from helpers import REPO, SMALL, TRACKED, accelerate_launch, run_script, toy_train, wandb_read, wandb_runs
 
 
+@pytest.mark.e2e
 def test_logged_train_loss_is_the_mean_over_both_ranks(tmp_path):
     out = tmp_path / "probe"
     result = run_script(["accelerate", "launch", "--config_file", f"{REPO}/accelerate_configs/cpu.yaml",
@@ -27,6 +28,7 @@ def test_logged_train_loss_is_the_mean_over_both_ranks(tmp_path):
         assert abs(value - sum(per_rank[0]) / 3) > 1  # rank 0's own value would be far off
 
 
+@pytest.mark.e2e
 def test_a_resumed_training_logs_to_the_same_wandb_run(tmp_path):
     out = tmp_path / "run"
     first = accelerate_launch("train_rotation.py", *TRACKED, "--max-steps", "3", "--output-dir", out)
@@ -44,6 +46,7 @@ def test_a_resumed_training_logs_to_the_same_wandb_run(tmp_path):
     assert [item["_step"] for item in history if "train/loss" in item] == [4, 5, 6]  # continues, no repeats
 
 
+@pytest.mark.e2e
 def test_tensorboard_gets_scalars_images_and_histograms(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
