@@ -104,7 +104,7 @@ def test_written_files_need_the_checksum_patch(tmp_path):
 def test_checksum_skipping_env_reaches_a_subprocess(tmp_path):
     written = write_stl10(tmp_path / "data", n_train=3, n_test=2, n_unlabeled=4)
     check = ("import sys; assert 'torchvision' not in sys.modules\n"  # patched on import, not imported at startup
-             "from common import downloads\n"
+             "from ssl_scripts.data import downloads\n"
              "import torchvision.datasets.utils as u\n"
              "assert u.check_md5.__name__ == '_md5_skipped' and u.download_url.__name__ == '_download_refused'\n"
              "data = downloads.read_stl10(sys.argv[1], 96)\n"

@@ -16,13 +16,13 @@ def python(code: str, **kw) -> subprocess.CompletedProcess:
 def test_a_parent_that_is_pid_1_is_not_taken_for_a_dead_one():
     # A container's command (no init) is PID 1: its children see getppid() == 1 from the start
     ran = python("import os, signal\n"
-                 "from common import processes\n"
+                 "from ssl_scripts.runtime import processes\n"
                  "os.getppid = lambda: 1\n"
                  "processes.die_with_parent(signal.SIGTERM, parent=1)\n"
                  "print('alive')")
     assert ran.returncode == 0 and ran.stdout == "alive\n", ran.stderr
-    gone = python("import signal\nfrom common import processes\nprocesses.die_with_parent(signal.SIGTERM, parent=-1)\n"
-                  "print('alive')")
+    gone = python("import signal\nfrom ssl_scripts.runtime import processes\n"
+                  "processes.die_with_parent(signal.SIGTERM, parent=-1)\nprint('alive')")
     assert gone.returncode == -signal.SIGTERM and gone.stdout == ""  # its parent is not the one it started with
 
 

@@ -70,7 +70,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next_start(tmp_path):
 def test_the_lock_file_names_its_holder_and_goes_with_it(tmp_path):
     from ssl_scripts.outputs import runlock
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common import runlock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ssl_scripts.outputs import runlock; "
                                "runlock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(out)],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
