@@ -5,7 +5,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from ssl_scripts.training import loop
-from helpers import accelerate_launch, exited
+from helpers import accelerate_launch, exited, tree_contents
 from ssl_scripts.tasks import TASKS
 
 TINY_RESNET = ["--dataset", "synthetic", "--synthetic-size", "64", "--model", "resnet18", "--image-size", "8",
@@ -56,3 +56,16 @@ def test_sync_bn_in_launched_cpu_processes_is_one_error_line(tmp_path, processes
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: --sync-bn needs GPUs: torch's SyncBatchNorm refuses CPU tensors in launched "
                       f"processes ({processes} here); leave --sync-bn out on the CPU"], result.stderr[-3000:]
+
+
+def test_a_finished_run_started_again_returns_its_results_without_training_or_writing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "done"
+    steps, step = [], TASKS["rotation"].step
+    monkeypatch.setattr(TASKS["rotation"], "step", lambda self, *a: steps.append(1) or step(self, *a))
+    results = train(out, "--max-steps", "2")
+    assert len(steps) == 2 and results["steps"] == 2
+    before, _ = tree_contents(out), capsys.readouterr()
+    assert train(out, "--max-steps", "2") == results
+    assert len(steps) == 2, "a finished run trained again"
+    assert tree_contents(out) == before  # final/, results.json, checkpoints: none written again
+    assert f"{out} holds a finished run (2 steps)" in capsys.readouterr().out
