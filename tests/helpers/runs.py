@@ -20,9 +20,10 @@ def training_accelerator(args):
     return accelerator
 
 
-def prepared_run(args, accelerator, model, samples=64, project="test", accelerator_view=None):
+def prepared_run(args, accelerator, model, samples=64, project="test", accelerator_view=None, must_match=()):
     """What the scripts set up between their model and their loop, on `samples` indices: (Run, prepared model).
-    accelerator_view: what the Run is handed instead of the Accelerator (e.g. one that reports a GPU)."""
+    accelerator_view: what the Run is handed instead of the Accelerator (e.g. one that reports a GPU); must_match:
+    the task's checkpoint fields, as the loop hands them."""
     from ssl_scripts.training import run as training
     from ssl_scripts.data import datasets as data
     from ssl_scripts.training.optimizers import make_optimizer
@@ -31,7 +32,7 @@ def prepared_run(args, accelerator, model, samples=64, project="test", accelerat
     scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     run = training.Run.start(args, accelerator_view or accelerator, model, optimizer, scheduler, loader, project,
-                             stop_signals=training.StopSignals.install())  # as the loop installs them
+                             must_match, stop_signals=training.StopSignals.install())  # as the loop installs them
     return run, model
 
 
@@ -62,22 +63,12 @@ def task_toy_run(task, output_dir, *extra):
     must_match, handed to the Run as the loop hands it). Returns (run, model)."""
     import torch
     from accelerate.state import AcceleratorState
-    from ssl_scripts.training import run as training
-    from ssl_scripts.data import datasets as data
-    from ssl_scripts.training.optimizers import make_optimizer
     from ssl_scripts.tasks import TASKS
     AcceleratorState._reset_state(True)
     args = parse(["--output-dir", output_dir, "--report-to", "none", "--batch-size", "8", "--checkpoint-every", "3",
                   "--epochs", "2", "--log-every", "2", *extra], task)
-    accelerator = training_accelerator(args)
-    model = torch.nn.Linear(2, 1)
-    loader = data.index_loader(accelerator, args, 64)
-    optimizer = make_optimizer(args, model)
-    scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    run = training.Run.start(args, accelerator, model, optimizer, scheduler, loader, task, TASKS[task].must_match,
-                             stop_signals=training.StopSignals.install())
-    return run, model
+    return prepared_run(args, training_accelerator(args), torch.nn.Linear(2, 1), project=task,
+                        must_match=TASKS[task].must_match)
 
 
 def toy_steps(run, model, stop_after=None, seen=None):
