@@ -9,14 +9,13 @@ holder removes the file when it exits.
 """
 import atexit
 import datetime
-import errno
-import fcntl
 import json
 import os
 import socket
 
 from ssl_scripts import UserError
 from ssl_scripts.outputs import files
+from ssl_scripts.runtime import filelock
 
 LOCK_NAME = ".run.lock"
 
@@ -30,15 +29,13 @@ def acquire(output_dir: str) -> int:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
         raise unwritable_output_dir(output_dir, e) from e
-    while True:
-        fd = _open_locked(path, output_dir)
-        try:
-            current = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            break
-        os.close(fd)  # its last holder removed the file after we opened it: lock the one the path names now
+    try:
+        fd = filelock.acquire(path, on_busy=lambda fd: _in_use(output_dir, fd))
+    except filelock.LocksUnsupported as e:
+        raise UserError(f"cannot lock {path!r} ({e.strerror}): the file system of --output-dir must support "
+                        f"POSIX locks (local disks and NFS do)") from e
+    except OSError as e:
+        raise unwritable_output_dir(output_dir, e) from e
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
           "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
@@ -55,34 +52,24 @@ def acquire(output_dir: str) -> int:
     return fd
 
 
-def _open_locked(path: str, output_dir: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise unwritable_output_dir(output_dir, e) from e
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = _holder(fd)
-        os.close(fd)  # ours was never the lock: closing it releases nothing of the holder's
-        if e.errno not in (errno.EACCES, errno.EAGAIN):
-            raise UserError(f"cannot lock {path!r} ({e.strerror}): the file system of --output-dir must support "
-                            f"POSIX locks (local disks and NFS do)") from e
-        raise UserError(f"{output_dir!r} is in use by another training ({holder}): wait for it to end or stop it, "
-                        f"or pass another --output-dir; nothing was written") from None
-    return fd
+def _in_use(output_dir: str, fd: int):
+    raise UserError(f"{output_dir!r} is in use by another training ({_holder(fd)}): wait for it to end or stop it, "
+                    f"or pass another --output-dir; nothing was written") from None
 
 
 def release(fd: int) -> None:
     """The file goes first, then the lock (a start that opened the file meanwhile sees it gone and retries)."""
     path = _held.pop(fd, None)
-    if path is None:
-        return
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    os.close(fd)
+    if path is not None:
+        filelock.release(path, fd)
+
+
+def release_in(output_dir: str) -> None:
+    """Releases the lock this process holds on OUTPUT_DIR, if any, as its exit would."""
+    lock = os.path.abspath(os.path.join(output_dir, LOCK_NAME))
+    for fd, path in list(_held.items()):
+        if os.path.abspath(path) == lock:
+            release(fd)
 
 
 _held = {}  # the locks this process holds, fd -> path: released at exit (a kill releases them without this)
