@@ -40,7 +40,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": 
               "MALLOC_TOP_PAD_": str(2 ** 29)}
 from ssl_scripts import config
 from ssl_scripts.training import run as training
-from ssl_scripts.data import datasets as data
+from ssl_scripts.data import sources
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import files
 from ssl_scripts.runtime import distributed
@@ -161,7 +161,7 @@ def tutorial_setup(args, opts):
     from torchvision import transforms
 
     accelerator = distributed.make_accelerator(opts)
-    dataset = data.read_dataset(opts)
+    dataset = sources.read_dataset(opts)
     encoder = encoders.build_encoder(opts.model, opts.image_size, *dataset.channel_stats())
     rotation = opts.task == "rotation"
     model = as_the_tutorial_ran_it(encoders.EncoderWithHead(encoder, TASKS[opts.task].head(opts, encoder)))

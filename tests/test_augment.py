@@ -2,7 +2,7 @@
 import torch
 
 from ssl_scripts.data.augment import augment, random_crop_flip, to_float
-from ssl_scripts.data.datasets import make_synthetic
+from ssl_scripts.data.image_data import make_synthetic
 
 
 def test_random_crop_flip_is_a_shifted_window_of_the_padded_image():

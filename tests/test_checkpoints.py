@@ -155,7 +155,7 @@ def test_sigterm_too_saves_a_checkpoint_and_raises_preempted(tmp_path):
 def test_a_resume_onto_a_split_the_batch_does_not_divide_into_stops_with_one_line_and_overwrites_nothing(tmp_path):
     # --batch-size is the global batch: a checkpoint of 1 process x 1 accumulation step (batch 8) resumed as 1 x 3
     # would train 6 samples a step. The same check (micro_batch_size) guards another number of processes.
-    from ssl_scripts.data.datasets import micro_batch_size
+    from ssl_scripts.data.loader import micro_batch_size
     from helpers import exited, tree_contents
     _, run = toy_train(tmp_path, stop_after=4)
     exited(tmp_path)

@@ -7,7 +7,7 @@ import pytest
 from ssl_scripts import UserError
 from ssl_scripts.config import build_parser, require
 from ssl_scripts.evaluation.options import dataset_checks
-from ssl_scripts.data.datasets import make_synthetic
+from ssl_scripts.data.image_data import make_synthetic
 from helpers import parse
 
 

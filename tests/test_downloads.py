@@ -140,14 +140,14 @@ def test_a_failed_download_leaves_no_folder_it_made(tmp_path, no_network, read):
 
 def test_a_failed_download_prints_no_data_line(tmp_path, no_network, capsys):
     from accelerate import Accelerator
-    from ssl_scripts.data import datasets as data
+    from ssl_scripts.data import train_split
     from helpers import parse
     args = parse(["--dataset", "cifar10", "--data-dir", tmp_path / "data", "--cache-dir", tmp_path / "cache",
                   "--output-dir", tmp_path / "out"])
     with pytest.raises(UserError, match="could not load or download CIFAR-10"):
-        data.load_train_split(args, Accelerator(cpu=True))
+        train_split.load_train_split(args, Accelerator(cpu=True))
     assert "data: " not in capsys.readouterr().out and not (tmp_path / "data").exists()
     write_cifar10(tmp_path / "data", n_train=23, n_test=7)
     with checksums_skipped():  # the files there: read, then the line (the split sizes are CIFAR's)
-        data.load_train_split(args, Accelerator(cpu=True))
+        train_split.load_train_split(args, Accelerator(cpu=True))
     assert capsys.readouterr().out.startswith("data: 50,000 train + 10,000 test images at 32 px")

@@ -54,7 +54,7 @@ def test_an_evaluation_never_seeds_the_gpus(monkeypatch):
     # training's augmentations on the GPU would replay step 0's after each evaluation.
     from types import SimpleNamespace
     from ssl_scripts.evaluation import frozen
-    from ssl_scripts.data.datasets import ImageData
+    from ssl_scripts.data.image_data import ImageData
     from ssl_scripts.models.encoders import build_encoder
     seeded = []
     for name in ("manual_seed", "manual_seed_all", "set_rng_state", "set_rng_state_all"):

@@ -1,9 +1,11 @@
-"""--dataset images: unlabeled images under a folder at any depth, or listed in a file (ssl_scripts/data/datasets.py)."""
+"""--dataset images: unlabeled images under a folder at any depth, or listed in a file (ssl_scripts/data/folders.py)."""
 import pytest
 import torch
 
 from ssl_scripts import UserError
-from ssl_scripts.data.datasets import ImageData, load_imagefolder, scan_images
+from ssl_scripts.data.cache import load_imagefolder
+from ssl_scripts.data.folders import scan_images
+from ssl_scripts.data.image_data import ImageData
 from helpers import write_unlabeled_images
 
 
@@ -78,12 +80,12 @@ def test_enough_images_are_held_out_for_the_pretext_metrics_and_training_keeps_n
 
 def test_the_data_line_says_when_the_pretext_metrics_rest_on_few_images(tmp_path, capsys):
     from accelerate import Accelerator
-    from ssl_scripts.data import datasets as data
+    from ssl_scripts.data import train_split
     from helpers import parse
     write_unlabeled_images(tmp_path / "photos", count=40)
     args = parse(["--dataset", "images", "--data-dir", tmp_path / "photos", "--cache-dir", tmp_path / "cache",
                   "--image-size", "16", "--output-dir", tmp_path / "out"])
-    data.load_train_split(args, Accelerator(cpu=True))
+    train_split.load_train_split(args, Accelerator(cpu=True))
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("data: "))
     assert "37 train + 4 held out for the pretext's metrics" in line
     assert "the pretext's metrics rest on 4 images: noisy (256 steady them)" in line

@@ -5,7 +5,7 @@ import torch
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
 
 from ssl_scripts.data.pairs import PairSampler, balanced_test_pairs
-from ssl_scripts.data.datasets import index_loader
+from ssl_scripts.data.loader import index_loader
 
 LABELS = torch.arange(10).repeat_interleave(100)[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
 

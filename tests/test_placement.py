@@ -135,24 +135,25 @@ def test_streamed_batches_are_decoded_ahead_off_the_training_thread(folder, tmp_
     import threading
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from ssl_scripts.data import datasets as data
+    from ssl_scripts.data import streaming
+    from ssl_scripts.data.loader import index_loader
     from helpers import parse
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(cpu=True)
-    dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
+    dataset = streaming.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
     images = TrainImages(dataset.train_images, "stream", CPU)
-    events, decode_into, read_ahead = [], data.StreamedImages._decode_into, images.read_ahead
+    events, decode_into, read_ahead = [], streaming.StreamedImages._decode_into, images.read_ahead
 
     def recorded(self, indices, out):
         events.append(("decode", threading.current_thread().name, indices[0]))
         return decode_into(self, indices, out)
-    monkeypatch.setattr(data.StreamedImages, "_decode_into", recorded)
+    monkeypatch.setattr(streaming.StreamedImages, "_decode_into", recorded)
 
     def drawn(indices):
         events.append(("drawn", threading.current_thread().name, indices[0].item()))
         return read_ahead(indices)
     args = parse(["--batch-size", "16", "--report-to", "none"])
-    loader = accelerator.prepare(data.index_loader(accelerator, args, len(images), on_draw=drawn))
+    loader = accelerator.prepare(index_loader(accelerator, args, len(images), on_draw=drawn))
     batches = []
     for indices in loader:
         events.append(("train", threading.current_thread().name, indices[0].item()))
@@ -184,11 +185,11 @@ def test_streamed_siamese_steps_wait_for_one_decode_read_ahead_with_the_partners
     # and a resume mid-epoch (epoch 1, batch 1), with the host placement's pixels. 96 images, batch 32: 3 steps an
     # epoch.
     from accelerate.state import AcceleratorState
-    from ssl_scripts.data import datasets as data
+    from ssl_scripts.data import streaming
     from ssl_scripts.training import loop
     from helpers import exited
     from ssl_scripts.tasks.siamese import Siamese
-    steps, submit, make_batch = [], data.StreamedImages.submit, Siamese.make_batch
+    steps, submit, make_batch = [], streaming.StreamedImages.submit, Siamese.make_batch
 
     class Waited:  # the Future of one decode, which records the steps that wait for it
         def __init__(self, future):
@@ -209,7 +210,7 @@ def test_streamed_siamese_steps_wait_for_one_decode_read_ahead_with_the_partners
         batch = make_batch(self, indices, epoch)
         steps[-1].update(inputs=batch.inputs.clone(), targets=batch.targets.clone())
         return batch
-    monkeypatch.setattr(data.StreamedImages, "submit", recorded_submit)
+    monkeypatch.setattr(streaming.StreamedImages, "submit", recorded_submit)
     monkeypatch.setattr(Siamese, "make_batch", recorded_make_batch)
 
     def train(placement, out, max_steps):
@@ -233,8 +234,8 @@ def test_streamed_siamese_steps_wait_for_one_decode_read_ahead_with_the_partners
 
 def test_an_index_batch_a_step_reads_twice_is_decoded_once(folder, tmp_path):
     # ntxent's partners are its anchors: read ahead, they are decoded once
-    from ssl_scripts.data import datasets as data
-    dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
+    from ssl_scripts.data import streaming
+    dataset = streaming.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
     images = TrainImages(dataset.train_images, "stream", CPU)
     images.images_to_read = lambda indices, epoch: [indices, indices]
     indices = torch.tensor([4, 9, 2])
@@ -249,21 +250,21 @@ def test_evaluating_a_streamed_split_decodes_nothing(folder, tmp_path):
     from types import SimpleNamespace
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from ssl_scripts.data import datasets as data
+    from ssl_scripts.data import streaming
     from ssl_scripts.evaluation import frozen
     from ssl_scripts.models.encoders import build_encoder
     AcceleratorState._reset_state(True)
-    dataset = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
+    dataset = streaming.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
     assert dataset.sample_images.shape == (96, 3, 32, 32) and isinstance(dataset.test_images, torch.Tensor)
     args = SimpleNamespace(eval_batch_size=64, knn_k=5, knn_temperature=0.07, linear_probe_epochs=1, seed=0)
     metrics = frozen.encoder_metrics(Accelerator(cpu=True), build_encoder("simple_cnn", 32), dataset, args)
     assert set(metrics) == {"eval/knn_acc", "eval/linear_probe_acc"} and dataset.train_images.decoded == 0
-    monkey = data.STREAM_EVAL_SAMPLE
+    monkey = streaming.STREAM_EVAL_SAMPLE
     try:
-        data.STREAM_EVAL_SAMPLE = 10
-        sampled = data.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
+        streaming.STREAM_EVAL_SAMPLE = 10
+        sampled = streaming.stream_imagefolder(str(folder), 32, cache_dir=str(tmp_path / "cache"))
     finally:
-        data.STREAM_EVAL_SAMPLE = monkey
+        streaming.STREAM_EVAL_SAMPLE = monkey
     assert len(sampled.sample_images) == 10 and len(sampled.train_images) == 96
 
 

@@ -104,7 +104,7 @@ def test_probes_leave_the_global_random_stream_alone(monkeypatch):
 
 
 def test_probe_encoder_reports_every_block_and_classifier(accelerator):
-    from ssl_scripts.data.datasets import make_synthetic
+    from ssl_scripts.data.image_data import make_synthetic
 
     data = make_synthetic(n_train=64, n_test=16)
     results = rotnet_protocol.probe_encoder(accelerator, build_encoder("simple_cnn"), data, epochs=2, batch_size=16,

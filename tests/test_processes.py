@@ -29,7 +29,7 @@ def test_a_parent_that_is_pid_1_is_not_taken_for_a_dead_one():
 def test_decode_workers_die_with_a_training_stopped_at_once():
     # A second Ctrl-C ends the training with os._exit (no pool shutdown); its forked decode workers must not stay
     ran = python("import os\n"
-                 "from ssl_scripts.data.datasets import fork_pool\n"
+                 "from ssl_scripts.data.decode import fork_pool\n"
                  "pool = fork_pool(2)\n"
                  "print(sorted({pool.submit(os.getpid).result() for _ in range(8)} | {p for p in pool._processes}),"
                  " flush=True)\n"

@@ -9,7 +9,7 @@ import torch
 from accelerate.state import AcceleratorState
 
 from ssl_scripts.training.checkpoints import list_checkpoints
-from ssl_scripts.data.datasets import index_loader
+from ssl_scripts.data.loader import index_loader
 from helpers import exited, parse, toy_run, toy_steps, toy_train, training_accelerator
 
 

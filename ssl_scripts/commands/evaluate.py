@@ -14,7 +14,7 @@ import time
 
 import torch
 from ssl_scripts import UserError, cli, config
-from ssl_scripts.data import datasets as data
+from ssl_scripts.data import evaluation_set
 from ssl_scripts.data import options as data_options
 from ssl_scripts.evaluation import rotnet_protocol
 from ssl_scripts.models import encoders
@@ -104,7 +104,7 @@ def main(argv=None):
 
     # Data: the labelled set (--eval-dataset, by default --dataset's own), a folder scanned by the main process and
     # decoded once per node; uint8 until each batch is encoded.
-    dataset = data.load_evaluation(at_encoder_size, accelerator)
+    dataset = evaluation_set.load_evaluation(at_encoder_size, accelerator)
     subset = None
     if args.train_subset is not None and args.train_subset < len(dataset.train_labels):
         subset = torch.randperm(len(dataset.train_labels), generator=torch.Generator().manual_seed(args.seed))

@@ -1,9 +1,15 @@
-"""An image file to square uint8 pixels: decode_image, and what the parallel decodes of ssl_scripts/data/datasets.py use with it."""
+"""An image file to square uint8 pixels (decode_image), and the pools of processes that decode many
+(the decode-once cache's, a streamed split's)."""
 import math
 import os
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import numpy as np
+
+from ssl_scripts.runtime import processes
 
 # Seconds added to every image's decode, for the checks and bench/data_scale.py (a slow file system, or a decode
 # as costly as a GPU step); 0 in normal use.
@@ -62,7 +68,15 @@ def decode_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _decode_or_none(job):
+def fork_pool(workers: int) -> ProcessPoolExecutor:
+    """Decode workers forked from this process, killed by the kernel when it exits: a training stopped at once
+    (a second Ctrl-C, a kill) leaves none behind, holding memory or a GPU's handles."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=processes.die_with_parent,
+                               initargs=(signal.SIGKILL, os.getpid()))
+
+
+def decode_or_problem(job):
+    """decode_image(*job) for a pool's map: the pixels, or the problem as one line (the caller skips or stops)."""
     path, size = job
     try:
         return decode_image(path, size)

@@ -3,7 +3,7 @@ where the train split lives; --eval-dataset's default and the checks."""
 import argparse
 import os
 
-from ssl_scripts.data import augment, datasets, placement
+from ssl_scripts.data import augment, image_data, placement
 
 
 def add_options(parser: argparse.ArgumentParser):
@@ -19,11 +19,11 @@ def add_options(parser: argparse.ArgumentParser):
 def add_source_options(parser: argparse.ArgumentParser, image_size=32):
     """Where the images come from: the same options for the training scripts and evaluate.py."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=tuple(datasets.DATASETS), default="cifar10",
-                       help="; ".join(f"{name}: {what}" for name, what in datasets.DATASETS.items()))
+    group.add_argument("--dataset", choices=tuple(image_data.DATASETS), default="cifar10",
+                       help="; ".join(f"{name}: {what}" for name, what in image_data.DATASETS.items()))
     group.add_argument("--data-dir", default="./data",
                        help="where --dataset's files are (see --dataset), or are downloaded to when missing")
-    group.add_argument("--eval-dataset", choices=datasets.DATASETS_TO_EVALUATE, default=None,
+    group.add_argument("--eval-dataset", choices=image_data.DATASETS_TO_EVALUATE, default=None,
                        help="the labelled set the frozen encoder is evaluated on (k-NN, linear probe) at "
                             "--image-size; default: the training dataset when it has labels, else none (the "
                             "pretext's own metrics only)")
@@ -47,7 +47,7 @@ def option_defaults(args) -> dict:
     evaluate itself, else none."""
     if args.eval_dataset is not None:
         return {}
-    return {"eval_dataset": args.dataset if args.dataset in datasets.EVALUATES_ITSELF else "none"}
+    return {"eval_dataset": args.dataset if args.dataset in image_data.EVALUATES_ITSELF else "none"}
 
 
 def option_checks(args) -> list:
@@ -55,8 +55,8 @@ def option_checks(args) -> list:
     --eval-dataset's default is decided first, by option_defaults)."""
     return [(args.synthetic_size >= 8, f"--synthetic-size must be >= 8 (got {args.synthetic_size})"),
             (args.image_size is None or args.image_size >= 8, f"--image-size must be >= 8 (got {args.image_size})"),
-            (args.eval_dataset in datasets.EVALUATES_ITSELF + ("none",),
+            (args.eval_dataset in image_data.EVALUATES_ITSELF + ("none",),
              f"--eval-dataset {args.eval_dataset} has no labels to evaluate with: pass a labelled one "
-             f"({', '.join(datasets.EVALUATES_ITSELF)}) or none"),
+             f"({', '.join(image_data.EVALUATES_ITSELF)}) or none"),
             (args.eval_dataset != "imagefolder" or args.eval_data_dir or args.dataset == "imagefolder",
              "--eval-dataset imagefolder needs --eval-data-dir: a folder with train/<class>/ and test/<class>/")]

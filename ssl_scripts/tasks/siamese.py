@@ -11,7 +11,7 @@ distances on balanced test pairs of the labelled set and, for augment pairs, on 
 import torch
 import torch.nn.functional as F
 
-from ssl_scripts.data import datasets as data
+from ssl_scripts.data import image_data
 from ssl_scripts.data import augment
 from ssl_scripts.evaluation import frozen, media
 from ssl_scripts.models import encoders
@@ -62,7 +62,7 @@ class Siamese(Task):
     def option_checks(cls, args) -> list:
         every_pair_similar = LOSSES[args.loss].every_pair_similar
         return [
-            (args.pairs == "augment" or args.dataset in data.LABELLED,
+            (args.pairs == "augment" or args.dataset in image_data.LABELLED,
              f"--pairs label needs a label for every train image, and --dataset {args.dataset} has unlabeled ones: "
              f"use --pairs augment (two views of one image are a similar pair)"),
             (0 <= args.positive_fraction <= 1,

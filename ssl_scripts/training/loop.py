@@ -9,7 +9,7 @@ import torch
 
 from ssl_scripts import config
 from ssl_scripts.training import run as training
-from ssl_scripts.data import datasets as data
+from ssl_scripts.data import evaluation_set, loader, train_split
 from ssl_scripts.evaluation import frozen
 from ssl_scripts.evaluation import options as evaluation_options
 from ssl_scripts.models import encoders
@@ -36,10 +36,10 @@ def _train(task_class, argv, stop_signals) -> dict:
 
     # Data: decoded once (each node's first process first, the others map its cache), kept as uint8 on the device
     # or the host (--data-placement); the loader yields index batches, sharded over the processes by Accelerate.
-    dataset, train_source = data.load_train_split(args, accelerator)
-    labelled = data.load_evaluation(args, accelerator, dataset)  # evaluates the encoder; None: --eval-dataset none
+    dataset, train_source = train_split.load_train_split(args, accelerator)
+    labelled = evaluation_set.load_evaluation(args, accelerator, dataset)  # for the encoder; None: --eval-dataset none
     config.require(evaluation_options.dataset_checks(args, labelled))
-    train_loader = data.index_loader(accelerator, args, len(train_source), on_draw=train_source.read_ahead)
+    train_loader = loader.index_loader(accelerator, args, len(train_source), on_draw=train_source.read_ahead)
     task = task_class(args, dataset, train_source)
     train_source.images_to_read = task.images_to_read  # what a streamed split decodes ahead for a drawn batch
 
@@ -64,7 +64,7 @@ def _train(task_class, argv, stop_signals) -> dict:
     def evaluate(suffix=""):  # stoppable between its batches by a preemption notice
         return run.evaluate(evaluation_metrics, accelerator, task, unwrapped, labelled, suffix)
 
-    images_evaluated = data.images_evaluated(labelled, dataset)  # spaces the default evaluations (Run.evaluation_due)
+    images_evaluated = evaluation_set.images_evaluated(labelled, dataset)  # spaces evaluations (Run.evaluation_due)
     if args.eval_at_start and run.fresh:
         run.log_initial_evaluation(evaluate(suffix="_init"))
     for epoch in run.epochs():
@@ -81,7 +81,7 @@ def _train(task_class, argv, stop_signals) -> dict:
 
     final_metrics = {} if args.skip_eval else evaluate()
     results = run.results(final_metrics, skipped_images=dataset.skipped_images,
-                          evaluation=data.evaluation_summary(args, labelled, dataset))
+                          evaluation=evaluation_set.evaluation_summary(args, labelled, dataset))
     final.write_final(accelerator, args, unwrapped.encoder, results)  # final/ and results.json
     run.end(final_metrics, results)
     return results

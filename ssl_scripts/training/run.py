@@ -26,7 +26,7 @@ from ssl_scripts.training import checkpoints, diagnostics, schedules
 from ssl_scripts.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED
 from ssl_scripts.evaluation.options import DEFAULT_EVAL_EVERY
 from ssl_scripts.outputs.environment import environment, save_config
-from ssl_scripts.data.datasets import micro_batch_size
+from ssl_scripts.data.loader import micro_batch_size
 from ssl_scripts.outputs.tracking import Tracker, scalars, tracker_name
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
@@ -45,7 +45,7 @@ def build_accelerator(args) -> Accelerator:
         project_dir=args.output_dir,
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, not once per process
         # Shuffling seeded by (seed, epoch): every rank agrees on the order, and a resume replays it. Index
-        # batches of a split on the GPU are copied there from pinned memory without waiting (data.index_loader pins
+        # batches of a split on the GPU are copied there from pinned memory without waiting (loader.index_loader pins
         # them); for a split in host memory or streamed they stay on the host (the loop's device_placement).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=True),
         dynamo_backend="inductor" if args.compile else None,

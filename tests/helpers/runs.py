@@ -25,9 +25,9 @@ def prepared_run(args, accelerator, model, samples=64, project="test", accelerat
     accelerator_view: what the Run is handed instead of the Accelerator (e.g. one that reports a GPU); must_match:
     the task's checkpoint fields, as the loop hands them."""
     from ssl_scripts.training import run as training
-    from ssl_scripts.data import datasets as data
+    from ssl_scripts.data.loader import index_loader
     from ssl_scripts.training.optimizers import make_optimizer
-    loader = data.index_loader(accelerator, args, samples)
+    loader = index_loader(accelerator, args, samples)
     optimizer = make_optimizer(args, model)
     scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -93,7 +93,4 @@ def exited(output_dir):
     """OUTPUT_DIR as this process leaves it when it exits: the run lock an in-process toy run took there (held until
     the process exits, ssl_scripts/outputs/runlock.py) released and its file removed, as at exit."""
     from ssl_scripts.outputs import runlock
-    lock = os.path.abspath(os.path.join(str(output_dir), runlock.LOCK_NAME))
-    for fd, path in list(runlock._held.items()):
-        if os.path.abspath(path) == lock:
-            runlock.release(fd)
+    runlock.release_in(str(output_dir))

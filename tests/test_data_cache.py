@@ -1,16 +1,11 @@
+"""The decode-once cache of an image folder (ssl_scripts/data/cache.py): decoded, named, mapped, invalidated."""
 import os
 
 import pytest
 import torch
 
 from ssl_scripts import UserError
-from ssl_scripts.data.datasets import load_imagefolder, make_synthetic
-
-
-def test_synthetic_is_seeded_and_shaped():
-    a, b = make_synthetic(), make_synthetic()
-    assert torch.equal(a.train_images, b.train_images) and a.train_images.shape == (1024, 3, 32, 32)
-    assert a.train_images.dtype == torch.uint8 and a.test_labels.shape == (256,)
+from ssl_scripts.data.cache import load_imagefolder
 
 
 def test_image_folder_converts_modes_and_sizes(image_folder, tmp_path):
@@ -42,53 +37,18 @@ def test_corrupt_image_is_named_or_skipped(image_folder, tmp_path):
     assert data.skipped_images == 1 and len(data.train_images) == 12
 
 
-@pytest.mark.parametrize("layout, message", [
-    ("missing", "does not exist"),
-    ("no_train", "no train/ folder"),
-    ("no_classes", "no class folders"),
-    ("test_only_class", "have no train/ folder"),
-])
-def test_bad_layouts_say_what_to_do(tmp_path, image_folder, layout, message):
-    from PIL import Image
-    root = image_folder
-    if layout == "missing":
-        root = tmp_path / "nowhere"
-    elif layout == "no_train":
-        root = tmp_path / "flat"
-        (root / "test" / "cat").mkdir(parents=True)
-    elif layout == "no_classes":
-        root = tmp_path / "loose"
-        (root / "train").mkdir(parents=True)
-        (root / "test").mkdir(parents=True)
-        Image.new("RGB", (8, 8)).save(root / "train" / "loose.png")
-    else:
-        (image_folder / "test" / "bird").mkdir()
-        Image.new("RGB", (8, 8)).save(image_folder / "test" / "bird" / "0.png")
-    with pytest.raises(UserError, match=message):
-        load_imagefolder(str(root), 16, str(tmp_path / "cache"))
-
-
-def test_channel_statistics_sample_the_whole_split():
-    # An image folder is sorted by class: here 15,000 black images, then 15,000 white ones.
-    from ssl_scripts.data.datasets import ImageData
-    images = torch.cat([torch.zeros(15000, 3, 4, 4), torch.full((15000, 3, 4, 4), 255.0)]).to(torch.uint8)
-    labels = torch.cat([torch.zeros(15000), torch.ones(15000)]).long()
-    mean, std = ImageData(images, labels, images[:2], labels[:2], ["black", "white"]).channel_stats()
-    assert all(abs(m - 0.5) < 0.02 for m in mean) and all(abs(s - 0.5) < 0.02 for s in std)
-
-
 def test_decoding_uses_the_cpus_this_process_may_run_on(image_folder, tmp_path, monkeypatch):
     # Under Slurm (or taskset) a process may run on 1 of the machine's 64 CPUs: 64 decoders would share it.
-    import ssl_scripts.data.datasets
+    import ssl_scripts.data.decode
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     workers = []
-    real_pool = ssl_scripts.data.datasets.ProcessPoolExecutor
+    real_pool = ssl_scripts.data.decode.ProcessPoolExecutor
 
     def counting_pool(max_workers, **kw):
         workers.append(max_workers)
         return real_pool(max_workers, **kw)
-    monkeypatch.setattr(ssl_scripts.data.datasets, "ProcessPoolExecutor", counting_pool)
+    monkeypatch.setattr(ssl_scripts.data.decode, "ProcessPoolExecutor", counting_pool)
     load_imagefolder(str(image_folder), 16, str(tmp_path / "cache"))
     assert workers == [1]
     # and all of them where it may use many: the node's other processes only wait meanwhile (there were 8 at most)
@@ -122,7 +82,7 @@ def test_every_process_maps_the_cache_instead_of_loading_a_copy(image_folder, tm
 
 
 def test_decoding_fills_one_tensor_per_split_and_leaves_out_unreadable_files(image_folder):
-    from ssl_scripts.data.datasets import decode_imagefolder
+    from ssl_scripts.data.cache import decode_imagefolder
     (image_folder / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     data = decode_imagefolder(str(image_folder), 16, skip_bad=True)
     assert data.train_images.shape == (12, 3, 16, 16) and data.skipped_images == 1
@@ -130,20 +90,13 @@ def test_decoding_fills_one_tensor_per_split_and_leaves_out_unreadable_files(ima
     assert data.train_labels.tolist() == [0] * 6 + [1] * 6
 
 
-def test_channel_stats_in_chunks_equal_the_whole_sample_at_once():
-    data = make_synthetic(32, n_train=1000, n_test=10)
-    mean, std = data.channel_stats()
-    x = data.train_images.double() / 255
-    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)), rtol=0, atol=1e-9)
-    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), x.std(dim=(0, 2, 3)), rtol=0, atol=1e-9)
-
-
 def test_a_cache_of_another_decoders_pixels_is_not_used(image_folder, tmp_path, monkeypatch):
-    import ssl_scripts.data.datasets
-    from ssl_scripts.data.datasets import imagefolder_cache, scan_imagefolder
+    import ssl_scripts.data.cache
+    from ssl_scripts.data.cache import imagefolder_cache
+    from ssl_scripts.data.folders import scan_imagefolder
     files = scan_imagefolder(str(image_folder))[0]
     before = imagefolder_cache(str(image_folder), 16, str(tmp_path), False, files)
-    monkeypatch.setattr(ssl_scripts.data.datasets, "DECODER", "another-decoder")
+    monkeypatch.setattr(ssl_scripts.data.cache, "DECODER", "another-decoder")
     assert imagefolder_cache(str(image_folder), 16, str(tmp_path), False, files) != before
 
 
@@ -175,31 +128,6 @@ def test_an_image_changed_in_place_is_decoded_again_by_its_modification_time(ima
     changed, decoded = load()
     assert decoded == 1, "new pixels of the same size, yet the old cache used"
     assert torch.equal(changed.train_images[12], torch.from_numpy(new).permute(2, 0, 1))
-
-
-def test_the_stream_decode_pool_is_forked_from_the_training_thread_before_the_reader_thread(image_folder, tmp_path):
-    # Forking a threaded process can deadlock the child (Python 3.12 warns of it): the pool's workers are forked
-    # by the thread that first reads ahead, the training thread, before the reader thread exists.
-    import json
-    import subprocess
-    import sys
-    script = f"""
-import json, os, threading, torch
-from ssl_scripts.data import datasets as data
-from ssl_scripts.data import placement
-dataset = data.stream_imagefolder({str(image_folder)!r}, 16, cache_dir={str(tmp_path / "cache")!r})
-forks = []
-os.register_at_fork(before=lambda: forks.append([t.name for t in [threading.current_thread(), *threading.enumerate()]]))
-images = placement.TrainImages(dataset.train_images, "stream", torch.device("cpu"))
-images.read_ahead(torch.tensor([0, 1, 2]))
-assert torch.equal(images[torch.tensor([0, 1, 2])], dataset.sample_images[:3])
-print(json.dumps([forks, dataset.train_images.workers]))
-"""
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    forks, workers = json.loads(result.stdout.splitlines()[-1])
-    assert len(forks) == workers and all(threads[0] == "MainThread" for threads in forks), forks
-    assert not [name for threads in forks for name in threads if name.startswith("stream-reader")], forks
 
 
 def test_writing_a_cache_says_where_it_is_and_how_to_delete_it(image_folder, tmp_path, capsys):
