@@ -39,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 32),
               "MALLOC_TOP_PAD_": str(2 ** 29)}
 from ssl_scripts import config
-from ssl_scripts.training import run as training
+from ssl_scripts.training.metrics import peak_memory_mb
 from ssl_scripts.data import sources
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import files
@@ -214,7 +214,7 @@ def measure(args) -> dict:
         run(2, args.seconds / 4)  # warm-up: allocator, cudnn autotuning, compilation
         steps, seconds = run(3, args.seconds)
         return {"samples_per_s": steps * samples_per_step(args, args.script) / seconds,
-                "peak_memory_mb": training.peak_memory_mb()}
+                "peak_memory_mb": peak_memory_mb()}
 
 
 def measurement_env(args) -> dict:

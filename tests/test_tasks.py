@@ -37,13 +37,13 @@ class Flip(Task):
         logits = model(batch.inputs)
         return F.cross_entropy(logits, batch.targets), {"acc": (logits.argmax(1) == batch.targets).float().mean()}
 
-    def evaluate(self, accelerator, model, labelled):
+    def evaluate(self, accelerator, model, labelled, between_batches=None):
         def predict(x):  # each test image as it is (label 0) and flipped (label 1)
             return torch.stack([model(x).argmax(1), model(x.flip(-1)).argmax(1)], dim=1)
 
         with frozen.evaluating(accelerator, model):
             predicted = frozen.map_batches(accelerator, predict, self.dataset.test_images,
-                                               self.args.eval_batch_size).long().cpu()
+                                               self.args.eval_batch_size, between_batches=between_batches).long().cpu()
         if not accelerator.is_main_process:
             return {}
         return {"eval/flip_acc": (predicted == torch.tensor([0, 1])).float().mean().item()}

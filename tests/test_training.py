@@ -93,7 +93,7 @@ def test_the_model_timer_on_a_gpu_reads_cuda_events_only_when_taken(monkeypatch)
     # torch.cuda.Event stood in for (no GPU here): record() notes the clock; the timer must sum end - start of
     # each step, in seconds, and wait for the last event only when taken.
     import time
-    from ssl_scripts.training.diagnostics import ModelTimer
+    from ssl_scripts.training.instruments import ModelTimer
     waited = []
 
     class FakeEvent:
@@ -280,7 +280,7 @@ def test_an_fp16_run_whose_every_step_overflows_stops_with_the_last_good_checkpo
     # fp16 needs a GPU; here the GradScaler's answer is given: from step 5 on, every step overflowed.
     from accelerate import Accelerator
     from ssl_scripts import UserError
-    from ssl_scripts.training.run import MAX_CONSECUTIVE_AMP_SKIPS
+    from ssl_scripts.training.gradients import MAX_CONSECUTIVE_AMP_SKIPS
     run, model = toy_run(tmp_path, "--epochs", "20", "--checkpoint-every", "4")
     monkeypatch.setattr(run.accelerator, "scaler", torch.amp.GradScaler("cpu"), raising=False)
     monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: run.state.step >= 4))
@@ -457,7 +457,7 @@ def test_default_evaluations_wait_for_as_many_trained_images_as_one_encodes(tmp_
 def test_one_ctrl_c_arriving_twice_at_once_is_noted_once():
     import signal
 
-    from ssl_scripts.training.run import StopSignals
+    from ssl_scripts.training.stop_signals import StopSignals
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
         stop_signals = StopSignals.install()

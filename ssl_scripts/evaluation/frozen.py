@@ -4,7 +4,6 @@ own metrics use (features of a split, ROC-AUC); a task's own metrics are in its 
 Feature extraction is split across processes (Accelerate's split_between_processes) and gathered, so every
 rank ends with the features of the whole split; the cheap probes then run once, on the main process.
 """
-import contextvars
 from contextlib import contextmanager
 
 import torch
@@ -15,34 +14,22 @@ from ssl_scripts.runtime import distributed, progress
 from ssl_scripts.data.augment import to_float
 
 
-_between_batches = contextvars.ContextVar("between_batches", default=None)
-
-
-@contextmanager
-def checked_between_batches(check):
-    """Within it, map_batches calls check() after each batch on every process (e.g. a stop signal agreed on with
-    a collective: every process maps the same number of batches, the split being padded)."""
-    token = _between_batches.set(check)
-    try:
-        yield
-    finally:
-        _between_batches.reset(token)
-
-
 @torch.no_grad()
 def map_batches(accelerator, fn, images: torch.Tensor, batch_size: int, dtype=torch.float32,
-                desc: str = "eval: features") -> torch.Tensor:
+                desc: str = "eval: features", between_batches=None) -> torch.Tensor:
     """fn(float batch in [0, 1]) for every image, sharded over processes; returns all outputs in image order,
-    as dtype (bf16 halves the memory of large cached features). desc: its progress bar's (on a terminal)."""
+    as dtype (bf16 halves the memory of large cached features). desc: its progress bar's (on a terminal).
+    between_batches(): called after each batch on every process (e.g. a stop signal agreed on with a collective:
+    every process maps the same number of batches, the split being padded)."""
     # A list, not a tensor: Accelerate moves a padded tensor split to the device, and a CPU tensor cannot be
     # indexed with CUDA indices. The images stay where they are (host or device) until each batch is encoded.
     with accelerator.split_between_processes(list(range(len(images))), apply_padding=True) as mine:
         mine = torch.tensor(mine, dtype=torch.int64)
-        outputs, check = [], _between_batches.get()
+        outputs = []
         for chunk in progress.on_terminal(mine.split(batch_size), desc, show=accelerator.is_local_main_process):
             outputs.append(fn(to_float(images[chunk.to(images.device)].to(accelerator.device))).to(dtype))
-            if check:
-                check()
+            if between_batches:
+                between_batches()
         local = torch.cat(outputs), mine.to(accelerator.device)
     values, indices = accelerator.gather(local)
     result = torch.empty((len(images), *values.shape[1:]), dtype=values.dtype, device=values.device)
@@ -64,9 +51,9 @@ def evaluating(accelerator, module):
         module.train(was_training)
 
 
-def features(accelerator, encoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def features(accelerator, encoder, images: torch.Tensor, batch_size: int, between_batches=None) -> torch.Tensor:
     with evaluating(accelerator, encoder):
-        return map_batches(accelerator, encoder, images, batch_size)
+        return map_batches(accelerator, encoder, images, batch_size, between_batches=between_batches)
 
 
 @torch.no_grad()
@@ -113,12 +100,12 @@ def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, ep
         return (probe(xte).argmax(1) == test_labels).float().mean().item()
 
 
-def encoder_metrics(accelerator, encoder, data, args) -> dict:
+def encoder_metrics(accelerator, encoder, data, args, between_batches=None) -> dict:
     """eval/knn_acc and eval/linear_probe_acc of the frozen encoder: the train split (a streamed one's decoded
-    sample) as memory / probe data, the test split scored."""
+    sample) as memory / probe data, the test split scored. between_batches: map_batches'."""
     train_images, train_labels = data.evaluation_train()
-    train_feats = features(accelerator, encoder, train_images, args.eval_batch_size)
-    test_feats = features(accelerator, encoder, data.test_images, args.eval_batch_size)
+    train_feats = features(accelerator, encoder, train_images, args.eval_batch_size, between_batches)
+    test_feats = features(accelerator, encoder, data.test_images, args.eval_batch_size, between_batches)
     if not accelerator.is_main_process:
         return {}
     return {

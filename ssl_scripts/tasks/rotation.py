@@ -76,18 +76,20 @@ class Rotation(Task):
         logits = model(batch.inputs)
         return F.cross_entropy(logits, batch.targets), {"acc": (logits.argmax(1) == batch.targets).float().mean()}
 
-    def evaluate(self, accelerator, model, labelled):
-        return rotation_metrics(accelerator, model, self.dataset.test_images, self.args.eval_batch_size)
+    def evaluate(self, accelerator, model, labelled, between_batches=None):
+        return rotation_metrics(accelerator, model, self.dataset.test_images, self.args.eval_batch_size,
+                                between_batches)
 
 
-def rotation_metrics(accelerator, model, images: torch.Tensor, batch_size: int) -> dict:
+def rotation_metrics(accelerator, model, images: torch.Tensor, batch_size: int, between_batches=None) -> dict:
     """eval/rotation_acc over all four rotations of every test image, with an example grid and the 4x4
     confusion matrix for the dashboard (main process only)."""
     def predict(x):
         return torch.stack([model(torch.rot90(x, k, dims=(2, 3))).argmax(1) for k in range(4)], dim=1)
 
     with frozen.evaluating(accelerator, model):
-        predicted = frozen.map_batches(accelerator, predict, images, batch_size).long().cpu()
+        predicted = frozen.map_batches(accelerator, predict, images, batch_size,
+                                       between_batches=between_batches).long().cpu()
     if not accelerator.is_main_process:
         return {}
     true = torch.arange(4).expand_as(predicted)

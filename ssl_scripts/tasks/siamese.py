@@ -102,19 +102,19 @@ class Siamese(Task):
         loss = self.loss.compute(emb_anchor, emb_partner, batch.targets, self.args)
         return loss, {"positive_fraction": batch.targets.mean()}
 
-    def evaluate(self, accelerator, model, labelled):
+    def evaluate(self, accelerator, model, labelled, between_batches=None):
         metrics = {}
         if labelled:
             metrics.update(pair_metrics(accelerator, model, labelled.test_images, labelled.test_labels,
-                                        self.args.eval_batch_size))
+                                        self.args.eval_batch_size, between_batches))
         if self.args.pairs == "augment":
             metrics.update(view_pair_metrics(accelerator, model, self.dataset.test_images, self.args.augment,
-                                             self.args.eval_batch_size))
+                                             self.args.eval_batch_size, between_batches=between_batches))
         return metrics
 
 
 def view_pair_metrics(accelerator, embedder, images: torch.Tensor, augmentation: str, batch_size: int,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, between_batches=None) -> dict:
     """eval/view_pair_auc: ROC-AUC of the negative embedding distance between two augmented views of one image
     (similar) against a view of another image (dissimilar), on images never trained on: the augment pairs' own
     task, which needs no labels. The same views at every evaluation (seeded, on the host's generator only)."""
@@ -124,7 +124,7 @@ def view_pair_metrics(accelerator, embedder, images: torch.Tensor, augmentation:
         torch.random.default_generator.manual_seed(seed)
         views = torch.cat([augment.augment(originals, augmentation) for _ in range(2)])
     views = views.mul_(255).round_().to(torch.uint8)  # map_batches encodes uint8 images, as stored
-    embeddings = F.normalize(frozen.features(accelerator, embedder, views, batch_size), dim=1).cpu()
+    embeddings = F.normalize(frozen.features(accelerator, embedder, views, batch_size, between_batches), dim=1).cpu()
     if not accelerator.is_main_process:
         return {}
     first, second = embeddings.chunk(2)
@@ -134,10 +134,12 @@ def view_pair_metrics(accelerator, embedder, images: torch.Tensor, augmentation:
                                                      torch.arange(2 * len(first)) < len(first))}
 
 
-def pair_metrics(accelerator, embedder, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict:
+def pair_metrics(accelerator, embedder, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 between_batches=None) -> dict:
     """eval/pair_auc: ROC-AUC of the negative embedding distance on a fixed, balanced set of same/different-class
     test pairs; with histograms of both distances and a PCA of the test embeddings (main process only)."""
-    embeddings = F.normalize(frozen.features(accelerator, embedder, images, batch_size), dim=1).cpu()
+    embeddings = F.normalize(frozen.features(accelerator, embedder, images, batch_size, between_batches),
+                             dim=1).cpu()
     if not accelerator.is_main_process:
         return {}
     pairs = balanced_test_pairs(labels.cpu(), num_pairs=min(4000, 4 * len(labels)))

@@ -65,7 +65,8 @@ class Task:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------- evaluation
-    def evaluate(self, accelerator, model, labelled) -> dict:
+    def evaluate(self, accelerator, model, labelled, between_batches=None) -> dict:
         """eval/* metrics and pictures beyond the shared k-NN and linear probe of the encoder on `labelled` (which
-        the loop adds): the pretext's own, on images never trained on (self.dataset's test split)."""
+        the loop adds): the pretext's own, on images never trained on (self.dataset's test split).
+        between_batches: the run's stop check, handed to frozen.map_batches / frozen.features."""
         return {}

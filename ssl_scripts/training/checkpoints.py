@@ -18,7 +18,7 @@ from ssl_scripts import UserError
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import files
 from ssl_scripts.runtime import distributed
-from ssl_scripts.training import diagnostics
+from ssl_scripts.training import instruments
 from ssl_scripts.outputs.environment import save_config
 
 PREFIX = "step_"
@@ -59,7 +59,7 @@ def save(accelerator, args, step: int, environment: dict, needed: int) -> str:
 
     def state():
         accelerator.save_state(tmp)  # every rank writes its own files (its random states)
-        diagnostics.hold("checkpoint", step)
+        instruments.hold("checkpoint", step)
 
     def config_and_manifest():
         save_config(args, os.path.join(tmp, "config.json"), world_size=accelerator.num_processes,

@@ -8,20 +8,21 @@ evaluation.
 import torch
 
 from ssl_scripts import config
-from ssl_scripts.training import run as training
 from ssl_scripts.data import evaluation_set, loader, train_split
 from ssl_scripts.evaluation import frozen
 from ssl_scripts.evaluation import options as evaluation_options
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import final
 from ssl_scripts.runtime import distributed
-from ssl_scripts.training import optimizers
+from ssl_scripts.training import optimizers, setup
+from ssl_scripts.training.run import Prepared, Run
+from ssl_scripts.training.stop_signals import StopSignals
 
 
 def train(task_class, argv=None) -> dict:
     """Trains `task_class` (a tasks.task.Task subclass) with the options in argv (default: the command line);
     returns results.json's values."""
-    stop_signals = training.StopSignals.install()  # first: a preemption notice while the data loads is kept
+    stop_signals = StopSignals.install()  # first: a preemption notice while the data loads is kept
     try:
         return _train(task_class, argv, stop_signals)
     finally:
@@ -30,9 +31,9 @@ def train(task_class, argv=None) -> dict:
 
 def _train(task_class, argv, stop_signals) -> dict:
     args = config.parse_options(task_class, argv)
-    accelerator = training.build_accelerator(args)
-    training.claim_output_dir(accelerator, args)  # one training per folder, writable and shared by every process
-    training.seed_run(args)  # the run's one seeding point
+    accelerator = setup.build_accelerator(args)
+    setup.claim_output_dir(accelerator, args)  # one training per folder, writable and shared by every process
+    setup.seed_run(args)  # the run's one seeding point
 
     # Data: decoded once (each node's first process first, the others map its cache), kept as uint8 on the device
     # or the host (--data-placement); the loader yields index batches, sharded over the processes by Accelerate.
@@ -49,16 +50,17 @@ def _train(task_class, argv, stop_signals) -> dict:
     if args.sync_bn:  # batch norm over every process's images: converted before prepare() wraps the model in DDP
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = optimizers.make_optimizer(args, model)
-    scheduler = training.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
+    scheduler = setup.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
     # The index batches go where the train split is indexed (the device, or the host for --data-placement host).
-    model, optimizer, train_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, device_placement=[True, True, train_source.on_device, True])
+    prepared = Prepared(*accelerator.prepare(
+        model, optimizer, train_loader, scheduler, device_placement=[True, True, train_source.on_device, True]))
 
     # Resumes from OUTPUT_DIR's newest intact checkpoint, if any; writes config.json, starts the tracker.
-    run = training.Run.start(args, accelerator, model, optimizer, scheduler, train_loader, task.name,
-                             task.must_match, stop_signals, train_source)
+    run = Run.start(args, accelerator, prepared, project=task.name, must_match=task.must_match,
+                    stop_signals=stop_signals, train_source=train_source)
     if run.completed is not None:  # started again after it finished: nothing to train or evaluate
         return run.completed
+    model = prepared.model
     unwrapped = distributed.plain_module(accelerator, model)  # evaluated eagerly; the trained model untouched
 
     def evaluate(suffix=""):  # stoppable between its batches by a preemption notice
@@ -87,8 +89,11 @@ def _train(task_class, argv, stop_signals) -> dict:
     return results
 
 
-def evaluation_metrics(accelerator, task, model, labelled, suffix="") -> dict:
-    """The frozen encoder's k-NN and linear probe on the labelled set (if any), then the task's own metrics."""
-    metrics = frozen.encoder_metrics(accelerator, model.encoder, labelled, task.args) if labelled else {}
-    metrics.update(task.evaluate(accelerator, model, labelled))
+def evaluation_metrics(accelerator, task, model, labelled, suffix="", between_batches=None) -> dict:
+    """The frozen encoder's k-NN and linear probe on the labelled set (if any), then the task's own metrics.
+    between_batches: called after each batch the evaluation encodes (Run.evaluate's stop check)."""
+    metrics = {}
+    if labelled:
+        metrics = frozen.encoder_metrics(accelerator, model.encoder, labelled, task.args, between_batches)
+    metrics.update(task.evaluate(accelerator, model, labelled, between_batches))
     return {f"{name}{suffix}": value for name, value in metrics.items()}

@@ -13,10 +13,10 @@ def parse(argv, task="rotation"):
 def training_accelerator(args):
     """The loop's Accelerator setup: built, OUTPUT_DIR claimed, the run seeded (the first lines of
     ssl_scripts/training/loop.py's train)."""
-    from ssl_scripts.training import run as training
-    accelerator = training.build_accelerator(args)
-    training.claim_output_dir(accelerator, args)
-    training.seed_run(args)
+    from ssl_scripts.training import setup
+    accelerator = setup.build_accelerator(args)
+    setup.claim_output_dir(accelerator, args)
+    setup.seed_run(args)
     return accelerator
 
 
@@ -24,16 +24,18 @@ def prepared_run(args, accelerator, model, samples=64, project="test", accelerat
     """What the scripts set up between their model and their loop, on `samples` indices: (Run, prepared model).
     accelerator_view: what the Run is handed instead of the Accelerator (e.g. one that reports a GPU); must_match:
     the task's checkpoint fields, as the loop hands them."""
-    from ssl_scripts.training import run as training
     from ssl_scripts.data.loader import index_loader
+    from ssl_scripts.training import setup
     from ssl_scripts.training.optimizers import make_optimizer
+    from ssl_scripts.training.run import Prepared, Run
+    from ssl_scripts.training.stop_signals import StopSignals
     loader = index_loader(accelerator, args, samples)
     optimizer = make_optimizer(args, model)
-    scheduler = training.make_schedule(args, optimizer, loader, accelerator.num_processes)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    run = training.Run.start(args, accelerator_view or accelerator, model, optimizer, scheduler, loader, project,
-                             must_match, stop_signals=training.StopSignals.install())  # as the loop installs them
-    return run, model
+    scheduler = setup.make_schedule(args, optimizer, loader, accelerator.num_processes)
+    prepared = Prepared(*accelerator.prepare(model, optimizer, loader, scheduler))
+    run = Run.start(args, accelerator_view or accelerator, prepared, project, must_match,
+                    stop_signals=StopSignals.install())  # as the loop installs them
+    return run, prepared.model
 
 
 def toy_run(output_dir, *extra, accelerator_view=None):

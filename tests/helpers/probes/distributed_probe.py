@@ -101,8 +101,7 @@ def wait_in_every_helper(accelerator, args, out, barriers) -> dict:
     """Every helper of the project's (and of Accelerate's it uses) that waits for all processes: the device_ids of
     the barriers each called."""
     from accelerate.utils import broadcast_object_list
-    from ssl_scripts.training import run as training
-    from ssl_scripts.training import checkpoints
+    from ssl_scripts.training import checkpoints, setup
     run_args = parse(["--report-to", "none", "--output-dir", os.path.join(out, "run")])
 
     def main_process_first():
@@ -111,7 +110,7 @@ def wait_in_every_helper(accelerator, args, out, barriers) -> dict:
     helpers = {
         "wait_for_everyone": accelerator.wait_for_everyone,
         "on_main_process_for_all": lambda: distributed.on_main_process_for_all(accelerator, lambda: 1),
-        "claim_output_dir": lambda: training.claim_output_dir(accelerator, run_args),
+        "claim_output_dir": lambda: setup.claim_output_dir(accelerator, run_args),
         "main_process_first": main_process_first,
         "checkpoints.save": lambda: checkpoints.save(accelerator, run_args, 1, {}, 0),
         "broadcast_object_list": lambda: broadcast_object_list([accelerator.process_index]),

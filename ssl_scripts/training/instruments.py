@@ -1,7 +1,7 @@
 """Opt-in instruments for the checks, off in normal use: fault injection for the fault tests (SSL_SCRIPTS_FAULT),
 points where a run waits for a test (SSL_SCRIPTS_HOLD), the sample indices each process trains on
 (SSL_SCRIPTS_RECORD_INDICES), the model's share of each step (SSL_SCRIPTS_TIME_MODEL, for bench/throughput.py)
-and counting the host's waits for the GPU per step (--count-host-syncs)."""
+and counting the host's waits for the GPU per step (--count-host-syncs); a Run carries them as one Instruments."""
 import json
 import math
 import os
@@ -10,8 +10,45 @@ import warnings
 
 import torch
 
+from ssl_scripts.runtime import distributed
 
-def inject_faults(model, run) -> None:
+
+class Instruments:
+    """The instruments a run was asked for, set up on the prepared model (each None when off). The Run calls
+    before_batch, after_update and after_step, and reads model_seconds at its logs and results at its end."""
+
+    def __init__(self, args, accelerator, model, state):
+        inject_faults(distributed.plain_module(accelerator, model), accelerator, state)
+        self.model_timer = model_timer(accelerator, model)
+        self.record_indices = index_recorder(accelerator)
+        self.sync_counter = (HostSyncCounter()
+                             if args.count_host_syncs and accelerator.device.type == "cuda" else None)
+
+    def before_batch(self, step: int, indices) -> None:
+        """A micro-batch of optimizer step `step` is about to be trained on."""
+        if self.record_indices:
+            self.record_indices(step, indices)
+
+    def after_update(self) -> None:
+        """An optimizer step's update is done (or skipped): the model's part of the step ends."""
+        if self.model_timer:
+            self.model_timer.step_done()
+
+    def after_step(self, step: int, epoch: int, quiet: bool) -> None:
+        """Optimizer step `step` of `epoch` is done: updated, logged and checkpointed (quiet: neither of the two)."""
+        if self.sync_counter:
+            self.sync_counter.step_done(step, epoch, quiet)
+        hold("step", step)
+
+    def model_seconds(self):
+        """The model's seconds since the last call (SSL_SCRIPTS_TIME_MODEL), or None when not timed."""
+        return self.model_timer.take() if self.model_timer else None
+
+    def results(self) -> dict:
+        return self.sync_counter.results() if self.sync_counter else {}
+
+
+def inject_faults(model, accelerator, state) -> None:
     """Fault injection for the fault tests: SSL_SCRIPTS_FAULT="nan@STEP[:RANK]" makes the model's output, hence
     the loss, non-finite at that step on that rank (all ranks without :RANK), and DDP's all-reduce carries it to
     every rank's gradients, as a real NaN would. Unset in normal use."""
@@ -19,11 +56,11 @@ def inject_faults(model, run) -> None:
     if not spec.startswith("nan@"):
         return
     step_spec, _, rank_spec = spec[len("nan@"):].partition(":")
-    if rank_spec and int(rank_spec) != run.accelerator.process_index:
+    if rank_spec and int(rank_spec) != accelerator.process_index:
         return
 
     def poison(module, inputs, output):
-        return output * math.nan if module.training and run.state.step + 1 == int(step_spec) else output
+        return output * math.nan if module.training and state.step + 1 == int(step_spec) else output
     model.register_forward_hook(poison)
 
 
@@ -115,7 +152,7 @@ class HostSyncCounter:
 
     def __init__(self):
         self.steady, self.other = [], []
-        self._count, self._epoch_start = 0, True
+        self._count, self._epoch = 0, None  # the epoch of the last step counted
         self._show = warnings.showwarning
         warnings.filterwarnings("always", message=".*synchronizing CUDA operation")
         warnings.showwarning = self._seen
@@ -127,13 +164,10 @@ class HostSyncCounter:
         else:
             self._show(message, category, filename, lineno, file, line)
 
-    def step_done(self, step: int, quiet: bool) -> None:
-        steady = quiet and step > self.WARMUP_STEPS and not self._epoch_start
+    def step_done(self, step: int, epoch: int, quiet: bool) -> None:
+        steady = quiet and step > self.WARMUP_STEPS and epoch == self._epoch  # an epoch's first step: evaluated before
         (self.steady if steady else self.other).append(self._count)
-        self._count, self._epoch_start = 0, False
-
-    def epoch_done(self) -> None:
-        self._epoch_start = True
+        self._count, self._epoch = 0, epoch
 
     def results(self) -> dict:
         steady = self.steady or [math.nan]
