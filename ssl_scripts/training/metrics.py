@@ -1,5 +1,5 @@
-"""What a run measures as it trains: the train/* values between two logs (kept on the device, reduced when
-logged) and the peak memory results.json reports."""
+"""What a run measures: the train/* values between two logs (kept on the device, reduced when logged) and the
+figures results.json reports (throughput, peak memory)."""
 import math
 import time
 
@@ -48,7 +48,24 @@ class TrainMetrics:
         self._reset()
         return values
 
+    def at_log(self, state, lr: float, steps_per_epoch: int, model_seconds: float = None) -> dict:
+        """A log step's train/* values: the window's means (reduced) with the run's lr, epoch and skipped steps."""
+        values = {**self.reduced(model_seconds), "train/lr": lr, "train/epoch": state.step / steps_per_epoch}
+        if state.skipped_steps:
+            values["train/skipped_steps"] = state.skipped_steps
+        if self.accelerator.scaler is not None:
+            values["train/amp_skipped_steps"] = state.amp_skipped_steps
+        return values
 
+
+def run_figures(state, steps_per_epoch: int, world_size: int, global_batch: int, wall_time_s: float) -> dict:
+    """results.json's figures of a run: its steps, throughput over the training time (evaluations and checkpoints
+    left out), memory and batch."""
+    train_time_s = max(state.train_time_s, 1e-9)
+    return {"steps": state.step, "epochs": state.step / steps_per_epoch,
+            "images_per_s": state.images / train_time_s, "samples_per_s": state.samples / train_time_s,
+            "train_time_s": state.train_time_s, "wall_time_s": wall_time_s, "world_size": world_size,
+            "peak_memory_mb": peak_memory_mb(), "global_batch": global_batch}
 
 
 def peak_memory_mb() -> float:

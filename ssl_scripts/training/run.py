@@ -5,8 +5,6 @@ import os
 import time
 from typing import NamedTuple
 
-from ssl_scripts import Preempted
-from ssl_scripts.cli import EXIT_PREEMPTED
 from ssl_scripts.outputs.environment import environment, save_config
 from ssl_scripts.data.loader import micro_batch_size
 from ssl_scripts.outputs import files, final
@@ -15,7 +13,7 @@ from ssl_scripts.runtime import distributed
 from ssl_scripts.training import checkpoints, gradients
 from ssl_scripts.training.cadence import Cadence
 from ssl_scripts.training.instruments import Instruments
-from ssl_scripts.training.metrics import TrainMetrics, peak_memory_mb
+from ssl_scripts.training.metrics import TrainMetrics, run_figures
 from ssl_scripts.training.progress_bar import TrainingBar
 from ssl_scripts.training.setup import steps_per_epoch, total_steps
 from ssl_scripts.training.state import TrainState
@@ -71,20 +69,18 @@ class Run:
         run.cadence = Cadence(run.args, run.total_steps, run.accelerator.num_processes, run.state.step + 1)
         # The same command once the run has finished: its results stand, with no new tracker run
         run.completed = final.finished_results(run.accelerator, run.args, run.state.step) if run.finished else None
-        if run.completed is None:
-            run._start_logs()
-        return run
-
-    def _start_logs(self) -> None:
-        args, accelerator = self.args, self.accelerator
-        micro_batch = micro_batch_size(args, accelerator.num_processes)
+        if run.completed is not None:
+            return run
+        args, accelerator = run.args, run.accelerator
         accelerator.print(f"global batch {args.batch_size} = {accelerator.num_processes} process(es) x "
-                          f"{micro_batch} images x {args.grad_accum} accumulation step(s); lr {args.lr}; "
-                          f"{self.total_steps} steps of {self.steps_per_epoch} per epoch", flush=True)
+                          f"{micro_batch_size(args, accelerator.num_processes)} images x {args.grad_accum} "
+                          f"accumulation step(s); lr {args.lr}; {run.total_steps} steps of {run.steps_per_epoch} "
+                          f"per epoch", flush=True)
         # Main process only; a failed write (a full disk) stops every process.
-        distributed.on_main_process_for_all(accelerator, self._start_files)
-        self.bar.start(self.total_steps, self.state.step, show=accelerator.is_local_main_process)
-        self._restart_clocks()
+        distributed.on_main_process_for_all(accelerator, run._start_files)
+        run.bar.start(run.total_steps, run.state.step, show=accelerator.is_local_main_process)
+        run._restart_clocks()
+        return run
 
     def _start_files(self) -> None:
         save_config(self.args, os.path.join(self.args.output_dir, "config.json"),
@@ -167,7 +163,10 @@ class Run:
         problem = self.train_source.problem if self.train_source is not None else None
         stop = cadence.due_stop_check(step) and self.stop_signals.all_reduce(self.accelerator, problem)
         if at_log:
-            self._log_train()
+            values = self.metrics.at_log(self.state, self.scheduler.get_last_lr()[0], self.steps_per_epoch,
+                                         self.instruments.model_seconds())
+            self.log(values)
+            self.bar.show(values)
         if at_checkpoint:
             self._save_checkpoint()
         self.instruments.after_step(step, self.state.epoch, quiet=not (at_log or at_checkpoint))
@@ -177,15 +176,7 @@ class Run:
     def _stop_now(self, during: str = None) -> None:
         self._save_checkpoint()
         self.bar.close()
-        # accelerator.end_training(), with every process waiting for the main one's tracker to finish: torchrun stops
-        # the others (SIGTERM, SIGKILL 30 s later) once one has exited, which would cut it short
-        for tracker in self.accelerator.trackers:
-            tracker.finish()
-        self.accelerator.wait_for_everyone()
-        self.accelerator.state.destroy_process_group()
-        where = f" during {during}" if during else ""
-        raise Preempted(f"stopping on {self.stop_signals.name()} at step {self.state.step}{where}: checkpoint "
-                        f"saved; the same command resumes from it (exit code {EXIT_PREEMPTED})")
+        self.stop_signals.stop_run(self.accelerator, self.state.step, during)
 
     def _save_checkpoint(self) -> None:
         if self._saved_step == self.state.step:  # e.g. a stop signal on a checkpoint step: saved once
@@ -197,16 +188,6 @@ class Run:
         self._restart_clocks()
 
     # ------------------------------------------------------------------------------------------ logs
-    def _log_train(self) -> None:
-        values = {**self.metrics.reduced(self.instruments.model_seconds()),
-                  "train/lr": self.scheduler.get_last_lr()[0], "train/epoch": self.state.step / self.steps_per_epoch}
-        if self.state.skipped_steps:
-            values["train/skipped_steps"] = self.state.skipped_steps
-        if self.accelerator.scaler is not None:
-            values["train/amp_skipped_steps"] = self.state.amp_skipped_steps
-        self.log(values)
-        self.bar.show(values)
-
     def log(self, values: dict) -> None:
         """Values (scalars and ssl_scripts.evaluation.media) to the tracker and metrics.jsonl at the current
         optimizer step. Main process only; values must already be global."""
@@ -249,14 +230,10 @@ class Run:
     def results(self, metrics: dict, **facts) -> dict:
         """results.json's values: the final metrics (and the untrained encoder's, if evaluated), the run's figures
         and `facts` about the run (e.g. skipped_images). Closes the progress bar: training is over."""
-        state, train_time_s = self.state, max(self.state.train_time_s, 1e-9)
         self.bar.close()
-        return {**state.init_metrics, **scalars(metrics), **facts,
-                "steps": state.step, "epochs": state.step / self.steps_per_epoch,
-                "images_per_s": state.images / train_time_s, "samples_per_s": state.samples / train_time_s,
-                "train_time_s": state.train_time_s, "wall_time_s": time.time() - self.start_time,
-                "world_size": self.accelerator.num_processes, "peak_memory_mb": peak_memory_mb(),
-                "global_batch": self.args.batch_size, **self.instruments.results()}
+        figures = run_figures(self.state, self.steps_per_epoch, self.accelerator.num_processes, self.args.batch_size,
+                              wall_time_s=time.time() - self.start_time)
+        return {**self.state.init_metrics, **scalars(metrics), **facts, **figures, **self.instruments.results()}
 
     def end(self, metrics: dict, results: dict) -> None:
         """Logs the final metrics and hands the tracker results.json's values as its summary; ends the tracker."""

@@ -39,8 +39,9 @@ def build_accelerator(args) -> Accelerator:
 
 
 def claim_output_dir(accelerator, args) -> None:
-    """Before anything is written to OUTPUT_DIR: this run holds it (one training per folder, ssl_scripts/outputs/runlock.py;
-    the main process holds the lock until it exits), it is writable, and every process sees the same folder."""
+    """Before anything is written to OUTPUT_DIR: this run holds it (one training per folder,
+    ssl_scripts/outputs/runlock.py; the main process holds the lock until it exits), it is writable, and every
+    process sees the same folder."""
     distributed.on_main_process_for_all(accelerator, lambda: runlock.acquire(args.output_dir))
     check_output_dir(args.output_dir)
     distributed.probe_shared_directory(accelerator, args.output_dir)

@@ -1,13 +1,13 @@
 """The stop signals of a training (Slurm's preemption notice, scancel, Ctrl-C): noted when they arrive, agreed on by
-every process at a step's end (ssl_scripts/training/run.py stops there, with a checkpoint)."""
+every process at a step's end, where the run stops (with a checkpoint, Run._stop_now)."""
 import os
 import signal
 
 import torch
 from accelerate.utils import gather_object
 
-from ssl_scripts import UserError
-from ssl_scripts.cli import AT_ONCE, EXIT_INTERRUPTED
+from ssl_scripts import Preempted, UserError
+from ssl_scripts.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED
 from ssl_scripts.runtime import processes
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
@@ -15,9 +15,10 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 class StopSignals:
     """SIGUSR1 / SIGTERM (Slurm's preemption notice, scancel, a time limit) and Ctrl-C (SIGINT): noted when they
-    arrive, acted on at a step's end, where every rank can agree. Installed first thing in the loop (ssl_scripts/training/loop.py):
-    a notice that arrives while the data loads or decodes is kept (the launcher's "ignore USR1" is inherited until
-    then), and the run stops at its first step. A second Ctrl-C stops at once, without a checkpoint."""
+    arrive, acted on at a step's end, where every rank can agree. Installed first thing in the loop
+    (ssl_scripts/training/loop.py): a notice that arrives while the data loads or decodes is kept (the launcher's
+    "ignore USR1" is inherited until then), and the run stops at its first step. A second Ctrl-C stops at once,
+    without a checkpoint."""
 
     def __init__(self):
         self.received = 0
@@ -73,6 +74,18 @@ class StopSignals:
             said = [p for p in gather_object([problem]) if p]
             raise UserError(said[0], agreed=True)
         return signalled > 0
+
+    def stop_run(self, accelerator, step: int, during: str = None) -> None:
+        """Ends the run on a stop signal, its checkpoint saved: the trackers finished, then Preempted."""
+        # accelerator.end_training(), with every process waiting for the main one's tracker to finish: torchrun stops
+        # the others (SIGTERM, SIGKILL 30 s later) once one has exited, which would cut it short
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        accelerator.wait_for_everyone()
+        accelerator.state.destroy_process_group()
+        where = f" during {during}" if during else ""
+        raise Preempted(f"stopping on {self.name()} at step {step}{where}: checkpoint saved; the same command "
+                        f"resumes from it (exit code {EXIT_PREEMPTED})")
 
     def name(self) -> str:
         if self.received == signal.SIGINT:
