@@ -1,7 +1,7 @@
 """The Run's cadence (ssl_scripts/training/cadence.py): which steps log, checkpoint, check and evaluate."""
 from types import SimpleNamespace
 
-from ssl_scripts.config import DEFAULT_EVAL_EVERY
+from ssl_scripts.evaluation.options import DEFAULT_EVAL_EVERY
 from ssl_scripts.training.cadence import Cadence
 
 

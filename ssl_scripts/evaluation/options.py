@@ -36,7 +36,7 @@ def option_checks(args) -> list:
 
 
 def dataset_checks(args, labelled) -> list:
-    """(ok, message) checks of the options against the labelled evaluation set (data.load_evaluation), once loaded."""
+    """(ok, message) checks of the options against the labelled evaluation set (evaluation_set.load_evaluation), once loaded."""
     if labelled is None:
         return []
     memory = len(labelled.evaluation_train()[1])

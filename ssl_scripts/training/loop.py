@@ -31,9 +31,7 @@ def train(task_class, argv=None) -> dict:
 
 def _train(task_class, argv, stop_signals) -> dict:
     args = config.parse_options(task_class, argv)
-    accelerator = setup.build_accelerator(args)
-    setup.claim_output_dir(accelerator, args)  # one training per folder, writable and shared by every process
-    setup.seed_run(args)  # the run's one seeding point
+    accelerator = setup.start(args)  # the Accelerator, OUTPUT_DIR claimed, the run seeded
 
     # Data: decoded once (each node's first process first, the others map its cache), kept as uint8 on the device
     # or the host (--data-placement); the loader yields index batches, sharded over the processes by Accelerate.

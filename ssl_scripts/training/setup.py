@@ -15,6 +15,15 @@ from ssl_scripts.runtime import distributed
 from ssl_scripts.training import schedules
 
 
+def start(args) -> Accelerator:
+    """The loop's first steps, in their order: the Accelerator, OUTPUT_DIR claimed (one training per folder,
+    writable, shared by every process), the run's one seeding point."""
+    accelerator = build_accelerator(args)
+    claim_output_dir(accelerator, args)
+    seed_run(args)
+    return accelerator
+
+
 def build_accelerator(args) -> Accelerator:
     """The Accelerator of a training run: tracker, accumulation, seeded data order (distributed.make_accelerator
     adds the device and the process group)."""
@@ -25,7 +34,7 @@ def build_accelerator(args) -> Accelerator:
         project_dir=args.output_dir,
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, not once per process
         # Shuffling seeded by (seed, epoch): every rank agrees on the order, and a resume replays it. Index
-        # batches of a split on the GPU are copied there from pinned memory without waiting (data.index_loader pins
+        # batches of a split on the GPU are copied there from pinned memory without waiting (loader.index_loader pins
         # them); for a split in host memory or streamed they stay on the host (the loop's device_placement).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=True),
         dynamo_backend="inductor" if args.compile else None,

@@ -14,10 +14,7 @@ def training_accelerator(args):
     """The loop's Accelerator setup: built, OUTPUT_DIR claimed, the run seeded (the first lines of
     ssl_scripts/training/loop.py's train)."""
     from ssl_scripts.training import setup
-    accelerator = setup.build_accelerator(args)
-    setup.claim_output_dir(accelerator, args)
-    setup.seed_run(args)
-    return accelerator
+    return setup.start(args)
 
 
 def prepared_run(args, accelerator, model, samples=64, project="test", accelerator_view=None, must_match=()):
