@@ -42,10 +42,10 @@ from ssl_scripts import config
 from ssl_scripts.training.metrics import peak_memory_mb
 from ssl_scripts.data import sources
 from ssl_scripts.models import encoders
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 from ssl_scripts.runtime import distributed
 from ssl_scripts.models.losses import contrastive_loss
-from ssl_scripts.training.optimizers import make_optimizer
+from ssl_scripts.optim.optimizers import make_optimizer
 from ssl_scripts.tasks import TASKS
 
 

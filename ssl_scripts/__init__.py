@@ -1,10 +1,10 @@
 """Self-supervised and contrastive representation learning on images, with Accelerate.
 
-commands: what users type (train_rotation, train_siamese, evaluate). tasks: a pretext task per module. training:
-the one loop and the Run around it (checkpoints, optimizers, schedules). data: images as uint8 tensors, where the
-train split lives, decoding, augmentation, pairs. models: encoders and losses. evaluation: what the frozen encoder
-is judged by and shown with. outputs: what a run writes and how. runtime: processes, their launcher and what they
-agree on. config: the options, parsed once; cli: how every command ends.
+commands: what users type (train_rotation, train_siamese, evaluate). loop: the one training loop. tasks: a pretext
+task per module. training: the Run around the loop (cadence, checkpoints, stops). data: images as uint8 tensors,
+where the train split lives, decoding, augmentation, pairs. models: encoders and losses. optim: optimizers and lr
+schedules. evaluation: what the frozen encoder is judged by and shown with. outputs: what a run writes. runtime:
+processes, their launcher, what they agree on, how a command ends, files and locks. config: the options' parser.
 """
 
 

@@ -3,7 +3,8 @@ decided, checked, frozen) and require. Each group of options is its module's: se
 import argparse
 import re
 
-from ssl_scripts import UserError, cli
+from ssl_scripts import UserError
+from ssl_scripts.runtime import cli
 from ssl_scripts.data import options as data_options
 from ssl_scripts.evaluation import options as evaluation_options
 from ssl_scripts.models import options as model_options

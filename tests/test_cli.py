@@ -1,4 +1,4 @@
-"""ssl_scripts/cli.py: how every command ends, seen from outside. Each case is a `python -c` process around
+"""ssl_scripts/runtime/cli.py: how every command ends, seen from outside. Each case is a `python -c` process around
 cli.run, so the exit status and the streams are the real ones (a test in this process would catch SystemExit)."""
 import signal
 import sys
@@ -11,7 +11,7 @@ from helpers import run_script
 
 def ended(body: str, rank: str = None):
     """A process whose main() runs `body` under cli.run: (exit status, stdout, stderr)."""
-    code = "from ssl_scripts import Preempted, UserError, cli\n\n\ndef main():\n" + textwrap.indent(
+    code = "from ssl_scripts import Preempted, UserError\nfrom ssl_scripts.runtime import cli\n\n\ndef main():\n" + textwrap.indent(
         textwrap.dedent(body), "    ") + "\n\ncli.run(main)\n"
     result = run_script([sys.executable, "-c", code], timeout=120, env={"RANK": rank} if rank is not None else None)
     return result.returncode, result.stdout, result.stderr

@@ -266,7 +266,7 @@ def test_a_cache_dir_on_a_full_disk_is_one_warning_and_the_next_start_caches(sma
 
 def test_an_image_cache_that_fits_nowhere_stops_before_decoding(tmp_path, image_folder, monkeypatch):
     from ssl_scripts.data import cache
-    from ssl_scripts.outputs import files
+    from ssl_scripts.runtime import files
     monkeypatch.setattr(files, "free_bytes", lambda path: 1000)
     decoded = []
     with pytest.raises(UserError, match=r"^the decoded images take 17.1 KiB and fit in no cache place of this node "

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 
 
 def entries(path):

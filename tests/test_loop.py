@@ -1,10 +1,10 @@
-"""ssl_scripts/training/loop.py's train(), in-process on one CPU process: what it builds before Accelerate's prepare."""
+"""ssl_scripts/loop.py's train(), in-process on one CPU process: what it builds before Accelerate's prepare."""
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from ssl_scripts.training import loop
+from ssl_scripts import loop
 from helpers import accelerate_launch, exited, tree_contents
 from ssl_scripts.tasks import TASKS
 

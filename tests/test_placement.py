@@ -186,7 +186,7 @@ def test_streamed_siamese_steps_wait_for_one_decode_read_ahead_with_the_partners
     # epoch.
     from accelerate.state import AcceleratorState
     from ssl_scripts.data import streaming
-    from ssl_scripts.training import loop
+    from ssl_scripts import loop
     from helpers import exited
     from ssl_scripts.tasks.siamese import Siamese
     steps, submit, make_batch = [], streaming.StreamedImages.submit, Siamese.make_batch

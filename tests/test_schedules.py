@@ -1,8 +1,8 @@
-"""Learning-rate schedules (ssl_scripts/training/schedules.py)."""
+"""Learning-rate schedules (ssl_scripts/optim/schedules.py)."""
 import pytest
 import torch
 
-from ssl_scripts.training.schedules import CLASSIFIER_MILESTONES, make_scheduler
+from ssl_scripts.optim.schedules import CLASSIFIER_MILESTONES, make_scheduler
 
 
 def learning_rates(steps, **options):

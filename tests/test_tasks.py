@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_scripts import cli
+from ssl_scripts.runtime import cli
 from ssl_scripts.data import augment
 from ssl_scripts.evaluation import frozen
-from ssl_scripts.training import loop
+from ssl_scripts import loop
 from ssl_scripts.tasks import TASKS, register
 from ssl_scripts.tasks.task import Batch, Task
 

@@ -13,12 +13,13 @@ import os
 import time
 
 import torch
-from ssl_scripts import UserError, cli, config
+from ssl_scripts import UserError, config
+from ssl_scripts.runtime import cli
 from ssl_scripts.data import evaluation_set
 from ssl_scripts.data import options as data_options
 from ssl_scripts.evaluation import rotnet_protocol
 from ssl_scripts.models import encoders
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 from ssl_scripts.outputs.environment import environment
 from ssl_scripts.runtime import distributed
 

@@ -18,7 +18,7 @@ from ssl_scripts import UserError
 from ssl_scripts.data.decode import DECODER, decode_or_problem, decode_workers, fork_pool
 from ssl_scripts.data.folders import scan_imagefolder
 from ssl_scripts.data.image_data import ImageData
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 from ssl_scripts.runtime import filelock
 
 # The names of the caches of decoded images in --cache-dir (imagefolder_cache, load_stl10).

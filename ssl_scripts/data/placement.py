@@ -10,7 +10,7 @@ import os
 import torch
 
 from ssl_scripts import UserError
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 
 PLACEMENTS = ("auto", "device", "host", "stream")
 # Of a GPU's free memory, what the train split may take: the rest is for the model, its optimizer and activations.

@@ -10,7 +10,7 @@ from ssl_scripts.data import cache, placement, sources, streaming
 from ssl_scripts.data.evaluation_set import evaluated_images
 from ssl_scripts.data.folders import HELD_OUT_ENOUGH, SCANS
 from ssl_scripts.data.image_data import DOWNLOADED, FILE_DATASETS, split_sizes
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 from ssl_scripts.runtime import distributed
 
 

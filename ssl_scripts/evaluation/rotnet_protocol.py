@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ssl_scripts import UserError
 from ssl_scripts.runtime import progress
-from ssl_scripts.training import schedules
+from ssl_scripts.optim import schedules
 from ssl_scripts.evaluation.frozen import evaluating, map_batches
 
 CLASSIFIERS = ("nonlinear", "linear")

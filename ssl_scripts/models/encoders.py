@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torchvision.models import resnet18
 
 from ssl_scripts import UserError
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 
 CIFAR_MEAN = [125.3 / 255, 123.0 / 255, 113.9 / 255]  # RotNet's normalization, the default without data stats
 CIFAR_STD = [63.0 / 255, 62.1 / 255, 66.7 / 255]

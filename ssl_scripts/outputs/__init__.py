@@ -1,1 +1,2 @@
-"""What a run writes (final/, results.json, metrics, the tracker) and how (whole or not at all; one run per folder)."""
+"""What a run writes: final/ and results.json, config.json with its environment, the tracker and metrics.jsonl,
+and the lock that makes OUTPUT_DIR one run's."""

@@ -4,7 +4,7 @@ import os
 import platform
 import subprocess
 
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 
 
 def environment() -> dict:

@@ -5,7 +5,7 @@ import os
 import sys
 
 from ssl_scripts import UserError
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 from ssl_scripts.runtime import distributed
 
 

@@ -14,7 +14,7 @@ import os
 import socket
 
 from ssl_scripts import UserError
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 from ssl_scripts.runtime import filelock
 
 LOCK_NAME = ".run.lock"

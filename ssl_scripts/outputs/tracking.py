@@ -8,7 +8,7 @@ import sys
 import uuid
 
 from ssl_scripts.evaluation import media
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 
 
 def tracker_name(args):

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 
-from ssl_scripts.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
+from ssl_scripts.runtime.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
 from ssl_scripts.runtime.processes import CtrlC, catches, children, signal_name
 
 # The training processes' own ends: each has already said why, in a line of its own.

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-# Read when the entry point starts (ssl_scripts/cli.py imports this first): a launcher that dies later is noticed even
+# Read when the entry point starts (ssl_scripts/runtime/cli.py imports this first): a launcher that dies later is noticed even
 # where it was PID 1 (a container's command) or where an orphan goes to a subreaper rather than to PID 1.
 PARENT_AT_START = os.getppid()
 # SIGINTs closer than this are one Ctrl-C reaching a process twice (`pkill -INT` of every process, and a launcher

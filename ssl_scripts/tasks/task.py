@@ -1,4 +1,4 @@
-"""What a pretext task defines; the shared loop (ssl_scripts/training/loop.py) does the rest: data, the model around the task's
+"""What a pretext task defines; the shared loop (ssl_scripts/loop.py) does the rest: data, the model around the task's
 head, optimizer, schedule, checkpoints and resume, logs, the evaluation schedule and the final outputs.
 
 A new task is one module under ssl_scripts/tasks/ with a Task subclass, and one entry in tasks.TASKS (or tasks.register):

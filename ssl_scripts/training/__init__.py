@@ -1,1 +1,2 @@
-"""Training: the one loop (loop.py), the Run around it (run.py), checkpoints, optimizers, schedules, instruments."""
+"""The Run around the loop (ssl_scripts/loop.py): setup, the cadence of logs, checkpoints and stops, the stop
+signals, checkpoints and resume, the training's options and opt-in instruments."""

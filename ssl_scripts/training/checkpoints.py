@@ -16,7 +16,7 @@ from accelerate.utils.constants import (MODEL_NAME, OPTIMIZER_NAME, RNG_STATE_NA
 
 from ssl_scripts import UserError
 from ssl_scripts.models import encoders
-from ssl_scripts.outputs import files
+from ssl_scripts.runtime import files
 from ssl_scripts.runtime import distributed
 from ssl_scripts.training import instruments
 from ssl_scripts.outputs.environment import save_config

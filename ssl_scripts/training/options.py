@@ -3,7 +3,7 @@ each step goes) and the run group (output dir, resume, checkpoints, logs, the tr
 import argparse
 
 from ssl_scripts.outputs import tracking
-from ssl_scripts.training import optimizers, schedules
+from ssl_scripts.optim import optimizers, schedules
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:

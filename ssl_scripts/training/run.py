@@ -1,4 +1,4 @@
-"""One training run around the loop (ssl_scripts/training/loop.py): the epochs and micro-batches, the optimizer
+"""One training run around the loop (ssl_scripts/loop.py): the epochs and micro-batches, the optimizer
 steps, and after each step what its Cadence says is due (logs, checkpoints, an agreed stop)."""
 import math
 import os
@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 from ssl_scripts.outputs.environment import environment, save_config
 from ssl_scripts.data.loader import micro_batch_size
-from ssl_scripts.outputs import files, final
+from ssl_scripts.outputs import final
+from ssl_scripts.runtime import files
 from ssl_scripts.outputs.tracking import Tracker, scalars
 from ssl_scripts.runtime import distributed
 from ssl_scripts.training import checkpoints, gradients

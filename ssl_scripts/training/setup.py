@@ -12,7 +12,7 @@ from ssl_scripts import UserError
 from ssl_scripts.outputs import runlock
 from ssl_scripts.outputs.tracking import tracker_name
 from ssl_scripts.runtime import distributed
-from ssl_scripts.training import schedules
+from ssl_scripts.optim import schedules
 
 
 def start(args) -> Accelerator:

@@ -7,7 +7,7 @@ import torch
 from accelerate.utils import gather_object
 
 from ssl_scripts import Preempted, UserError
-from ssl_scripts.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED
+from ssl_scripts.runtime.cli import AT_ONCE, EXIT_INTERRUPTED, EXIT_PREEMPTED
 from ssl_scripts.runtime import processes
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
@@ -16,7 +16,7 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 class StopSignals:
     """SIGUSR1 / SIGTERM (Slurm's preemption notice, scancel, a time limit) and Ctrl-C (SIGINT): noted when they
     arrive, acted on at a step's end, where every rank can agree. Installed first thing in the loop
-    (ssl_scripts/training/loop.py): a notice that arrives while the data loads or decodes is kept (the launcher's
+    (ssl_scripts/loop.py): a notice that arrives while the data loads or decodes is kept (the launcher's
     "ignore USR1" is inherited until then), and the run stops at its first step. A second Ctrl-C stops at once,
     without a checkpoint."""
 

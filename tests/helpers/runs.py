@@ -12,7 +12,7 @@ def parse(argv, task="rotation"):
 
 def training_accelerator(args):
     """The loop's Accelerator setup: built, OUTPUT_DIR claimed, the run seeded (the first lines of
-    ssl_scripts/training/loop.py's train)."""
+    ssl_scripts/loop.py's train)."""
     from ssl_scripts.training import setup
     return setup.start(args)
 
@@ -23,7 +23,7 @@ def prepared_run(args, accelerator, model, samples=64, project="test", accelerat
     the task's checkpoint fields, as the loop hands them."""
     from ssl_scripts.data.loader import index_loader
     from ssl_scripts.training import setup
-    from ssl_scripts.training.optimizers import make_optimizer
+    from ssl_scripts.optim.optimizers import make_optimizer
     from ssl_scripts.training.run import Prepared, Run
     from ssl_scripts.training.stop_signals import StopSignals
     loader = index_loader(accelerator, args, samples)

@@ -12,7 +12,8 @@ import time
 
 import torch
 
-from ssl_scripts import UserError, cli
+from ssl_scripts import UserError
+from ssl_scripts.runtime import cli
 from ssl_scripts.evaluation import frozen
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import final
@@ -127,7 +128,7 @@ def compiled(out, argv):
     """The rotation task's real loop with --compile (torch.compile's "eager" backend: the same wrapping, no
     inductor build) and --grad-accum: how often DDP's no_sync was entered, and what evaluation ran."""
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from ssl_scripts.training import loop
+    from ssl_scripts import loop
     from ssl_scripts.tasks import TASKS
     compile_model = torch.compile
     torch.compile = lambda model, **options: compile_model(model, **{**options, "backend": "eager"})
@@ -141,9 +142,9 @@ def compiled(out, argv):
     rotation = TASKS["rotation"]
     evaluate = rotation.evaluate
 
-    def recorded_evaluate(self, accelerator, model, labelled):
+    def recorded_evaluate(self, accelerator, model, labelled, **stop_check):
         seen["evaluated"].append(type(model).__name__)
-        return evaluate(self, accelerator, model, labelled)
+        return evaluate(self, accelerator, model, labelled, **stop_check)
     rotation.evaluate = recorded_evaluate
     loop.train(rotation, argv)
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:

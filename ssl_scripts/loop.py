@@ -14,7 +14,8 @@ from ssl_scripts.evaluation import options as evaluation_options
 from ssl_scripts.models import encoders
 from ssl_scripts.outputs import final
 from ssl_scripts.runtime import distributed
-from ssl_scripts.training import optimizers, setup
+from ssl_scripts.training import setup
+from ssl_scripts.optim import optimizers
 from ssl_scripts.training.run import Prepared, Run
 from ssl_scripts.training.stop_signals import StopSignals
 
@@ -93,5 +94,5 @@ def evaluation_metrics(accelerator, task, model, labelled, suffix="", between_ba
     metrics = {}
     if labelled:
         metrics = frozen.encoder_metrics(accelerator, model.encoder, labelled, task.args, between_batches)
-    metrics.update(task.evaluate(accelerator, model, labelled, between_batches))
+    metrics.update(task.evaluate(accelerator, model, labelled, between_batches=between_batches))
     return {f"{name}{suffix}": value for name, value in metrics.items()}

@@ -1,0 +1,1 @@
+"""--optimizer and the learning-rate schedules: the training's, and the evaluation classifiers'."""
