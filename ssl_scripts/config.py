@@ -67,12 +67,13 @@ def decide_defaults(parsed: argparse.Namespace, *defaults, **values) -> Options:
 
 
 def parse_options(task, argv=None) -> Options:
-    """The shared options and the task's (a tasks.task.Task subclass), their defaults decided (the model's recipe,
-    the data's, the task's), checked: one `error: ...` line saying what to do at the first bad one."""
+    """The shared options and the task's (a tasks.task.Task subclass), their defaults decided (the task's recipe,
+    e.g. a method's, then the model's, the data's, the plain ones, the task's), checked: one `error: ...` line saying what to do at the first bad one."""
     parser = build_parser(task.description)
     task.add_options(parser)
-    args = decide_defaults(parser.parse_args(argv), model_options.option_defaults, data_options.option_defaults,
-                           task.option_defaults, task=task.name)
+    args = decide_defaults(parser.parse_args(argv), task.recipe, model_options.option_defaults,
+                           data_options.option_defaults, training_options.option_defaults, task.option_defaults,
+                           task=task.name)
     require([check for group in OPTION_GROUPS for check in group.option_checks(args)] + task.option_checks(args))
     return args
 

@@ -45,10 +45,10 @@ def _train(task_class, argv, stop_signals) -> dict:
 
     # Model: the encoder (the product) and the task's head (thrown away after training).
     encoder = encoders.build_encoder(args.model, args.image_size, *dataset.channel_stats())
-    model = encoders.EncoderWithHead(encoder, task.head(args, encoder))
+    model = encoders.EncoderWithHead(encoder, task.build_head(encoder))
     if args.sync_bn:  # batch norm over every process's images: converted before prepare() wraps the model in DDP
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = optimizers.make_optimizer(args, model)
+    optimizer = optimizers.make_optimizer(args, model, extra_groups=task.optimizer_groups(model.head))
     scheduler = setup.make_schedule(args, optimizer, train_loader, accelerator.num_processes)
     # The index batches go where the train split is indexed (the device, or the host for --data-placement host).
     prepared = Prepared(*accelerator.prepare(
@@ -56,7 +56,7 @@ def _train(task_class, argv, stop_signals) -> dict:
 
     # Resumes from OUTPUT_DIR's newest intact checkpoint, if any; writes config.json, starts the tracker.
     run = Run.start(args, accelerator, prepared, project=task.name, must_match=task.must_match,
-                    stop_signals=stop_signals, train_source=train_source)
+                    stop_signals=stop_signals, train_source=train_source, on_log=task.watch)
     if run.completed is not None:  # started again after it finished: nothing to train or evaluate
         return run.completed
     model = prepared.model
@@ -74,7 +74,9 @@ def _train(task_class, argv, stop_signals) -> dict:
                 batch = task.make_batch(indices, epoch)
                 loss, metrics = task.step(model, batch)
                 accelerator.backward(loss)
-                run.optimizer_step()  # on a step's last micro-batch: clip, log the norm, update; zero the grads
+                # on a step's last micro-batch: clip, log the norm, update (then the task's after_update); zero grads
+                if run.optimizer_step():
+                    task.after_update(model, run.state.step, run.total_steps)
             # After a step's last micro-batch: lr schedule, logs, checkpoint, stop on a preemption signal.
             run.end_batch(images=len(indices), samples=len(batch.inputs), loss=loss, **metrics)
         if run.evaluation_due(epoch, images_evaluated):

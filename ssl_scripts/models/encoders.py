@@ -206,7 +206,7 @@ class EncoderWithHead(nn.Module):
     def __init__(self, encoder: Encoder, head: nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
-        first = head[0] if isinstance(head, nn.Sequential) else head
+        first = head[0] if isinstance(head, nn.Sequential) else getattr(head, "first_layer", head)
         # The encoder's features are its last map flattened: a FeatureLinear takes the map itself.
         self.head_takes_map = encoder.pool == "flatten" and isinstance(first, FeatureLinear)
 

@@ -29,7 +29,8 @@ def add_options(group) -> None:
                             + f" (default: the model's recipe, {recipe_defaults('optimizer')})")
     group.add_argument("--lr", type=float, default=None,
                        help=f"the peak learning rate (default: the model's recipe, {recipe_defaults('lr')})")
-    group.add_argument("--weight-decay", type=float, default=5e-4, help="the optimizer's weight decay (RotNet: 5e-4)")
+    group.add_argument("--weight-decay", type=float, default=None,
+                       help="the optimizer's weight decay (default: the method's recipe, else 5e-4, RotNet's)")
 
 
 def option_checks(args) -> list:

@@ -29,6 +29,12 @@ class Task:
         """The task's own options, added to the shared parser (ssl_scripts/config.py)."""
 
     @classmethod
+    def recipe(cls, args) -> dict:
+        """{option: value}: a published recipe's values of options left unset (None), decided first: they win over
+        the model's recipe (optimizer, lr, schedule) and the plain defaults (e.g. the Siamese methods')."""
+        return {}
+
+    @classmethod
     def option_defaults(cls, args) -> dict:
         """{option: value}: the task's defaults of options left unset (None), which may depend on its other options
         (config.parse_options decides them, after the model's recipe and the data's)."""
@@ -51,6 +57,15 @@ class Task:
         training."""
         raise NotImplementedError
 
+    def build_head(self, encoder) -> nn.Module:
+        """This run's head: head(args, encoder), with what the data adds (e.g. the Siamese task's online probe)."""
+        return self.head(self.args, encoder)
+
+    def optimizer_groups(self, head) -> list:
+        """Parameter groups of the head with options of their own ({"params", "lr", "weight_decay"}), kept out of
+        the optimizer's main groups."""
+        return []
+
     def make_batch(self, indices: torch.Tensor, epoch: int) -> Batch:
         """This micro-batch's inputs and targets from the train images at `indices` (augmented, on the device)."""
         raise NotImplementedError
@@ -63,6 +78,13 @@ class Task:
     def step(self, model, batch: Batch):
         """(loss, metrics): the loss to backpropagate and train/* values (tensors stay on the device)."""
         raise NotImplementedError
+
+    def after_update(self, model, step: int, total_steps: int) -> None:
+        """After every optimizer step that updated the weights (step: its index, 0 for the first): e.g. a momentum
+        copy follows them. model: as step() gets it (prepared)."""
+
+    def watch(self, logged: dict, step: int) -> None:
+        """The train/* values just logged (main process): e.g. a line in the log when they show a collapse."""
 
     # ------------------------------------------------------------------------------------- evaluation
     def evaluate(self, accelerator, model, labelled, between_batches=None) -> dict:

@@ -12,8 +12,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     optimization.add_argument("--max-steps", type=int, default=None,
                               help="stop after this many optimizer steps (overrides --epochs; default: none, --epochs "
                                    "decides)")
-    optimization.add_argument("--batch-size", type=int, default=128,
-                              help="images per optimizer step over all processes (RotNet: 128), split evenly over the "
+    optimization.add_argument("--batch-size", type=int, default=None,
+                              help="images per optimizer step over all processes (default: the method's recipe, "
+                                   "else 128, RotNet's), split evenly over the "
                                    "processes and --grad-accum micro-batches: the same recipe on any number of GPUs")
     optimization.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     optimizers.add_options(optimization)
@@ -42,6 +43,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--count-host-syncs", action="store_true",
                      help="CUDA only: count the operations per step that make the CPU wait for the GPU "
                           "(torch.cuda.set_sync_debug_mode), reported in results.json; for the GPU check")
+
+
+def option_defaults(args) -> dict:
+    """The plain defaults of options a task's recipe may set (Task.recipe), for those it left unset."""
+    plain = {"batch_size": 128, "weight_decay": 5e-4, "warmup_epochs": 0}
+    return {name: value for name, value in plain.items() if getattr(args, name) is None}
 
 
 def option_checks(args) -> list:

@@ -33,13 +33,16 @@ class Run:
     """Made by Run.start once the model, optimizer, loader and schedule are prepared. project: the tracker's (the
     task's name). must_match: the task's options a checkpoint cannot be resumed under when changed, besides
     checkpoints.MUST_MATCH. stop_signals: the loop's, installed first thing (StopSignals.install). train_source:
-    the train split (placement.TrainImages), whose problem (an unreadable streamed file) stops the run."""
+    the train split (placement.TrainImages), whose problem (an unreadable streamed file) stops the run. on_log: called
+    with each train/* log's values and step on the main process."""
 
     def __init__(self, args, accelerator, prepared: Prepared, project: str, must_match=(),
-                 stop_signals: StopSignals = None, train_source=None):
+                 stop_signals: StopSignals = None, train_source=None, on_log=None):
         self.args, self.accelerator, self.must_match, self.train_source = args, accelerator, must_match, train_source
+        self.on_log = on_log  # on_log(values, step): shown each train/* log (main process), e.g. Task.watch
         self.model, self.optimizer, self.loader, self.scheduler = prepared
-        self.parameters = list(self.model.parameters())  # walked every step: the module tree once
+        # walked every step: the module tree once; a momentum copy (no gradient) left out
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = steps_per_epoch(args, len(self.loader))  # prepared: this process's batches
         self.total_steps = total_steps(args, len(self.loader))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -124,20 +127,24 @@ class Run:
             yield indices
         self.guard.check_finite()  # before the epoch's evaluation
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self) -> bool:
         """Call after backward on every micro-batch. On the one that ends an optimizer step: clips the gradients
         to --max-grad-norm (their norm is logged either way) and updates the weights, unless --nan-policy skip
         drops a non-finite step; then zeroes the gradients. Other micro-batches only accumulate.
 
-        After DDP's all-reduce every process holds the same gradients, so each decides alike on its own."""
+        After DDP's all-reduce every process holds the same gradients, so each decides alike on its own. Returns
+        whether the weights were updated (every process alike)."""
+        updated = False
         if self.accelerator.sync_gradients:
             norm = gradients.clipped_norm(self.accelerator, self.parameters, self.args.max_grad_norm)
             if self.guard.decide_update(norm):
                 self.metrics.grad_norms.append(norm)
                 self.optimizer.step()
+                updated = not self.accelerator.optimizer_step_was_skipped  # fp16: an overflow step updates nothing
         self.optimizer.zero_grad(set_to_none=True)
         if self.accelerator.sync_gradients:
             self.instruments.after_update()
+        return updated
 
     def end_batch(self, images: int, samples: int, **metrics) -> None:
         """Call after each micro-batch: adds its train metrics (local sums, reduced over processes only when
@@ -168,6 +175,8 @@ class Run:
                                          self.instruments.model_seconds())
             self.log(values)
             self.bar.show(values)
+            if self.on_log is not None and self.accelerator.is_main_process:
+                self.on_log(values, step)
         if at_checkpoint:
             self._save_checkpoint()
         self.instruments.after_step(step, self.state.epoch, quiet=not (at_log or at_checkpoint))

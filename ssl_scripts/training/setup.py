@@ -75,8 +75,9 @@ def check_output_dir(output_dir: str) -> None:
 def make_schedule(args, optimizer, train_loader, num_processes: int):
     """The lr schedule over the run's optimizer steps. train_loader: the loader before accelerator.prepare, which
     shards it into len(train_loader) // num_processes batches per process."""
-    steps = total_steps(args, len(train_loader) // num_processes)
-    return schedules.make_scheduler(optimizer, steps, args.schedule, args.warmup_steps)
+    batches = len(train_loader) // num_processes
+    warmup = args.warmup_steps or round(args.warmup_epochs * steps_per_epoch(args, batches))
+    return schedules.make_scheduler(optimizer, total_steps(args, batches), args.schedule, warmup)
 
 
 def steps_per_epoch(args, batches_per_process: int) -> int:
