@@ -17,7 +17,7 @@ bound on a hang. ONLY (e.g. ONLY=1e,3) runs just those steps, the others SKIPPED
 status: 0 when no step failed, 1 when one did, 2 when the pre-flight stopped it.
 
     1a-1d  both scripts, bf16 and fp16, --eval-at-start and evaluation every epoch, 2 epochs (resnet18: batch norm)
-    1e     siamese with NT-Xent (--pairs augment --loss ntxent): negatives gathered from both processes (the
+    1e     siamese with NT-Xent (--method simclr): negatives gathered from both processes (the
            gather's backward on CUDA tensors), eval/view_pair_auc finite at start and end
     1f     --sync-bn, rotation, resnet18: SyncBatchNorm across the 2 processes
     2      SIGUSR1: checkpoint and stop (worker exit code 3, "stopping on SIGUSR1 at step N"), then resume to the end
@@ -505,15 +505,15 @@ def step_siamese_bf16(ctx):
 
 
 def step_ntxent(ctx):
-    """1e: NT-Xent's negatives are gathered from every process with their gradients (ssl_scripts/models/losses.py); its
+    """1e: NT-Xent's negatives are gathered from every process with their gradients (ssl_scripts/models/collectives.py); its
     backward sends them back: NCCL's reduce-scatter with a GPU per process, gloo's all-to-all where the 2 processes
     share one GPU. eval/view_pair_auc: the augment pairs' own metric, at start and at the end."""
     backend = "nccl" if ctx.mode.device == "gpu" and ctx.mode.gpus >= 2 else "gloo"
-    config = train_and_eval(ctx, "siamese", ctx.mode.bf16, ["--pairs", "augment", "--loss", "ntxent"],
+    config = train_and_eval(ctx, "siamese", ctx.mode.bf16, ["--method", "simclr"],
                             metrics=("eval/view_pair_auc",), backend=backend)
-    ctx.results.update(loss=config.get("loss"), pairs=config.get("pairs"), dist_backend=backend)
-    if (config.get("loss"), config.get("pairs")) != ("ntxent", "augment"):
-        ctx.fail(f"config.json says --loss {config.get('loss')} --pairs {config.get('pairs')}")
+    ctx.results.update(method=config.get("method"), pairs=config.get("pairs"), dist_backend=backend)
+    if (config.get("method"), config.get("pairs")) != ("simclr", "augment"):
+        ctx.fail(f"config.json says --method {config.get('method')} --pairs {config.get('pairs')}")
     ctx.note(f"; NT-Xent negatives gathered from 2 processes over {backend}")
 
 
@@ -806,7 +806,7 @@ STEPS = [
     Step("1b_siamese_fp16", "siamese, {fp16}, {bn_model}, eval at start + every epoch", 90, step_siamese_fp16, "a"),
     Step("1c_rotation_fp16", "rotation, {fp16}, {bn_model}, eval at start + every epoch", 90, step_rotation_fp16, "a"),
     Step("1d_siamese_bf16", "siamese, {bf16}, {bn_model}, eval at start + every epoch", 90, step_siamese_bf16, "b"),
-    Step("1e_siamese_ntxent", "siamese NT-Xent (--pairs augment --loss ntxent), {bf16}, {bn_model}, eval at start + "
+    Step("1e_siamese_ntxent", "siamese NT-Xent (--method simclr), {bf16}, {bn_model}, eval at start + "
          "every epoch, view_pair_auc", 90, step_ntxent, "c"),
     Step("1f_rotation_sync_bn", "rotation --sync-bn, {bf16}, resnet18, 2 processes, 8 steps", 60, step_sync_bn, "c",
          cpu_skip="GPU only: SyncBatchNorm needs CUDA"),

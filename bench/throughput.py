@@ -188,7 +188,8 @@ def tutorial_setup(args, opts):
             if rotation:
                 loss = F.cross_entropy(model(batch[0].to(dev)), batch[1].to(dev))
             else:  # the tutorial's SiameseNetwork: forward_once(img1), forward_once(img2)
-                loss = contrastive_loss(model(batch[0].to(dev)), model(batch[1].to(dev)), batch[2].to(dev), 1.0)
+                loss = contrastive_loss(model(batch[0].to(dev)).projection, model(batch[1].to(dev)).projection,
+                                        batch[2].to(dev), 1.0)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

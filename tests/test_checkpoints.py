@@ -76,11 +76,11 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_the_intact_one_before_it
     ("rotation", ["--rotations-per-image", "1"], "rotations_per_image 4 in the checkpoint, 1 now"),
     ("siamese", ["--pairs", "augment"], "pairs 'label' in the checkpoint, 'augment' now"),
     ("siamese", ["--embedding-dim", "64"], "embedding_dim 128 in the checkpoint, 64 now"),
-    ("siamese", ["--pairs", "augment", "--loss", "ntxent"], "pairs 'label' in the checkpoint, 'augment' now; loss "
-                                                           "'contrastive' in the checkpoint, 'ntxent' now"),
+    ("siamese", ["--method", "simclr"], "pairs 'label' in the checkpoint, 'augment' now; method 'contrastive' in the "
+                                        "checkpoint, 'simclr' now"),
     ("rotation", ["task=siamese"], "task 'rotation' in the checkpoint, 'siamese' now"),
 ], ids=["model", "image_size", "optimizer", "batch_size", "dataset", "synthetic_size", "seed", "rotations_per_image",
-        "pairs", "embedding_dim", "loss", "task"])
+        "pairs", "embedding_dim", "method", "task"])
 def test_a_resume_with_any_must_match_option_changed_is_refused_naming_it_and_overwrites_nothing(
         tmp_path, task, options, differs):
     # Each field of checkpoints.MUST_MATCH and of the task's must_match, one at a time, through a Run given the

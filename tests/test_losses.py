@@ -76,18 +76,25 @@ def test_identical_embeddings_give_finite_gradients():
     assert torch.isfinite(e.grad).all()
 
 
-def test_a_registered_pair_loss_is_an_option_of_the_siamese_task(monkeypatch):
-    """One entry in losses.LOSSES is all a new loss needs: train_siamese.py --loss offers it, with its options."""
-    from ssl_scripts.models.losses import LOSSES, PairLoss
+def test_a_registered_method_is_an_option_of_the_siamese_task_with_its_options_and_recipe(monkeypatch):
+    """One file and one entry in methods.METHODS is all a new method needs: --method offers it, with its options,
+    and its recipe decides the defaults it sets (explicit options win)."""
+    from ssl_scripts.methods import METHODS
+    from ssl_scripts.methods.method import Method
     from helpers import parse
 
-    def options(group):
-        group.add_argument("--cosine-scale", type=float, default=1.0)
-    monkeypatch.setitem(LOSSES, "cosine", PairLoss(
-        lambda e1, e2, similar, args: args.cosine_scale * (1 - (e1 * e2).sum(1).mean()), options))
-    args = parse(["--loss", "cosine", "--cosine-scale", "2"], "siamese")
-    assert args.loss == "cosine" and args.cosine_scale == 2
-    assert parse([], "siamese").loss == "contrastive"
+    class Cosine(Method):
+        name, summary, recipe = "cosine", "a test's", {"lr": 0.25, "embedding_dim": 16}
+
+        @classmethod
+        def add_options(cls, group):
+            group.add_argument("--cosine-scale", type=float, default=1.0)
+    monkeypatch.setitem(METHODS, "cosine", Cosine)
+    args = parse(["--method", "cosine", "--cosine-scale", "2"], "siamese")
+    assert args.method == "cosine" and args.cosine_scale == 2 and args.lr == 0.25 and args.embedding_dim == 16
+    assert args.pairs == "augment" and args.positive_fraction == 1.0  # two views of each image
+    assert parse(["--method", "cosine", "--lr", "0.5"], "siamese").lr == 0.5
+    assert parse([], "siamese").method == "contrastive"
 
 
 def test_ntxent_matches_its_formula_on_a_tiny_batch():

@@ -31,17 +31,20 @@ class Constant(torch.nn.Module):
         return torch.ones(len(x), 4)
 
 
-def test_ntxent_takes_augment_pairs_all_similar_and_says_so_otherwise():
-    args = parse(["--pairs", "augment", "--loss", "ntxent", "--augment", "none", "--deterministic"], "siamese")
-    assert args.positive_fraction == 1.0 and args.augment == "none" and args.temperature == 0.5
+def test_simclr_takes_augment_pairs_all_similar_and_says_so_otherwise():
+    args = parse(["--method", "simclr", "--augment", "none", "--deterministic"], "siamese")
+    assert args.pairs == "augment" and args.positive_fraction == 1.0 and args.augment == "none"
+    assert args.temperature == 0.5
     assert parse(["--pairs", "augment"], "siamese").positive_fraction == 0.5  # contrastive: half dissimilar
     assert parse(["--pairs", "augment"], "siamese").augment == "simclr"  # the task's default for view pairs
-    assert parse([], "siamese").augment == "crop_flip"
-    for refused in (["--loss", "ntxent"], ["--pairs", "augment", "--loss", "ntxent", "--positive-fraction", "0.5"]):
-        with pytest.raises(UserError, match="--loss ntxent takes two views of every image"):
+    assert parse([], "siamese").augment == "crop_flip" and parse([], "siamese").pairs == "label"
+    for refused in (["--method", "simclr", "--pairs", "label"], ["--method", "byol", "--positive-fraction", "0.5"]):
+        with pytest.raises(UserError, match="takes two views of every image"):
             parse(refused, "siamese")
     with pytest.raises(UserError, match="--temperature must be > 0"):
-        parse(["--pairs", "augment", "--loss", "ntxent", "--temperature", "0"], "siamese")
+        parse(["--method", "simclr", "--temperature", "0"], "siamese")
+    with pytest.raises(UserError, match="--loss is now --method: --loss ntxent is --method simclr"):
+        parse(["--loss", "ntxent"], "siamese")
 
 
 def test_label_pairs_on_unlabeled_images_are_refused_before_any_data_loads():

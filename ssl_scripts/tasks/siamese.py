@@ -142,6 +142,7 @@ class Siamese(Task):
         self.pairs = PairSampler(dataset.train_labels, args.pairs, args.positive_fraction, args.seed,
                                  dataset.classes).to(train_source.index_device)
         self.method = METHODS[args.method](args)
+        self.must_match = Siamese.must_match + self.method.must_match
         labelled = bool(dataset.classes) and bool((dataset.train_labels >= 0).all())
         self.probe_classes = len(dataset.classes) if args.online_probe and labelled else 0
         if args.online_probe and not labelled:
