@@ -183,7 +183,7 @@ def test_a_registered_model_is_an_option_with_its_recipe(monkeypatch):
     encoder = build_encoder("tiny", 32)
     x = torch.rand(2, 3, 32, 32)
     assert EncoderWithHead(encoder, task_head("rotation", encoder))(x).shape == (2, 4)
-    assert EncoderWithHead(encoder, task_head("siamese", encoder, "--embedding-dim", "4"))(x).shape == (2, 4)
+    assert EncoderWithHead(encoder, task_head("siamese", encoder, "--embedding-dim", "4"))(x).projection.shape == (2, 4)
 
 
 def build_parser_help():

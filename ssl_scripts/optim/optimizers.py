@@ -47,9 +47,9 @@ def add_options(group) -> None:
     group.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
                        help=" ".join(f"{name}: {(fn.__doc__ or name).splitlines()[0]}"
                                      for name, fn in OPTIMIZERS.items())
-                            + f" (default: the model's recipe, {recipe_defaults('optimizer')})")
+                            + f" (default: the method's recipe, else the model's: {recipe_defaults('optimizer')})")
     group.add_argument("--lr", type=float, default=None,
-                       help=f"the peak learning rate (default: the model's recipe, {recipe_defaults('lr')})")
+                       help=f"the peak learning rate (default: the method's recipe, else the model's: {recipe_defaults('lr')})")
     group.add_argument("--weight-decay", type=float, default=None,
                        help="the optimizer's weight decay (default: the method's recipe, else 5e-4, RotNet's)")
     group.add_argument("--lars-eta", type=float, default=0.02,

@@ -39,7 +39,7 @@ def add_options(group) -> None:
     """--schedule and --warmup-steps, in the optimization group (ssl_scripts/training/options.py)."""
     group.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
                        help="; ".join(f"{name}: {what}" for name, what in SCHEDULES.items()).replace("%", "%%")
-                            + f" (default: the model's recipe, {recipe_defaults('schedule')})")
+                            + f" (default: the method's recipe, else the model's: {recipe_defaults('schedule')})")
     group.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up, in optimizer steps")
     group.add_argument("--warmup-epochs", type=float, default=None,
                        help="linear learning-rate warm-up, in epochs (default: the method's recipe, else 0); "
