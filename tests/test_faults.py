@@ -130,7 +130,7 @@ def test_deterministic_resume_ends_bitwise_identical(tmp_path, script, processes
 @pytest.mark.parametrize("script, extra", [
     ("train_rotation.py", []), ("train_siamese.py", []),
     # NT-Xent's negatives are the other views of the global batch: gathered from both processes, with gradients
-    ("train_siamese.py", ["--pairs", "augment", "--loss", "ntxent", "--deterministic"])],
+    ("train_siamese.py", ["--method", "simclr", "--deterministic"])],
     ids=["rotation", "siamese-contrastive", "siamese-ntxent"])
 def test_one_process_and_two_with_the_same_batch_size_take_the_same_first_step(tmp_path, script, extra):
     # No augmentation (its draws are per process by design); simple_cnn has no batch norm (per-process statistics).

@@ -50,3 +50,81 @@ def test_simclr_takes_augment_pairs_all_similar_and_says_so_otherwise():
 def test_label_pairs_on_unlabeled_images_are_refused_before_any_data_loads():
     with pytest.raises(UserError, match="--pairs label needs a label for every train image"):
         parse(["--dataset", "images"], "siamese")
+
+
+def siamese_task(*options):
+    """The Siamese task as the loop makes it, on 40 labelled images of 4 classes (no data loaded)."""
+    from types import SimpleNamespace
+    from ssl_scripts.tasks.siamese import Siamese
+    args = parse(["--model", "simple_cnn", "--dataset", "synthetic", "--augment", "none", *options], "siamese")
+    labels = torch.arange(40) % 4
+    dataset = SimpleNamespace(train_labels=labels, classes=["a", "b", "c", "d"])
+    return Siamese(args, dataset, SimpleNamespace(index_device=torch.device("cpu"))), labels
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_the_online_probe_learns_from_detached_features_and_never_moves_the_encoder(method):
+    from ssl_scripts.models.encoders import EncoderWithHead, build_encoder
+    from ssl_scripts.tasks.siamese import ViewBatch
+    torch.manual_seed(0)
+    task, labels = siamese_task("--method", method, "--projector-hidden", "16", "--predictor-hidden", "8",
+                                "--embedding-dim", "8")
+    encoder = build_encoder("simple_cnn", 32)
+    model = EncoderWithHead(encoder, task.build_head(encoder))
+    assert model.head.probe is not None and model.head.probe.out_features == 4
+    views = torch.rand(12, 3, 32, 32)
+    batch = ViewBatch(views, torch.ones(6), labels[:12])
+
+    loss, metrics = task.step(model, batch)  # the method's loss + the probe's
+    loss.backward()
+    with_probe = [p.grad.clone() for p in encoder.parameters()]
+    probe_moved = model.head.probe.weight.grad.abs().sum().item()
+    model.zero_grad(set_to_none=True)
+    method_loss, _ = task.method.loss(model, model.head, views, model(views), batch.targets)
+    method_loss.backward()
+    assert probe_moved > 0 and model.head.probe.weight.grad is None  # only the probe's own loss trains it
+    assert all(torch.equal(a, p.grad) for a, p in zip(with_probe, encoder.parameters()))  # the probe adds nothing
+    assert 0 <= metrics["online_linear_acc"] <= 1 and metrics["online_linear_loss"] > 0
+
+
+def test_unlabelled_train_images_get_no_online_probe_said_once(capsys):
+    from types import SimpleNamespace
+    from ssl_scripts.tasks.siamese import Siamese
+    args = parse(["--model", "simple_cnn", "--dataset", "synthetic", "--method", "simclr"], "siamese")
+    unlabelled = SimpleNamespace(train_labels=torch.full((10,), -1), classes=[])
+    task = Siamese(args, unlabelled, SimpleNamespace(index_device=torch.device("cpu")))
+    assert task.probe_classes == 0 and capsys.readouterr().out.count("no online linear probe") == 1
+    assert not siamese_task("--method", "simclr", "--no-online-probe")[0].probe_classes
+
+
+def test_a_run_made_to_collapse_says_so_in_one_line_and_a_healthy_one_does_not(tmp_path, monkeypatch, capsys):
+    """An attract-only loss (every embedding pulled toward every other, no negatives, no predictor or stop-gradient)
+    collapses within a few steps: the collapse line once; the same run with SimCLR's negatives (and its recipe): none."""
+    import torch.nn.functional as F
+    from ssl_scripts import loop
+    from ssl_scripts.methods import METHODS
+    from ssl_scripts.methods.simclr import SimCLR
+    from ssl_scripts.tasks import TASKS
+    from helpers import exited
+
+    class AttractOnly(SimCLR):
+        name = "attract"
+
+        def loss(self, model, head, views, output, similar):
+            z = F.normalize(output.projection, dim=1)
+            return -(z @ z.T).mean(), z.chunk(2)[0]
+    monkeypatch.setitem(METHODS, "attract", AttractOnly)
+    said = {}
+    for method, optimizer in (("attract", ["--optimizer", "sgd", "--lr", "0.5"]), ("simclr", [])):
+        AcceleratorState._reset_state(True)
+        out = tmp_path / method
+        try:
+            loop.train(TASKS["siamese"], [
+                "--method", method, "--dataset", "synthetic", "--model", "simple_cnn", "--batch-size", "32",
+                "--max-steps", "8", "--log-every", "2", "--report-to", "none", "--skip-eval", "--no-online-probe",
+                *optimizer, "--embedding-dim", "32", "--output-dir", str(out)])
+        finally:
+            exited(out)
+        said[method] = [line for line in capsys.readouterr().out.splitlines() if "embeddings have collapsed" in line]
+    assert len(said["attract"]) == 1 and said["attract"][0].startswith("warning: step ") and not said["simclr"]
+    assert "1/sqrt(32)" in said["attract"][0]

@@ -176,7 +176,8 @@ class Run:
             self.log(values)
             self.bar.show(values)
             if self.on_log is not None and self.accelerator.is_main_process:
-                self.on_log(values, step)
+                with self.bar.paused():  # a line it prints stays off the progress bar's
+                    self.on_log(values, step)
         if at_checkpoint:
             self._save_checkpoint()
         self.instruments.after_step(step, self.state.epoch, quiet=not (at_log or at_checkpoint))
