@@ -26,6 +26,11 @@ class HelpFormatter(argparse.HelpFormatter):
             text += " (default: %(default)s)"
         return text
 
+    def _split_lines(self, text, width):
+        """A help of several lines (a registry's entries, one per line) keeps them, each wrapped on its own."""
+        split = super()._split_lines
+        return [wrapped for line in text.splitlines() for wrapped in split(line, width)]
+
 
 class OptionParser(argparse.ArgumentParser):
     """The parser of every command: HelpFormatter's --help, and a bad option one `error:` line (exit status 2)

@@ -28,7 +28,7 @@ class Contrastive(Method):
         return [(args.margin > 0, f"--margin must be > 0 (got {args.margin})")]
 
     def head(self, encoder, probe=None):
-        hidden = HEAD_HIDDEN.get(encoder.name, DEFAULT_HEAD_HIDDEN)
+        hidden = self.args.projector_hidden or HEAD_HIDDEN.get(encoder.name, DEFAULT_HEAD_HIDDEN)
         return SiameseHead(mlp([encoder.feature_dim, hidden, self.args.embedding_dim], batch_norm=False),
                            probe=probe)
 

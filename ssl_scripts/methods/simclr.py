@@ -20,7 +20,7 @@ class SimCLR(Method):
         return [(args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})")]
 
     def head(self, encoder, probe=None):
-        hidden = HEAD_HIDDEN.get(encoder.name, DEFAULT_HEAD_HIDDEN)
+        hidden = self.args.projector_hidden or HEAD_HIDDEN.get(encoder.name, DEFAULT_HEAD_HIDDEN)
         return SiameseHead(mlp([encoder.feature_dim, hidden, self.args.embedding_dim], batch_norm=False),
                            probe=probe)
 

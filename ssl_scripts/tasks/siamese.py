@@ -57,8 +57,8 @@ class Siamese(Task):
     def add_options(cls, parser) -> None:
         group = parser.add_argument_group("method and pairs")
         group.add_argument("--method", choices=tuple(METHODS), default="contrastive",
-                           help="; ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
-                                + " (each's recipe: README's table of methods)")
+                           help="\n".join(f"{name}: {method.summary}" for name, method in METHODS.items())
+                                + "\n(each one's recipe and source: docs/methods.md)")
         group.add_argument("--loss", help=argparse.SUPPRESS)  # renamed --method: said in one line if used
         group.add_argument("--pairs", choices=("label", "augment"), default=None,
                            help="label: same class = similar; augment: two views of one image = similar (no labels) "
