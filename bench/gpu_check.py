@@ -20,6 +20,8 @@ status: 0 when no step failed, 1 when one did, 2 when the pre-flight stopped it.
     1e     siamese with NT-Xent (--method simclr): negatives gathered from both processes (the
            gather's backward on CUDA tensors), eval/view_pair_auc finite at start and end
     1f     --sync-bn, rotation, resnet18: SyncBatchNorm across the 2 processes
+    1g     train_siamese.py --method byol (LARS, momentum copy) and mocov2 (its queue filled with the keys gathered
+           from both processes), 8 steps each; --sync-bn on a GPU
     2      SIGUSR1: checkpoint and stop (worker exit code 3, "stopping on SIGUSR1 at step N"), then resume to the end
     3      --deterministic: 12 steps straight, and killed after the step-4 checkpoint then resumed: the two step-12
            model.safetensors must be bitwise equal
@@ -538,6 +540,49 @@ def step_sync_bn(ctx):
             f"{losses[-1]:.3f}, {r.get('images_per_s', 0):.0f} images/s")
 
 
+def step_family(ctx):
+    """1g: BYOL (LARS, a momentum copy) and MoCo v2 (a queue filled with the global batch's keys, gathered from both
+    processes) on 2 processes, {bf16}; on a GPU with --sync-bn, as their recipes. The queue's write position after
+    N steps is N x the global batch: the keys of both processes were queued on each."""
+    m, steps, queue = ctx.mode, 8, 4096
+    ctx.results = {}
+    for method in ("byol", "mocov2"):
+        run = os.path.join(ctx.dir, method)
+        rc = ctx.run([*ctx.launcher(2, m.bf16), "train_siamese.py", *ctx.data(), "--model", m.bn_model, "--method",
+                      method, "--batch-size", str(m.batch), "--max-steps", str(steps), "--warmup-epochs", "0",
+                      "--log-every", "4", "--checkpoint-every", str(steps), "--skip-eval", "--queue-size", str(queue),
+                      "--output-dir", run, *(["--sync-bn"] if m.device == "gpu" else []), *ctx.dist()])
+        if rc:
+            ctx.fail(f"--method {method}: the run {failed(rc)}")
+        ctx.keep(run)
+        lines, config = metrics_lines(run), read_json(os.path.join(run, "config.json")) or {}
+        losses = [l["train/loss"] for l in lines if "train/loss" in l]
+        spread = [l.get("train/embedding_std") for l in lines if "train/loss" in l]
+        probe = [l.get("train/online_linear_acc") for l in lines if "train/loss" in l]
+        if config.get("method") != method or config.get("world_size") != 2:
+            ctx.fail(f"config.json says --method {config.get('method')}, world size {config.get('world_size')}")
+        if not losses or not all(map(number, losses + spread + probe)):
+            ctx.fail(f"--method {method}: losses {losses}, embedding_std {spread}, online_linear_acc {probe}")
+        from safetensors.torch import load_file
+        weights = load_file(os.path.join(run, "checkpoints", f"step_{steps:08d}", "model.safetensors"))
+        copied = sorted(name for name in weights if name.startswith("head.momentum.copies.encoder."))
+        if not copied:
+            ctx.fail(f"--method {method}: no momentum copy of the encoder in the checkpoint")
+        moved = max((weights[name].float() - weights[name.replace("head.momentum.copies.encoder.", "encoder.")]
+                     .float()).abs().max().item() for name in copied)
+        ctx.results[method] = {"losses": losses, "embedding_std": spread[-1], "sync_bn": config.get("sync_bn"),
+                               "copy_vs_online_max_diff": moved}
+        if method == "mocov2":
+            position, expected = int(weights["head.queue.next"]), steps * m.batch % queue
+            ctx.results[method]["queue_next"] = position
+            if position != expected:
+                ctx.fail(f"MoCo's queue is at {position} after {steps} steps of {m.batch}: expected {expected} (the "
+                         f"global batch's keys, gathered from both processes)")
+        ctx.note(f"{method}: loss {losses[0]:.3f} -> {losses[-1]:.3f}, embedding_std {spread[-1]:.3g}")
+    ctx.say(f"{steps} steps each on 2 processes{' with SyncBatchNorm' if m.device == 'gpu' else ''}; MoCo's queue "
+            f"holds the keys of both processes")
+
+
 def step_sigusr1(ctx):
     """2: SIGUSR1 to the training processes: checkpoint, exit code 3; the same command resumes and finishes."""
     m, run = ctx.mode, os.path.join(ctx.dir, "run")
@@ -810,6 +855,8 @@ STEPS = [
          "every epoch, view_pair_auc", 90, step_ntxent, "c"),
     Step("1f_rotation_sync_bn", "rotation --sync-bn, {bf16}, resnet18, 2 processes, 8 steps", 60, step_sync_bn, "c",
          cpu_skip="GPU only: SyncBatchNorm needs CUDA"),
+    Step("1g_siamese_family", "siamese --method byol and mocov2, {bf16}, {bn_model}, 2 processes, 8 steps", 90,
+         step_family, "b"),
     Step("2_sigusr1_resume", "SIGUSR1: checkpoint, stop, resume", 120, step_sigusr1, "c"),
     Step("3_deterministic_resume", "--deterministic: kill + resume = straight run, bitwise", 120, step_deterministic,
          "c"),

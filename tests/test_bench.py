@@ -60,8 +60,8 @@ def test_rotnet_table_script_pretrains_then_prints_the_table(tmp_path, image_fol
 
 
 GPU_CHECK_STEPS = ["1a_rotation_bf16", "1b_siamese_fp16", "1c_rotation_fp16", "1d_siamese_bf16", "1e_siamese_ntxent",
-                   "1f_rotation_sync_bn", "2_sigusr1_resume", "3_deterministic_resume", "4_compile_resume",
-                   "5_evaluate", "6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host",
+                   "1f_rotation_sync_bn", "1g_siamese_family", "2_sigusr1_resume", "3_deterministic_resume",
+                   "4_compile_resume", "5_evaluate", "6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host",
                    "6d_placement_stream", "7_gpu_sh"]
 HOST_SYNCS = {"6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream"}
 # GPU only, and nothing run on the CPU: what the step says there
@@ -122,6 +122,9 @@ def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path)
     assert ntxent["results"]["pairs"] == "augment" and ntxent["results"]["world_size"] == 2
     for key in ("eval/view_pair_auc", "eval/view_pair_auc_init"):
         assert 0 <= ntxent["results"][key] <= 1, (key, ntxent["results"])
+    # the Siamese family's momentum copy moved off its start, and MoCo queued both processes' keys
+    family = steps["1g_siamese_family"]["results"]
+    assert family["mocov2"]["queue_next"] == 8 * 16 and all(family[m]["copy_vs_online_max_diff"] > 0 for m in family)
     # the deterministic comparison really happened: a resumed run, every tensor of the step-12 weights equal
     deterministic = steps["3_deterministic_resume"]["results"]
     assert deterministic["equal"] is True and deterministic["compared_tensors"] > 0

@@ -78,11 +78,11 @@ def test_the_online_probe_learns_from_detached_features_and_never_moves_the_enco
     loss, metrics = task.step(model, batch)  # the method's loss + the probe's
     loss.backward()
     with_probe = [p.grad.clone() for p in encoder.parameters()]
-    probe_moved = model.head.probe.weight.grad.abs().sum().item()
+    probe_moved = model.head.probe.linear.weight.grad.abs().sum().item()
     model.zero_grad(set_to_none=True)
     method_loss, _ = task.method.loss(model, model.head, views, model(views), batch.targets)
     method_loss.backward()
-    assert probe_moved > 0 and model.head.probe.weight.grad is None  # only the probe's own loss trains it
+    assert probe_moved > 0 and model.head.probe.linear.weight.grad is None  # only the probe's own loss trains it
     assert all(torch.equal(a, p.grad) for a, p in zip(with_probe, encoder.parameters()))  # the probe adds nothing
     assert 0 <= metrics["online_linear_acc"] <= 1 and metrics["online_linear_loss"] > 0
 

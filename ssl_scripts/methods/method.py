@@ -45,7 +45,7 @@ def mlp(dims: list, batch_norm: bool = True, last_batch_norm: bool = False, bias
         linear = encoders.FeatureLinear if i == 0 else nn.Linear
         last = i == len(dims) - 2
         if last:
-            layers.append(linear(d_in, d_out, bias=bias and not last_batch_norm))
+            layers.append(linear(d_in, d_out, bias=bias and not (last_batch_norm and batch_norm)))
             if last_batch_norm and batch_norm:
                 layers.append(nn.BatchNorm1d(d_out, affine=False))
         else:

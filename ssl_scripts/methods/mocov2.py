@@ -71,7 +71,7 @@ class MoCoV2(Method):
         q1, q2 = F.normalize(output.projection.float(), dim=1).chunk(2)
         with torch.no_grad():
             k1, k2 = F.normalize(head.momentum(views).float(), dim=1).chunk(2)
-        queue = head.queue.keys.clone()  # the keys of earlier steps only: this step's are pushed below
+        queue = head.queue.keys.to(q1.dtype, copy=True)  # earlier steps' keys only: this step's are pushed below
         t = self.args.temperature
         loss = (info_nce(q1, k2, queue, t) + info_nce(q2, k1, queue, t)) / 2
         head.queue.push(collectives.gather(k2))  # collective: every process queues the global batch's keys

@@ -22,10 +22,9 @@ from accelerate.utils import extract_model_from_parallel
 
 from ssl_scripts.data import image_data
 from ssl_scripts.data import augment
-from ssl_scripts.evaluation import frozen, media
+from ssl_scripts.evaluation import frozen, media, online_probe
 from ssl_scripts.methods import METHODS
 from ssl_scripts.methods.method import embedding_std
-from ssl_scripts.models import encoders
 from ssl_scripts.data.pairs import PairSampler, balanced_test_pairs
 from ssl_scripts.tasks.task import Task
 
@@ -154,7 +153,7 @@ class Siamese(Task):
     @classmethod
     def head(cls, args, encoder, probe_classes: int = 0):
         """The method's head; with a linear probe of probe_classes classes on the features (0: none)."""
-        probe = encoders.FeatureLinear(encoder.feature_dim, probe_classes) if probe_classes else None
+        probe = online_probe.OnlineProbe(encoder.feature_dim, probe_classes) if probe_classes else None
         return METHODS[args.method](args).head(encoder, probe)
 
     def build_head(self, encoder):
@@ -186,9 +185,8 @@ class Siamese(Task):
         if self.method.label_pairs:
             metrics["positive_fraction"] = batch.targets.mean()
         if output.probe_logits is not None:  # on detached features: its gradient reaches the probe only
-            probe_loss = F.cross_entropy(output.probe_logits.float(), batch.labels)
-            metrics["online_linear_loss"] = probe_loss.detach()
-            metrics["online_linear_acc"] = (output.probe_logits.argmax(1) == batch.labels).float().mean()
+            probe_loss, probe_metrics = online_probe.train_terms(output.probe_logits, batch.labels)
+            metrics.update(probe_metrics)
             loss = loss + probe_loss
         return loss, metrics
 
@@ -209,9 +207,8 @@ class Siamese(Task):
     def evaluate(self, accelerator, model, labelled, between_batches=None):
         metrics = {}
         if model.head.probe is not None:
-            metrics.update(online_probe_metrics(accelerator, model, self.dataset.test_images,
-                                                self.dataset.test_labels, self.args.eval_batch_size,
-                                                between_batches))
+            metrics.update(online_probe.metrics(accelerator, model.encoder, model.head.probe, self.dataset.test_images,
+                                                self.dataset.test_labels, self.args.eval_batch_size, between_batches))
         if labelled:
             metrics.update(pair_metrics(accelerator, Embedder(model), labelled.test_images, labelled.test_labels,
                                         self.args.eval_batch_size, between_batches))
@@ -230,20 +227,6 @@ class Embedder(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).projection
-
-
-def online_probe_metrics(accelerator, model, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                         between_batches=None) -> dict:
-    """eval/online_linear_acc: the online probe's accuracy on the train dataset's test split (its classes)."""
-    if not len(labels) or bool((labels < 0).any()):
-        return {}
-    features = frozen.features(accelerator, model.encoder, images, batch_size, between_batches)
-    if not accelerator.is_main_process:
-        return {}
-    probe = model.head.probe
-    with torch.no_grad():
-        predicted = probe(features.to(probe.weight.device, probe.weight.dtype)).argmax(1).cpu()
-    return {"eval/online_linear_acc": (predicted == labels.cpu()).float().mean().item()}
 
 
 def view_pair_metrics(accelerator, embedder, images: torch.Tensor, augmentation: str, batch_size: int,
