@@ -32,8 +32,9 @@ from ssl_scripts.tasks.task import Task
 VIEW_PAIR_IMAGES = 1000
 # train/embedding_std under this share of 1/sqrt(dim) (the spread of embeddings over the sphere): collapsed.
 COLLAPSED_SPREAD = 0.1
-# The online probe's lr (solo-learn's classifier_lr) under SGD and LARS; under AdamW the run's own.
-ONLINE_PROBE_LR = 0.1
+# The online probe's lr under SGD and LARS (under AdamW the run's own): on unit-length features (online_probe.py)
+# SGD is stable up to ~7 and learns slowly at solo-learn's 0.1, set for raw ResNet features.
+ONLINE_PROBE_LR = 1.0
 # The options of the Siamese family that depend on the method: None until its recipe (or the fallback) decides.
 METHOD_FALLBACKS = {"embedding_dim": 128, "projector_hidden": None, "predictor_hidden": 512, "temperature": 0.5,
                     "momentum_base": 0.99, "momentum_final": 1.0}
@@ -88,8 +89,8 @@ class Siamese(Task):
                            help="train a linear classifier on the detached encoder features alongside (labelled data "
                                 "only; its loss never reaches the encoder): train/ and eval/online_linear_acc")
         group.add_argument("--online-probe-lr", type=float, default=None,
-                           help=f"its learning rate (default: {ONLINE_PROBE_LR} under sgd and lars, solo-learn's; the "
-                                f"run's --lr under adamw)")
+                           help=f"its learning rate (default: {ONLINE_PROBE_LR} under sgd and lars, on its unit-length "
+                                f"features; the run's --lr under adamw)")
         for method in METHODS.values():
             method.add_options(group)
 
