@@ -552,9 +552,9 @@ def step_family(ctx):
                       method, "--batch-size", str(m.batch), "--max-steps", str(steps), "--warmup-epochs", "0",
                       "--log-every", "4", "--checkpoint-every", str(steps), "--skip-eval", "--queue-size", str(queue),
                       "--output-dir", run, *(["--sync-bn"] if m.device == "gpu" else []), *ctx.dist()])
+        ctx.keep(run)
         if rc:
             ctx.fail(f"--method {method}: the run {failed(rc)}")
-        ctx.keep(run)
         lines, config = metrics_lines(run), read_json(os.path.join(run, "config.json")) or {}
         losses = [l["train/loss"] for l in lines if "train/loss" in l]
         spread = [l.get("train/embedding_std") for l in lines if "train/loss" in l]
@@ -855,7 +855,7 @@ STEPS = [
          "every epoch, view_pair_auc", 90, step_ntxent, "c"),
     Step("1f_rotation_sync_bn", "rotation --sync-bn, {bf16}, resnet18, 2 processes, 8 steps", 60, step_sync_bn, "c",
          cpu_skip="GPU only: SyncBatchNorm needs CUDA"),
-    Step("1g_siamese_family", "siamese --method byol and mocov2, {bf16}, {bn_model}, 2 processes, 8 steps", 90,
+    Step("1g_siamese_family", "siamese --method byol and mocov2, {bf16}, {bn_model}, 2 processes, 8 steps", 160,
          step_family, "b"),
     Step("2_sigusr1_resume", "SIGUSR1: checkpoint, stop, resume", 120, step_sigusr1, "c"),
     Step("3_deterministic_resume", "--deterministic: kill + resume = straight run, bitwise", 120, step_deterministic,

@@ -28,7 +28,23 @@ def test_the_classifiers_schedule_follows_rotnets_classifiers():
     assert lrs[40] == pytest.approx(0.004) and lrs[45] == pytest.approx(0.0008)
 
 
-def test_warm_up_then_cosine():
+def test_warm_up_then_cosine_over_the_steps_after_it():
+    # solo-learn's LinearWarmupCosineAnnealingLR: the cosine starts at the peak where the warm-up ends
     lrs = learning_rates(100, schedule="cosine", warmup_steps=10)
-    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
-    assert lrs[50] == pytest.approx(0.05) and lrs[99] < 0.001
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1) and lrs[10] == pytest.approx(0.1)
+    assert lrs[55] == pytest.approx(0.05) and lrs[99] < 0.001
+
+
+def test_a_static_lr_group_keeps_its_lr_while_the_others_follow_the_schedule():
+    # SimSiam's predictor (the paper's section 4.4, solo-learn's static_lr)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.5, "static_lr": True}],
+                                lr=0.1)
+    scheduler = make_scheduler(optimizer, 20, schedule="cosine", warmup_steps=5)
+    seen = []
+    for _ in range(20):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0][0] == pytest.approx(0.02) and seen[-1][0] < 0.01
+    assert all(static == 0.5 for _, static in seen)

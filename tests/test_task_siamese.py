@@ -128,3 +128,27 @@ def test_a_run_made_to_collapse_says_so_in_one_line_and_a_healthy_one_does_not(t
         said[method] = [line for line in capsys.readouterr().out.splitlines() if "embeddings have collapsed" in line]
     assert len(said["attract"]) == 1 and said["attract"][0].startswith("warning: step ") and not said["simclr"]
     assert "1/sqrt(32)" in said["attract"][0]
+
+
+def test_a_method_recipe_gives_way_to_explicit_options_and_to_another_optimizer():
+    byol = parse(["--method", "byol"], "siamese")
+    assert (byol.optimizer, byol.lr, byol.weight_decay, byol.batch_size, byol.warmup_epochs) == ("lars", 1.0, 1e-5, 256, 10)
+    assert parse(["--method", "byol", "--lr", "0.5"], "siamese").lr == 0.5
+    # its lr, weight decay and warm-up were tuned for LARS: with SGD, the model's recipe and the plain defaults
+    sgd = parse(["--method", "byol", "--optimizer", "sgd"], "siamese")
+    assert (sgd.lr, sgd.weight_decay, sgd.warmup_epochs, sgd.embedding_dim) == (0.1, 5e-4, 0, 256)
+    with pytest.raises(UserError, match="--queue-size must be at least the global batch"):
+        parse(["--method", "mocov2", "--queue-size", "128"], "siamese")
+
+
+def test_the_fault_tests_hook_poisons_the_siamese_heads_projection(monkeypatch):
+    from types import SimpleNamespace
+    from ssl_scripts.models.encoders import EncoderWithHead, build_encoder
+    from ssl_scripts.training.instruments import inject_faults
+    monkeypatch.setenv("SSL_SCRIPTS_FAULT", "nan@1")
+    task, _ = siamese_task("--method", "simclr", "--projector-hidden", "8", "--embedding-dim", "4")
+    encoder = build_encoder("simple_cnn", 32)
+    model = EncoderWithHead(encoder, task.build_head(encoder))
+    inject_faults(model, SimpleNamespace(process_index=0), SimpleNamespace(step=0))
+    output = model(torch.rand(2, 3, 32, 32))
+    assert torch.isnan(output.projection).all() and not torch.isnan(output.probe_logits).any()

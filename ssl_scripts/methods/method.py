@@ -98,6 +98,11 @@ class Method:
         queue). embeddings: the projections the collapse monitor measures."""
         raise NotImplementedError
 
+    def optimizer_groups(self, head: SiameseHead) -> list:
+        """Parameter groups of the head with options of their own ({"params", "lr", "weight_decay", ...}; "static_lr":
+        True keeps the group's lr off the schedule), kept out of the optimizer's main groups."""
+        return []
+
     def after_update(self, head: SiameseHead, encoder: nn.Module, step: int, total_steps: int) -> None:
         """After every optimizer step (step: its index, 0 for the first; total_steps: the run's): a momentum copy
         follows the trained weights."""

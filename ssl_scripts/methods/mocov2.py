@@ -1,7 +1,8 @@
 """MoCo v2 (Chen, Fan, Girshick & He 2020, "Improved Baselines with Momentum Contrastive Learning"; MoCo: He et al.
 2020): InfoNCE between a query (the online encoder + MLP projector) and its key (a momentum copy of both), the
 negatives a queue of the keys of earlier steps' global batches (gathered from every process). Symmetrized over the
-two views, as solo-learn's MoCo V2+ and lightly's benchmark.
+two views, as solo-learn's MoCo V2+ and lightly's benchmark (one queue, of view 2's keys, for both directions;
+solo-learn keeps one per view).
 
     loss = CE([q . k+, q . queue] / T, 0) for (q1, k2) and (q2, k1), averaged;  then queue <- keys of view 2
 """
@@ -57,7 +58,9 @@ class MoCoV2(Method):
 
     @classmethod
     def option_checks(cls, args) -> list:
-        return [(args.queue_size > 0, f"--queue-size must be >= 1 (got {args.queue_size})"),
+        return [(args.queue_size >= args.batch_size,
+                 f"--queue-size must be at least the global batch, --batch-size {args.batch_size} (got "
+                 f"{args.queue_size}): a step's keys would overwrite each other"),
                 (args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})")]
 
     def head(self, encoder, probe=None):

@@ -25,6 +25,11 @@ class SimSiam(Method):
         predictor = mlp([args.embedding_dim, args.predictor_hidden, args.embedding_dim], batch_norm=args.head_bn)
         return SiameseHead(projector, predictor, probe)
 
+    def optimizer_groups(self, head):
+        # The paper's (section 4.4) and solo-learn's: the predictor at a fixed lr, off the schedule (static_lr)
+        return [{"params": list(head.predictor.parameters()), "lr": self.args.lr,
+                 "weight_decay": self.args.weight_decay, "static_lr": True}]
+
     def loss(self, model, head, views, output, similar):
         z1, z2 = output.projection.chunk(2)
         p1, p2 = output.prediction.chunk(2)

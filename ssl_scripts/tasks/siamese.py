@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import extract_model_from_parallel
 
 from ssl_scripts.data import image_data
 from ssl_scripts.data import augment
@@ -96,8 +95,11 @@ class Siamese(Task):
 
     @classmethod
     def recipe(cls, args) -> dict:
-        method = METHODS[args.method]
-        return {name: value for name, value in method.recipe.items() if getattr(args, name, None) is None}
+        recipe = dict(METHODS[args.method].recipe)
+        if args.optimizer is not None and args.optimizer != recipe.get("optimizer", args.optimizer):
+            for name in ("lr", "weight_decay", "warmup_epochs"):  # tuned for the recipe's optimizer, not this one
+                recipe.pop(name, None)
+        return {name: value for name, value in recipe.items() if getattr(args, name, None) is None}
 
     @classmethod
     def option_defaults(cls, args) -> dict:
@@ -158,13 +160,19 @@ class Siamese(Task):
         return METHODS[args.method](args).head(encoder, probe)
 
     def build_head(self, encoder):
-        return self.head(self.args, encoder, self.probe_classes)
+        # Kept: the momentum copy and the queue are used outside the prepared model's forward, on the plain modules
+        # (unwrapping a compiled DDP model with accelerate's extract_model_from_parallel rewires it).
+        self.encoder, self.network_head = encoder, self.head(self.args, encoder, self.probe_classes)
+        return self.network_head
 
     def optimizer_groups(self, head) -> list:
-        """The online probe's own lr, without weight decay (solo-learn's classifier group)."""
-        if head.probe is None:
-            return []
-        return [{"params": list(head.probe.parameters()), "lr": self.args.online_probe_lr, "weight_decay": 0.0}]
+        """The method's own (SimSiam's predictor at a fixed lr), then the online probe's: its own lr, no weight decay
+        (solo-learn's classifier group), kept apart (out of the gradient clipping and the finite check)."""
+        groups = self.method.optimizer_groups(head)
+        if head.probe is not None:
+            groups.append({"params": list(head.probe.parameters()), "lr": self.args.online_probe_lr,
+                           "weight_decay": 0.0, "apart": True})
+        return groups
 
     def make_batch(self, indices, epoch):
         # Both images of every pair go through the encoder in one forward pass (one DDP call per step).
@@ -180,8 +188,7 @@ class Siamese(Task):
 
     def step(self, model, batch):
         output = model(batch.inputs)  # the one DDP forward: the online network (and the probe) on every view
-        head = extract_model_from_parallel(model).head  # the momentum copy and the queue live outside DDP's forward
-        loss, embeddings = self.method.loss(model, head, batch.inputs, output, batch.targets)
+        loss, embeddings = self.method.loss(model, self.network_head, batch.inputs, output, batch.targets)
         metrics = {"method_loss": loss.detach(), "embedding_std": embedding_std(embeddings)}
         if self.method.label_pairs:
             metrics["positive_fraction"] = batch.targets.mean()
@@ -192,8 +199,7 @@ class Siamese(Task):
         return loss, metrics
 
     def after_update(self, model, step, total_steps):
-        plain = extract_model_from_parallel(model)
-        self.method.after_update(plain.head, plain.encoder, step, total_steps)
+        self.method.after_update(self.network_head, self.encoder, step, total_steps)
 
     def watch(self, logged, step):
         spread = logged.get("train/embedding_std")

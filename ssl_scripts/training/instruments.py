@@ -60,7 +60,11 @@ def inject_faults(model, accelerator, state) -> None:
         return
 
     def poison(module, inputs, output):
-        return output * math.nan if module.training and state.step + 1 == int(step_spec) else output
+        if not (module.training and state.step + 1 == int(step_spec)):
+            return output
+        if isinstance(output, tuple):  # e.g. the Siamese head's HeadOutput: its first field, the projection
+            return type(output)(output[0] * math.nan, *output[1:])
+        return output * math.nan
     model.register_forward_hook(poison)
 
 

@@ -41,8 +41,9 @@ class Run:
         self.args, self.accelerator, self.must_match, self.train_source = args, accelerator, must_match, train_source
         self.on_log = on_log  # on_log(values, step): shown each train/* log (main process), e.g. Task.watch
         self.model, self.optimizer, self.loader, self.scheduler = prepared
-        # walked every step: the module tree once; a momentum copy (no gradient) left out
-        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        # Clipped and checked every step: the optimizer's groups but those kept apart (an online probe, whose loss
+        # never reaches the encoder); a momentum copy is in none.
+        self.parameters = [p for group in self.optimizer.param_groups if not group.get("apart") for p in group["params"]]
         self.steps_per_epoch = steps_per_epoch(args, len(self.loader))  # prepared: this process's batches
         self.total_steps = total_steps(args, len(self.loader))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)

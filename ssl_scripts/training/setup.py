@@ -76,8 +76,14 @@ def make_schedule(args, optimizer, train_loader, num_processes: int):
     """The lr schedule over the run's optimizer steps. train_loader: the loader before accelerator.prepare, which
     shards it into len(train_loader) // num_processes batches per process."""
     batches = len(train_loader) // num_processes
-    warmup = args.warmup_steps or round(args.warmup_epochs * steps_per_epoch(args, batches))
-    return schedules.make_scheduler(optimizer, total_steps(args, batches), args.schedule, warmup)
+    warmup = args.warmup_steps
+    if warmup is None:
+        warmup = round(args.warmup_epochs * steps_per_epoch(args, batches))
+    total = total_steps(args, batches)
+    if warmup > total:
+        print(f"note: the lr warm-up ({warmup} steps) is longer than the run ({total} steps): the lr never reaches "
+              f"--lr; lower --warmup-epochs or --warmup-steps", flush=True)
+    return schedules.make_scheduler(optimizer, total, args.schedule, warmup)
 
 
 def steps_per_epoch(args, batches_per_process: int) -> int:
