@@ -507,7 +507,7 @@ def step_siamese_bf16(ctx):
 
 
 def step_ntxent(ctx):
-    """1e: NT-Xent's negatives are gathered from every process with their gradients (ssl_scripts/models/collectives.py); its
+    """1e: NT-Xent's negatives are gathered from every process with their gradients (models/collectives.py); its
     backward sends them back: NCCL's reduce-scatter with a GPU per process, gloo's all-to-all where the 2 processes
     share one GPU. eval/view_pair_auc: the augment pairs' own metric, at start and at the end."""
     backend = "nccl" if ctx.mode.device == "gpu" and ctx.mode.gpus >= 2 else "gloo"

@@ -73,7 +73,8 @@ def decide_defaults(parsed: argparse.Namespace, *defaults, **values) -> Options:
 
 def parse_options(task, argv=None) -> Options:
     """The shared options and the task's (a tasks.task.Task subclass), their defaults decided (the task's recipe,
-    e.g. a method's, then the model's, the data's, the plain ones, the task's), checked: one `error: ...` line saying what to do at the first bad one."""
+    e.g. a method's, then the model's, the data's, the plain ones, the task's), checked: one `error: ...` line saying
+    what to do at the first bad one."""
     parser = build_parser(task.description)
     task.add_options(parser)
     args = decide_defaults(parser.parse_args(argv), task.recipe, model_options.option_defaults,

@@ -72,7 +72,7 @@ def _train(task_class, argv, stop_signals) -> dict:
         for indices in run.batches():
             with accelerator.accumulate(model):
                 batch = task.make_batch(indices, epoch)
-                with accelerator.autocast():  # the forward's autocast for what the step runs beside it (a momentum copy)
+                with accelerator.autocast():  # the forward's, for what the step runs beside it (a momentum copy)
                     loss, metrics = task.step(model, batch)
                 accelerator.backward(loss)
                 # on a step's last micro-batch: clip, log the norm, update (then the task's after_update); zero grads

@@ -61,8 +61,8 @@ def test_rotnet_table_script_pretrains_then_prints_the_table(tmp_path, image_fol
 
 GPU_CHECK_STEPS = ["1a_rotation_bf16", "1b_siamese_fp16", "1c_rotation_fp16", "1d_siamese_bf16", "1e_siamese_ntxent",
                    "1f_rotation_sync_bn", "1g_siamese_family", "2_sigusr1_resume", "3_deterministic_resume",
-                   "4_compile_resume", "5_evaluate", "6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host",
-                   "6d_placement_stream", "7_gpu_sh"]
+                   "4_compile_resume", "5_evaluate", "6a_host_syncs_rotation", "6b_host_syncs_siamese",
+                   "6c_placement_host", "6d_placement_stream", "7_gpu_sh"]
 HOST_SYNCS = {"6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream"}
 # GPU only, and nothing run on the CPU: what the step says there
 NOT_RUN_ON_CPU = {"1f_rotation_sync_bn": "GPU only: SyncBatchNorm needs CUDA",

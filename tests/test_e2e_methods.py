@@ -15,8 +15,8 @@ FAMILY = ("simsiam", "byol", "mocov2", "barlowtwins", "vicreg")
 # momentum 0.9, no weight decay) moves a weight by lr * 1.9 * its gradient. A queue shorter than two global batches
 # wraps around at step 2.
 OPTIONS = [*SMALL, "--augment", "none", "--deterministic", "--no-head-bn", "--projector-hidden", "64",
-           "--predictor-hidden", "32", "--embedding-dim", "32", "--queue-size", "48", "--optimizer", "sgd", "--lr", "0.01",
-           "--weight-decay", "0", "--warmup-epochs", "0", "--log-every", "1", "--skip-eval"]
+           "--predictor-hidden", "32", "--embedding-dim", "32", "--queue-size", "48", "--optimizer", "sgd",
+           "--lr", "0.01", "--weight-decay", "0", "--warmup-epochs", "0", "--log-every", "1", "--skip-eval"]
 LR = 0.01
 
 

@@ -116,3 +116,28 @@ def test_ntxent_matches_its_formula_on_a_tiny_batch():
     # Symmetric in the views; lower when the views of each image agree.
     assert ntxent_loss(emb2, emb1, t).item() == pytest.approx(expected, abs=1e-6)
     assert ntxent_loss(emb1, emb1, t).item() < expected
+
+
+@pytest.mark.parametrize("loss", ["ntxent", "barlowtwins", "vicreg", "infonce"])
+def test_the_global_batch_losses_are_float32_under_bf16_autocast(loss):
+    # The step runs under the forward's autocast: its bf16 matrix products would round NT-Xent's logits at
+    # 1/temperature and VICReg's covariances; each loss turns it off for its own maths.
+    from ssl_scripts.methods.barlowtwins import barlow_twins_loss
+    from ssl_scripts.methods.mocov2 import info_nce
+    from ssl_scripts.methods.vicreg import vicreg_loss
+    from ssl_scripts.models.losses import ntxent_loss
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(16, 32), torch.randn(16, 32)
+    queue = torch.nn.functional.normalize(torch.randn(64, 32), dim=1)
+    compute = {"ntxent": lambda a, b: ntxent_loss(a, b, 0.1),
+               "barlowtwins": lambda a, b: barlow_twins_loss(a, b, 0.005, 1.0),
+               "vicreg": lambda a, b: vicreg_loss(a, b, 25.0, 25.0, 1.0),
+               "infonce": lambda a, b: info_nce(torch.nn.functional.normalize(a, dim=1),
+                                                torch.nn.functional.normalize(b, dim=1), queue, 0.1)}[loss]
+    exact = compute(z1, z2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = compute(z1.bfloat16().float(), z2.bfloat16().float())
+    assert under_autocast.dtype == torch.float32
+    exact_of_rounded = compute(z1.bfloat16().float(), z2.bfloat16().float())
+    assert under_autocast.item() == pytest.approx(exact_of_rounded.item(), rel=1e-6)
+    assert exact.item() == pytest.approx(exact_of_rounded.item(), rel=0.05)

@@ -108,7 +108,7 @@ class ModelWithMomentumCopy(torch.nn.Module):
 def test_make_optimizer_steps_only_what_requires_grad_and_extra_groups_keep_their_lr(name):
     model = ModelWithMomentumCopy()
     args = parse(["--optimizer", name, "--lr", "0.1"])
-    extra = {"params": model.classifier.parameters(), "lr": 0.3, "weight_decay": 0.0}
+    extra = {"params": model.classifier.parameters(), "lr": 0.3, "weight_decay": 0.0, "lars_exclude": True}
     optimizer = make_optimizer(args, model, extra_groups=[extra])
     stepped = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(stepped) == len({id(p) for p in stepped})  # each parameter in one group

@@ -9,8 +9,10 @@ import torch
 
 from ssl_scripts.methods.method import Method, SiameseHead, mlp
 from ssl_scripts.models import collectives
+from ssl_scripts.models.losses import in_float32
 
 
+@in_float32
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, off_diagonal_weight: float, scale: float) -> torch.Tensor:
     """On the global batch: both views' projections gathered from every process (with their gradients), so the
     statistics and the matrix are the one-process ones; computed in float32."""

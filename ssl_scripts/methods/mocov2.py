@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 from ssl_scripts.methods.method import Method, SiameseHead, mlp
 from ssl_scripts.models import collectives
+from ssl_scripts.models.losses import in_float32
 from ssl_scripts.models.momentum import MomentumCopy, cosine_momentum
 
 
+@in_float32
 def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy of each query against its own key (the positive, column 0) and every queued key (negatives);
     rows L2-normalized. Averaged over this process's queries (DDP's average over processes: the global mean)."""

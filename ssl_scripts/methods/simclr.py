@@ -9,7 +9,8 @@ from ssl_scripts.models.losses import ntxent_loss
 class SimCLR(Method):
     name = "simclr"
     summary = "Chen et al. 2020: NT-Xent, the other views of the global batch as negatives"
-    paper = "Chen, Kornblith, Norouzi & Hinton 2020, A Simple Framework for Contrastive Learning of Visual Representations"
+    paper = ("Chen, Kornblith, Norouzi & Hinton 2020, A Simple Framework for Contrastive Learning of Visual "
+             "Representations")
     recipe = {"embedding_dim": 128, "temperature": 0.5}
     recipe_source = "temperature 0.5: SimCLR's CIFAR-10 runs; optimizer: the model's recipe"
     published = "solo-learn 90.74 (online linear, 1000 ep); lightly .848 (k-NN, 200 ep)"

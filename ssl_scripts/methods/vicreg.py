@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ssl_scripts.methods.method import Method, SiameseHead, mlp
 from ssl_scripts.models import collectives
+from ssl_scripts.models.losses import in_float32
 
 
 def variance_term(z: torch.Tensor) -> torch.Tensor:
@@ -22,6 +23,7 @@ def covariance_term(z: torch.Tensor) -> torch.Tensor:
     return (covariance.pow(2).sum() - torch.diagonal(covariance).pow(2).sum()) / z.shape[1]
 
 
+@in_float32
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float, variance_weight: float,
                 covariance_weight: float) -> torch.Tensor:
     """On the global batch: both views' projections gathered from every process (with their gradients), so

@@ -1,10 +1,25 @@
 """The pair losses of the contrastive and SimCLR methods (ssl_scripts/methods/). The label convention is stated
 once, here: similar = 1 means "these two belong together"."""
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from ssl_scripts.models import collectives
 
+
+def in_float32(loss):
+    """`loss` with its floating-point tensor arguments in float32 and autocast off: the step runs under the forward's
+    autocast (bf16/fp16), whose matrix products would round logits at 1/temperature and overflow covariances."""
+    @functools.wraps(loss)
+    def float32_loss(*args, **kwargs):
+        device = next(a.device.type for a in args if torch.is_tensor(a))
+        with torch.autocast(device_type=device, enabled=False):
+            return loss(*[a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args], **kwargs)
+    return float32_loss
+
+
+@in_float32
 
 def contrastive_loss(emb1: torch.Tensor, emb2: torch.Tensor, similar: torch.Tensor, margin: float = 1.0,
                      normalize: bool = True) -> torch.Tensor:
@@ -25,6 +40,7 @@ def contrastive_loss(emb1: torch.Tensor, emb2: torch.Tensor, similar: torch.Tens
     return (similar * squared + (1 - similar) * F.relu(margin - distance).pow(2)).mean()
 
 
+@in_float32
 def ntxent_loss(emb1: torch.Tensor, emb2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent of SimCLR (Chen et al. 2020): emb1[i] and emb2[i] are two views of image i. Each view's positive is
     the other view of its image; its negatives are all other views in the global batch, gathered from every

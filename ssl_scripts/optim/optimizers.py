@@ -28,12 +28,11 @@ OPTIMIZERS = {"sgd": sgd, "adamw": adamw, "lars": lars}
 
 def make_optimizer(args, model, extra_groups=()) -> torch.optim.Optimizer:
     """--optimizer over the model's parameters that require grad (a momentum copy's never reach it), then
-    extra_groups (dicts with params, lr, weight_decay: e.g. an online classifier's), whose parameters the model's
-    groups leave out. LARS splits the model's into adapted weights and excluded biases and norms, and excludes
-    extra_groups too."""
+    extra_groups (dicts with params, lr, weight_decay, and any key of their own: e.g. an online classifier's, with
+    "lars_exclude"), whose parameters the model's groups leave out. LARS splits the model's into adapted weights and
+    excluded biases and norms."""
     extra = [{**group, "params": [p for p in group["params"] if p.requires_grad]} for group in extra_groups]
     if args.optimizer == "lars":
-        extra = [{**group, "lars_exclude": True} for group in extra]
         groups = parameter_groups(model, args.weight_decay)
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -49,7 +48,8 @@ def add_options(group) -> None:
                                      for name, fn in OPTIMIZERS.items())
                             + f" (default: the method's recipe, else the model's: {recipe_defaults('optimizer')})")
     group.add_argument("--lr", type=float, default=None,
-                       help=f"the peak learning rate (default: the method's recipe, else the model's: {recipe_defaults('lr')})")
+                       help=f"the peak learning rate (default: the method's recipe, else the model's: "
+                            f"{recipe_defaults('lr')})")
     group.add_argument("--weight-decay", type=float, default=None,
                        help="the optimizer's weight decay (default: the method's recipe, else 5e-4, RotNet's)")
     group.add_argument("--lars-eta", type=float, default=0.02,

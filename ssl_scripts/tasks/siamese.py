@@ -79,11 +79,11 @@ class Siamese(Task):
                            help="simclr, mocov2: the softmax temperature (default: the method's recipe: simclr 0.5, "
                                 "SimCLR's CIFAR-10 runs; mocov2 0.2, solo-learn's)")
         group.add_argument("--momentum-base", type=float, default=None,
-                           help="byol, mocov2: the momentum copy's EMA factor at the first step (default: the recipe's, "
-                                "0.99)")
+                           help="byol, mocov2: the momentum copy's EMA factor at the first step (default: the "
+                                "recipe's, 0.99)")
         group.add_argument("--momentum-final", type=float, default=None,
-                           help="byol, mocov2: ... at the last step, reached on a cosine (default: the recipe's: byol 1.0, "
-                                "mocov2 0.999)")
+                           help="byol, mocov2: ... at the last step, reached on a cosine (default: the recipe's: "
+                                "byol 1.0, mocov2 0.999)")
         group.add_argument("--online-probe", action=argparse.BooleanOptionalAction, default=True,
                            help="train a linear classifier on the detached encoder features alongside (labelled data "
                                 "only; its loss never reaches the encoder): train/ and eval/online_linear_acc")
@@ -167,11 +167,12 @@ class Siamese(Task):
 
     def optimizer_groups(self, head) -> list:
         """The method's own (SimSiam's predictor at a fixed lr), then the online probe's: its own lr, no weight decay
-        (solo-learn's classifier group), kept apart (out of the gradient clipping and the finite check)."""
+        (solo-learn's classifier group), plain SGD under LARS, kept apart (out of the gradient clipping and the
+        finite check)."""
         groups = self.method.optimizer_groups(head)
         if head.probe is not None:
             groups.append({"params": list(head.probe.parameters()), "lr": self.args.online_probe_lr,
-                           "weight_decay": 0.0, "apart": True})
+                           "weight_decay": 0.0, "apart": True, "lars_exclude": True})
         return groups
 
     def make_batch(self, indices, epoch):

@@ -62,8 +62,9 @@ def inject_faults(model, accelerator, state) -> None:
     def poison(module, inputs, output):
         if not (module.training and state.step + 1 == int(step_spec)):
             return output
-        if isinstance(output, tuple):  # e.g. the Siamese head's HeadOutput: its first field, the projection
-            return type(output)(output[0] * math.nan, *output[1:])
+        if isinstance(output, tuple):  # the Siamese head's HeadOutput: every tensor (BYOL reads the prediction)
+            poisoned = [value * math.nan if torch.is_tensor(value) else value for value in output]
+            return type(output)(*poisoned) if hasattr(output, "_fields") else tuple(poisoned)
         return output * math.nan
     model.register_forward_hook(poison)
 

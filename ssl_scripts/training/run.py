@@ -43,7 +43,8 @@ class Run:
         self.model, self.optimizer, self.loader, self.scheduler = prepared
         # Clipped and checked every step: the optimizer's groups but those kept apart (an online probe, whose loss
         # never reaches the encoder); a momentum copy is in none.
-        self.parameters = [p for group in self.optimizer.param_groups if not group.get("apart") for p in group["params"]]
+        self.parameters = [p for group in self.optimizer.param_groups if not group.get("apart")
+                           for p in group["params"]]
         self.steps_per_epoch = steps_per_epoch(args, len(self.loader))  # prepared: this process's batches
         self.total_steps = total_steps(args, len(self.loader))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)

@@ -5,7 +5,7 @@ import os
 import tempfile
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from ssl_scripts import UserError
@@ -80,7 +80,7 @@ def make_schedule(args, optimizer, train_loader, num_processes: int):
     if warmup is None:
         warmup = round(args.warmup_epochs * steps_per_epoch(args, batches))
     total = total_steps(args, batches)
-    if warmup > total:
+    if warmup > total and PartialState().is_main_process:
         print(f"note: the lr warm-up ({warmup} steps) is longer than the run ({total} steps): the lr never reaches "
               f"--lr; lower --warmup-epochs or --warmup-steps", flush=True)
     return schedules.make_scheduler(optimizer, total, args.schedule, warmup)
