@@ -158,9 +158,9 @@ def test_gpu_check_reports_failing_steps_and_goes_on(tmp_path):
     assert len(launch) == 1 and "--config_file accelerate_configs/cpu.yaml" in launch[0] and \
         "--mixed_precision no" in launch[0] and "--synthetic-size 96 " in launch[0], launch
     assert [s["status"] for s in report["steps"]] == \
-        ["FAIL", "SKIPPED", "SKIPPED", "FAIL", "FAIL", "SKIPPED"] + ["FAIL"] * 8 + ["SKIPPED"]
-    assert report["fail"] == 11 and not report["ok"]
-    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 11
+        ["FAIL", "SKIPPED", "SKIPPED", "FAIL", "FAIL", "SKIPPED"] + ["FAIL"] * 9 + ["SKIPPED"]
+    assert report["fail"] == 12 and not report["ok"]
+    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 12
     assert "FAILED: the run failed (exit 1)" in steps["1a_rotation_bf16"]["detail"]
 
 
