@@ -7,7 +7,7 @@ batch, driven to the identity: invariance on the diagonal, redundancy reduction 
 """
 import torch
 
-from ssl_scripts.methods.method import Method, SiameseHead, mlp
+from ssl_scripts.methods.method import Method, SiameseHead, wide_projector
 from ssl_scripts.models import collectives
 from ssl_scripts.models.losses import in_float32
 
@@ -50,10 +50,7 @@ class BarlowTwins(Method):
                 (args.barlow_scale > 0, f"--barlow-scale must be > 0 (got {args.barlow_scale})")]
 
     def head(self, encoder, probe=None):
-        args = self.args
-        projector = mlp([encoder.feature_dim, args.projector_hidden, args.projector_hidden, args.embedding_dim],
-                        batch_norm=args.head_bn)
-        return SiameseHead(projector, probe=probe)
+        return SiameseHead(wide_projector(self.args, encoder), probe=probe)
 
     def loss(self, model, head, views, output, similar):
         z1, z2 = output.projection.chunk(2)

@@ -6,7 +6,8 @@ predict a momentum target's projection (an EMA copy of encoder and projector, th
 """
 import torch
 
-from ssl_scripts.methods.method import Method, SiameseHead, mlp, negative_cosine
+from ssl_scripts.methods.method import Method, SiameseHead, negative_cosine
+from ssl_scripts.models import encoders
 from ssl_scripts.models.momentum import MomentumCopy, cosine_momentum
 
 
@@ -25,8 +26,10 @@ class BYOL(Method):
 
     def head(self, encoder, probe=None):
         args = self.args
-        projector = mlp([encoder.feature_dim, args.projector_hidden, args.embedding_dim], batch_norm=args.head_bn)
-        predictor = mlp([args.embedding_dim, args.predictor_hidden, args.embedding_dim], batch_norm=args.head_bn)
+        projector = encoders.mlp([encoder.feature_dim, args.projector_hidden, args.embedding_dim],
+                                 batch_norm=args.head_bn)
+        predictor = encoders.mlp([args.embedding_dim, args.predictor_hidden, args.embedding_dim],
+                                 batch_norm=args.head_bn)
         return SiameseHead(projector, predictor, probe, momentum=MomentumCopy(encoder=encoder, projector=projector))
 
     def loss(self, model, head, views, output, similar):

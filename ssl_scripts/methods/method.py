@@ -37,22 +37,11 @@ class SiameseHead(nn.Module):
         return HeadOutput(projection, prediction, probe_logits)
 
 
-def mlp(dims: list, batch_norm: bool = True, last_batch_norm: bool = False, bias: bool = True) -> nn.Sequential:
-    """Linear (+ BatchNorm1d) + ReLU between every two widths of `dims`, a Linear last (+ a BatchNorm1d without
-    affine parameters if last_batch_norm, SimSiam's projector). The first layer takes the encoder's map too."""
-    layers = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-        linear = encoders.FeatureLinear if i == 0 else nn.Linear
-        last = i == len(dims) - 2
-        if last:
-            layers.append(linear(d_in, d_out, bias=bias and not (last_batch_norm and batch_norm)))
-            if last_batch_norm and batch_norm:
-                layers.append(nn.BatchNorm1d(d_out, affine=False))
-        else:
-            layers += [linear(d_in, d_out, bias=bias and not batch_norm)]
-            layers += [nn.BatchNorm1d(d_out)] if batch_norm else []
-            layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+def wide_projector(args, encoder, last_batch_norm: bool = False) -> nn.Sequential:
+    """The 3-layer projector of SimSiam, Barlow Twins and VICReg (solo-learn's): features -> --projector-hidden x 2 ->
+    --embedding-dim, batch norm after each hidden layer (--head-bn), and after the last one too for SimSiam."""
+    return encoders.mlp([encoder.feature_dim, args.projector_hidden, args.projector_hidden, args.embedding_dim],
+                        batch_norm=args.head_bn, last_batch_norm=last_batch_norm)
 
 
 def negative_cosine(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

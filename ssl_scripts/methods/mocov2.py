@@ -9,8 +9,8 @@ solo-learn keeps one per view).
 import torch
 import torch.nn.functional as F
 
-from ssl_scripts.methods.method import Method, SiameseHead, mlp
-from ssl_scripts.models import collectives
+from ssl_scripts.methods.method import Method, SiameseHead
+from ssl_scripts.models import collectives, encoders
 from ssl_scripts.models.losses import in_float32
 from ssl_scripts.models.momentum import MomentumCopy, cosine_momentum
 
@@ -67,7 +67,7 @@ class MoCoV2(Method):
 
     def head(self, encoder, probe=None):
         args = self.args
-        projector = mlp([encoder.feature_dim, args.projector_hidden, args.embedding_dim], batch_norm=False)
+        projector = encoders.mlp([encoder.feature_dim, args.projector_hidden, args.embedding_dim])
         head = SiameseHead(projector, probe=probe, momentum=MomentumCopy(encoder=encoder, projector=projector))
         head.queue = KeyQueue(args.queue_size, args.embedding_dim)
         return head

@@ -1,8 +1,8 @@
 """SimCLR (Chen, Kornblith, Norouzi & Hinton 2020, "A Simple Framework for Contrastive Learning of Visual
 Representations"): NT-Xent, each view's positive the other view of its image, every other view of the global batch
 (gathered from every process) a negative."""
-from ssl_scripts.methods.contrastive import DEFAULT_HEAD_HIDDEN, HEAD_HIDDEN
-from ssl_scripts.methods.method import Method, SiameseHead, mlp
+from ssl_scripts.methods.contrastive import pair_head
+from ssl_scripts.methods.method import Method
 from ssl_scripts.models.losses import ntxent_loss
 
 
@@ -21,9 +21,7 @@ class SimCLR(Method):
         return [(args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})")]
 
     def head(self, encoder, probe=None):
-        hidden = self.args.projector_hidden or HEAD_HIDDEN.get(encoder.name, DEFAULT_HEAD_HIDDEN)
-        return SiameseHead(mlp([encoder.feature_dim, hidden, self.args.embedding_dim], batch_norm=False),
-                           probe=probe)
+        return pair_head(self.args, encoder, probe)
 
     def loss(self, model, head, views, output, similar):
         first, second = output.projection.chunk(2)

@@ -4,7 +4,8 @@ stopped; no negatives, no momentum copy.
 
     loss = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2,   D(p, z) = -cos(p, z)
 """
-from ssl_scripts.methods.method import Method, SiameseHead, mlp, negative_cosine
+from ssl_scripts.methods.method import Method, SiameseHead, negative_cosine, wide_projector
+from ssl_scripts.models import encoders
 
 
 class SimSiam(Method):
@@ -20,9 +21,9 @@ class SimSiam(Method):
 
     def head(self, encoder, probe=None):
         args = self.args
-        projector = mlp([encoder.feature_dim, args.projector_hidden, args.projector_hidden, args.embedding_dim],
-                        batch_norm=args.head_bn, last_batch_norm=True)
-        predictor = mlp([args.embedding_dim, args.predictor_hidden, args.embedding_dim], batch_norm=args.head_bn)
+        projector = wide_projector(args, encoder, last_batch_norm=True)
+        predictor = encoders.mlp([args.embedding_dim, args.predictor_hidden, args.embedding_dim],
+                                 batch_norm=args.head_bn)
         return SiameseHead(projector, predictor, probe)
 
     def optimizer_groups(self, head):

@@ -8,7 +8,7 @@ global batch above 1 (variance), and the dimensions decorrelated over it (covari
 import torch
 import torch.nn.functional as F
 
-from ssl_scripts.methods.method import Method, SiameseHead, mlp
+from ssl_scripts.methods.method import Method, SiameseHead, wide_projector
 from ssl_scripts.models import collectives
 from ssl_scripts.models.losses import in_float32
 
@@ -57,10 +57,7 @@ class VICReg(Method):
         return [(min(args.vicreg_weights) >= 0, f"--vicreg-weights must be >= 0 (got {args.vicreg_weights})")]
 
     def head(self, encoder, probe=None):
-        args = self.args
-        projector = mlp([encoder.feature_dim, args.projector_hidden, args.projector_hidden, args.embedding_dim],
-                        batch_norm=args.head_bn)
-        return SiameseHead(projector, probe=probe)
+        return SiameseHead(wide_projector(self.args, encoder), probe=probe)
 
     def loss(self, model, head, views, output, similar):
         z1, z2 = output.projection.chunk(2)

@@ -195,11 +195,20 @@ class FeatureLinear(nn.Linear):
         return super().forward(x)
 
 
-def mlp(dims: list) -> nn.Sequential:
+def mlp(dims: list, batch_norm: bool = False, last_batch_norm: bool = False) -> nn.Sequential:
+    """Linear (+ BatchNorm1d) + ReLU between every two widths of `dims`, a Linear last (+ a BatchNorm1d without
+    affine parameters if batch_norm and last_batch_norm: SimSiam's projector); a Linear followed by batch norm has
+    no bias. The first layer takes a flattening encoder's map too (FeatureLinear)."""
     layers = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-        layers += [(FeatureLinear if i == 0 else nn.Linear)(d_in, d_out), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers[:-1])
+        last = i == len(dims) - 2
+        normalized = batch_norm and (last_batch_norm or not last)
+        layers.append((FeatureLinear if i == 0 else nn.Linear)(d_in, d_out, bias=not normalized))
+        if normalized:
+            layers.append(nn.BatchNorm1d(d_out, affine=not last))
+        if not last:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
 class EncoderWithHead(nn.Module):

@@ -35,8 +35,8 @@ COLLAPSED_SPREAD = 0.1
 # SGD is stable up to ~7 and learns slowly at solo-learn's 0.1, set for raw ResNet features.
 ONLINE_PROBE_LR = 1.0
 # The options of the Siamese family that depend on the method: None until its recipe (or the fallback) decides.
-METHOD_FALLBACKS = {"embedding_dim": 128, "projector_hidden": None, "predictor_hidden": 512, "temperature": 0.5,
-                    "momentum_base": 0.99, "momentum_final": 1.0}
+METHOD_FALLBACKS = {"embedding_dim": 128, "predictor_hidden": 512, "temperature": 0.5, "momentum_base": 0.99,
+                    "momentum_final": 1.0}
 
 
 class ViewBatch(NamedTuple):
@@ -135,7 +135,7 @@ class Siamese(Task):
              f"--momentum-base and --momentum-final must satisfy 0 <= base <= final <= 1 (got {args.momentum_base}, "
              f"{args.momentum_final})"),
             (args.online_probe_lr > 0, f"--online-probe-lr must be > 0 (got {args.online_probe_lr})"),
-            *(check for m in METHODS.values() if m is method for check in m.option_checks(args)),
+            *method.option_checks(args),
         ]
 
     def __init__(self, args, dataset, train_source):
