@@ -189,3 +189,31 @@ def test_a_registered_model_is_an_option_with_its_recipe(monkeypatch):
 def build_parser_help():
     from ssl_scripts.config import build_parser
     return build_parser("t").format_help()
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "torchvision:mobilenet_v3_small"])
+def test_an_encoder_refuses_integer_pixels_and_another_size_in_one_line(name):
+    from ssl_scripts.models.encoders import InputError
+    encoder = build_encoder(name, 32).eval()
+    with pytest.raises(InputError, match=r"takes float images in \[0, 1\], got torch.uint8: divide by 255") as e:
+        encoder(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert "\n" not in str(e.value)
+    for shape in [(1, 3, 300, 400), (3, 32, 32), (1, 1, 32, 32)]:
+        with pytest.raises(InputError, match=r"takes \(N, 3, 32, 32\) images, got .*encoder.transform"):
+            encoder(torch.rand(*shape))
+    with pytest.raises(InputError):
+        encoder.block_features(torch.rand(1, 3, 64, 64))  # what evaluate.py calls, too
+
+
+def test_the_transform_decodes_as_training_does_from_a_path_or_a_pil_image(tmp_path):
+    from PIL import Image
+    from ssl_scripts.data.decode import decode_image
+    encoder = build_encoder("simple_cnn", 32)
+    pixels = torch.randint(0, 256, (300, 400), dtype=torch.uint8).numpy()
+    Image.fromarray(pixels, "L").save(tmp_path / "gray.png")
+    from_path = encoder.transform(str(tmp_path / "gray.png"))
+    assert from_path.shape == (3, 32, 32) and from_path.dtype == torch.float32
+    assert torch.equal(from_path, torch.from_numpy(decode_image(str(tmp_path / "gray.png"), 32)).permute(2, 0, 1) / 255)
+    with Image.open(tmp_path / "gray.png") as image:
+        assert torch.equal(encoder.transform(image), from_path)
+    assert encoder(from_path[None]).shape == (1, 4096)

@@ -42,7 +42,8 @@ def parse_args(argv=None) -> config.Options:
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--blocks", type=comma_list_or_all, default=None,
                           help="comma-separated blocks to probe (default: all; nin: block1..block4, "
-                               "resnet18: stem, layer1..layer4)")
+                               "resnet18 and resnet50: stem, layer1..layer4; torchvision:NAME: its stages, "
+                               "docs/models.md)")
     protocol.add_argument("--classifiers", type=comma_list, default=",".join(rotnet_protocol.CLASSIFIERS),
                           help=f"any of: {', '.join(rotnet_protocol.CLASSIFIERS)}")
     protocol.add_argument("--classifier-epochs", type=int, default=50, help="RotNet: 50")

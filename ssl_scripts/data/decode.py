@@ -38,29 +38,38 @@ def _draft(img, size: int):
     return drafted[1][2:] if drafted else None
 
 
-def decode_image(path: str, size: int) -> np.ndarray:
-    """Any PIL-readable image -> (size, size, 3) uint8: converted to RGB, shorter side resized, center-cropped
-    (ImageOps.fit); a JPEG far larger than size is decoded scaled down first (_draft)."""
-    from PIL import Image, ImageOps
+def decode_image(image, size: int) -> np.ndarray:
+    """Any PIL-readable image file (a path), or a PIL image -> (size, size, 3) uint8: converted to RGB, shorter side
+    resized, center-cropped (ImageOps.fit); a JPEG file far larger than size is decoded scaled down first (_draft)."""
+    from PIL import Image
 
+    if isinstance(image, Image.Image):
+        return _fit(image, size, None)
     if DECODE_DELAY_S:
         time.sleep(DECODE_DELAY_S)
-    with Image.open(path) as img:
+    with Image.open(image) as img:
         extent = _draft(img, size)
         img.load()
-        if img.mode != "RGB":
-            # Palette and alpha images go through RGBA so transparency becomes its colour, not garbage.
-            img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA", "LA") else img.convert("RGB")
-        if extent:
-            # ImageOps.fit's centre crop, taken on the original's extent: libjpeg rounds the scaled size up
-            # (500 / 8 -> 63), so fitting the scaled image itself would shift and stretch the crop.
-            w, h = extent
-            m = min(w, h)
-            box = ((w - m) / 2, (h - m) / 2, (w + m) / 2, (h + m) / 2)
-            img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
-        elif img.size != (size, size):
-            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
-        return np.asarray(img, dtype=np.uint8)
+        return _fit(img, size, extent)
+
+
+def _fit(img, size: int, extent) -> np.ndarray:
+    """decode_image's RGB conversion, resize and crop of a loaded image (extent: _draft's, or None)."""
+    from PIL import Image, ImageOps
+
+    if img.mode != "RGB":
+        # Palette and alpha images go through RGBA so transparency becomes its colour, not garbage.
+        img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA", "LA") else img.convert("RGB")
+    if extent:
+        # ImageOps.fit's centre crop, taken on the original's extent: libjpeg rounds the scaled size up
+        # (500 / 8 -> 63), so fitting the scaled image itself would shift and stretch the crop.
+        w, h = extent
+        m = min(w, h)
+        box = ((w - m) / 2, (h - m) / 2, (w + m) / 2, (h + m) / 2)
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    elif img.size != (size, size):
+        img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def decode_workers() -> int:

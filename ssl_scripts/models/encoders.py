@@ -5,6 +5,7 @@ features, so an exported encoder needs nothing but its own folder to be used. Ea
 (its blocks, pooling, layout and optimizer recipe): a new model is a blocks function and an entry here. The heads
 are the tasks' (ssl_scripts/tasks/).
 """
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,35 +15,55 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torchvision.models import resnet18
+from torchvision.models import resnet18, resnet50
 
 from ssl_scripts import UserError
+from ssl_scripts.models import torchvision_models
 from ssl_scripts.runtime import files
 
 CIFAR_MEAN = [125.3 / 255, 123.0 / 255, 113.9 / 255]  # RotNet's normalization, the default without data stats
 CIFAR_STD = [63.0 / 255, 62.1 / 255, 66.7 / 255]
 
 
+class InputError(UserError, ValueError):
+    """Images an encoder cannot use (integers, another size): one line saying what it takes."""
+
+
 class Encoder(nn.Module):
     """Normalization, then conv blocks (kept separate so per-block features can be probed), then pooling."""
 
-    def __init__(self, name: str, blocks: list, pool: str, image_size: int, mean=None, std=None, block_names=None,
+    def __init__(self, name: str, blocks, pool: str, image_size: int, mean=None, std=None, block_names=None,
                  memory_format=torch.contiguous_format, stem=None):
         super().__init__()
         self.name, self.pool, self.image_size, self.stem = name, pool, image_size, stem
         self.block_names = block_names or [f"block{i}" for i in range(1, len(blocks) + 1)]
         self.register_buffer("mean", torch.tensor(mean or CIFAR_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or CIFAR_STD).view(1, 3, 1, 1))
-        self.blocks = nn.ModuleList(blocks)
+        self.add_layers(blocks)
         self.memory_format = torch.contiguous_format  # of the conv weights; inputs are converted to match
         with torch.no_grad():
             self.feature_dim = self.eval()(torch.zeros(1, 3, image_size, image_size)).shape[1]
         self.train()
         self.set_memory_format(memory_format)
 
+    def add_layers(self, blocks):
+        self.blocks = nn.ModuleList(blocks)
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """x normalized into the weights' layout, once it is checked to be what this encoder was trained on (a uint8
+        image gives features 255x too large, another size another network's: both refused in one line)."""
+        size = self.image_size
+        if not x.is_floating_point():
+            raise InputError(f"the encoder takes float images in [0, 1], got {x.dtype}: divide by 255, or make each "
+                             f"image with encoder.transform(path or PIL image)")
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
+            raise InputError(f"the encoder takes (N, 3, {size}, {size}) images, got {tuple(x.shape)}: make each "
+                             f"image with encoder.transform(path or PIL image), which resizes and crops as training did")
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
     def block_features(self, x: torch.Tensor) -> list:
         """Feature maps after each conv block (named in self.block_names)."""
-        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        x = self.normalized(x)
         maps = []
         for block in self.blocks:
             x = block(x)
@@ -52,6 +73,12 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block_features(x)[-1]
         return x.flatten(1) if self.pool == "flatten" else x.mean(dim=(2, 3))
+
+    def transform(self, image) -> torch.Tensor:
+        """A PIL image or an image file's path -> the (3, S, S) float tensor in [0, 1] this encoder takes, decoded as
+        training decodes its files (RGB, shorter side resized, centre-cropped); stack several for a batch."""
+        from ssl_scripts.data.decode import decode_image
+        return torch.from_numpy(decode_image(image, self.image_size).copy()).permute(2, 0, 1).float().div_(255)
 
     def set_memory_format(self, memory_format) -> "Encoder":
         """The layout of the conv weights and of the maps (NCHW: torch.contiguous_format; NHWC:
@@ -64,6 +91,53 @@ class Encoder(nn.Module):
         stem = {"stem": self.stem} if self.stem else {}  # what load_encoder rebuilds, for models with a stem choice
         return {"model": self.name, "image_size": self.image_size, "feature_dim": self.feature_dim,
                 "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), **stem}
+
+    def torchvision_form(self):
+        """(the Python lines that rebuild this network from torchvision, {torchvision name: weight}), or None for a
+        network torchvision does not have (simple_cnn, nin)."""
+        spec = model_spec(self.name)
+        if not spec.torchvision_builder:
+            return None
+        renamed = {}
+        for key, value in self.state_dict().items():
+            prefix = next((p for p in RESNET_TORCHVISION_NAMES if key.startswith(p)), None)
+            if prefix:
+                renamed[RESNET_TORCHVISION_NAMES[prefix] + key[len(prefix):]] = value
+        return torchvision_models.resnet_lines(spec.torchvision_builder, self.stem), renamed
+
+
+class TorchvisionEncoder(Encoder):
+    """A torchvision classification model (torchvision_models.build), its classifier removed: its own forward gives
+    the pooled features; its named stages' output maps, caught by forward hooks, are its blocks."""
+
+    def __init__(self, name: str, net: nn.Module, stages: list, lines: list, image_size: int, mean=None, std=None,
+                 memory_format=torch.channels_last, stem=None):
+        self.stage_paths, self.lines = [path for _, path in stages], lines
+        super().__init__(name, net, "net", image_size, mean, std, [n for n, _ in stages] or ["features"],
+                         memory_format, stem)
+
+    def add_layers(self, net):
+        self.net = net
+
+    def block_features(self, x: torch.Tensor) -> list:
+        x = self.normalized(x)
+        if not self.stage_paths:  # the pooled features as a 1x1 map, for evaluate.py's per-block protocol
+            return [self.net(x).flatten(1)[:, :, None, None]]
+        maps = {}
+        hooks = [self.net.get_submodule(path).register_forward_hook(
+            lambda module, inputs, output, path=path: maps.__setitem__(path, output)) for path in self.stage_paths]
+        try:
+            self.net(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [maps[path] for path in self.stage_paths]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalized(x)).flatten(1)
+
+    def torchvision_form(self):
+        return self.lines, {k[len("net."):]: v for k, v in self.state_dict().items() if k.startswith("net.")}
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
@@ -95,17 +169,22 @@ def resnet18_stem(image_size: int) -> str:
     return "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
 
 
-def resnet18_blocks(stem: str) -> list:
-    """torchvision's ResNet-18 with the given stem (RESNET_STEMS): "cifar" keeps the image's size into layer1,
-    "imagenet" (torchvision's conv1, bn1, relu, maxpool) a quarter of its side."""
-    net = resnet18()
+def resnet_blocks(builder, stem: str) -> list:
+    """torchvision's ResNet (builder: resnet18, resnet50) with the given stem (RESNET_STEMS): "cifar" keeps the
+    image's size into layer1, "imagenet" (torchvision's conv1, bn1, relu, maxpool) a quarter of its side."""
+    net = builder()
     if stem == "cifar":
         first = nn.Sequential(nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), net.bn1, net.relu)
     elif stem == "imagenet":
         first = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     else:
-        raise UserError(f"unknown resnet18 stem {stem!r}: choose one of {', '.join(RESNET_STEMS)}")
+        raise UserError(f"unknown resnet stem {stem!r}: choose one of {', '.join(RESNET_STEMS)}")
     return [first, net.layer1, net.layer2, net.layer3, net.layer4]
+
+
+# A built-in ResNet's parameter names -> torchvision's (the first block is the stem: its conv and batch norm).
+RESNET_TORCHVISION_NAMES = {"blocks.0.0.": "conv1.", "blocks.0.1.": "bn1.",
+                            **{f"blocks.{i}.": f"layer{i}." for i in range(1, 5)}}
 
 
 def simple_cnn_blocks() -> list:
@@ -138,19 +217,37 @@ class ModelSpec:
     stem: Optional[Callable[[int], str]] = None  # the stem an image size gets; None: one network at every size
     # The stem of exports and checkpoints written before their config.json recorded it (at every image size).
     unrecorded_stem: Optional[str] = None
+    torchvision_builder: Optional[str] = None  # the torchvision builder of the same network (RESNET_TORCHVISION_NAMES)
+
+
+RESNET_BLOCK_NAMES = ["stem", "layer1", "layer2", "layer3", "layer4"]
 
 
 MODELS = {
     "simple_cnn": ModelSpec(simple_cnn_blocks, "flatten", recipe=TUTORIAL_RECIPE),  # the tutorial's network
-    "resnet18": ModelSpec(resnet18_blocks, "avg", ["stem", "layer1", "layer2", "layer3", "layer4"],
-                          stem=resnet18_stem, unrecorded_stem="cifar"),
+    "resnet18": ModelSpec(functools.partial(resnet_blocks, resnet18), "avg", RESNET_BLOCK_NAMES, stem=resnet18_stem,
+                          unrecorded_stem="cifar", torchvision_builder="resnet18"),
+    # The standard ImageNet backbone of SSL papers, in resnet18's layout; its recipe is resnet18's (RotNet's).
+    "resnet50": ModelSpec(functools.partial(resnet_blocks, resnet50), "avg", RESNET_BLOCK_NAMES, stem=resnet18_stem,
+                          torchvision_builder="resnet50"),
     "nin": ModelSpec(nin_blocks, "avg"),  # NIN's block1..block4 are the paper's conv blocks 1-4
 }
 
 
+# torchvision's transformers learn with AdamW, not SGD (ViT, Swin, MaxViT; ConvNeXt too, with layer norm).
+ADAMW_RECIPE = {"optimizer": "adamw", "lr": 5e-4, "schedule": "cosine"}
+ADAMW_FAMILIES = ("vit_", "swin_", "maxvit_", "convnext_")
+
+
 def model_spec(model: str) -> ModelSpec:
+    if model.startswith(torchvision_models.PREFIX):
+        name = torchvision_models.check_name(model)
+        recipe = ADAMW_RECIPE if name.startswith(ADAMW_FAMILIES) else ROTNET_RECIPE
+        return ModelSpec(None, "net", recipe=dict(recipe),
+                         stem=lambda size: torchvision_models.stem_of(model, size, CIFAR_STEM_MAX_SIZE))
     if model not in MODELS:
-        raise UserError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
+        raise UserError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}, or torchvision:NAME (any "
+                        f"torchvision classification model, e.g. torchvision:efficientnet_b0)")
     return MODELS[model]
 
 
@@ -165,6 +262,10 @@ def build_encoder(model: str, image_size: int = 32, mean=None, std=None, memory_
     stem: None for the one the image size gets (stem_for); an export's recorded one when it is rebuilt."""
     spec = model_spec(model)
     stem = (stem or stem_for(model, image_size)) if spec.stem else None
+    if model.startswith(torchvision_models.PREFIX):
+        net, stages, lines = torchvision_models.build(model, image_size, stem)
+        return TorchvisionEncoder(model, net, stages, lines, image_size, mean, std,
+                                  memory_format or spec.memory_format, stem)
     blocks = spec.blocks(stem) if spec.stem else spec.blocks()
     return Encoder(model, blocks, spec.pool, image_size, mean, std, spec.block_names,
                    memory_format or spec.memory_format, stem)
@@ -226,17 +327,31 @@ class EncoderWithHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- export
+TORCHVISION_WEIGHTS = "torchvision.safetensors"
+
+
 def save_encoder(encoder: Encoder, directory: str, **extra) -> None:
     """The encoder's weights and config, as one folder that replaces `directory` once complete (files.WriteFailed
-    if it cannot be written: then `directory` is as it was)."""
+    if it cannot be written: then `directory` is as it was). For a network torchvision has, also its weights under
+    torchvision's names (TORCHVISION_WEIGHTS) and, in config.json's "torchvision", the lines that rebuild it."""
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    form = encoder.torchvision_form()
+    plain = {}
+    if form:
+        lines, weights = form
+        plain = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+        extra = {**extra, "torchvision": {"weights": TORCHVISION_WEIGHTS, "build": lines,
+                                          "input": "float RGB in [0, 1], normalized by mean and std"}}
     config = json.dumps({**encoder.config(), **extra}, indent=2)
 
     def write(folder):
         save_file(state, os.path.join(folder, "encoder.safetensors"))
+        if plain:
+            save_file(plain, os.path.join(folder, TORCHVISION_WEIGHTS))
         with open(os.path.join(folder, "config.json"), "w") as f:
             f.write(config)
-    files.write_atomically(directory, write, files.tensor_bytes(state) + len(config), folder=True)
+    files.write_atomically(directory, write, files.tensor_bytes(state) + files.tensor_bytes(plain) + len(config),
+                           folder=True)
 
 
 def load_encoder(path: str, device="cpu") -> Encoder:

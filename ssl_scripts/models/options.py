@@ -7,7 +7,9 @@ from ssl_scripts.models import encoders
 
 def add_options(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="resnet18", help=f"the encoder: {', '.join(encoders.MODELS)}")
+    group.add_argument("--model", default="resnet18",
+                       help=f"the encoder: {', '.join(encoders.MODELS)}, or torchvision:NAME, any torchvision "
+                            f"classification model by name (e.g. torchvision:efficientnet_b0; docs/models.md)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model (Accelerate's dynamo backend 'inductor'); first steps are slow")
     group.add_argument("--sync-bn", action="store_true",
