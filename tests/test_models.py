@@ -213,7 +213,8 @@ def test_the_transform_decodes_as_training_does_from_a_path_or_a_pil_image(tmp_p
     Image.fromarray(pixels, "L").save(tmp_path / "gray.png")
     from_path = encoder.transform(str(tmp_path / "gray.png"))
     assert from_path.shape == (3, 32, 32) and from_path.dtype == torch.float32
-    assert torch.equal(from_path, torch.from_numpy(decode_image(str(tmp_path / "gray.png"), 32)).permute(2, 0, 1) / 255)
+    expected = torch.from_numpy(decode_image(str(tmp_path / "gray.png"), 32).copy()).permute(2, 0, 1) / 255
+    assert torch.equal(from_path, expected)
     with Image.open(tmp_path / "gray.png") as image:
         assert torch.equal(encoder.transform(image), from_path)
     assert encoder(from_path[None]).shape == (1, 4096)
