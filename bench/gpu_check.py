@@ -583,6 +583,53 @@ def step_family(ctx):
             f"holds the keys of both processes")
 
 
+def step_backbones(ctx):
+    """1h: resnet50 and torchvision's EfficientNet-B0 by name (--model torchvision:efficientnet_b0), simclr, {bf16}, on
+    2 processes, 4 steps each. Each export's torchvision.safetensors, loaded into torchvision's own network by the
+    lines its config.json gives, must give load_encoder's features on the device."""
+    m, steps = ctx.mode, 4
+    ctx.results = {}
+    for model in ("resnet50", "torchvision:efficientnet_b0"):
+        run = os.path.join(ctx.dir, model.replace(":", "_"))
+        rc = ctx.run([*ctx.launcher(2, m.bf16), "train_siamese.py", *ctx.data(), "--model", model, "--method",
+                      "simclr", "--batch-size", str(m.batch), "--max-steps", str(steps), "--log-every", "2",
+                      "--checkpoint-every", str(steps), "--skip-eval", "--output-dir", run, *ctx.dist(),
+                      *(["--image-size", "16"] if m.device == "cpu" else [])])  # the CPU: half the time
+        ctx.keep(run)
+        if rc:
+            ctx.fail(f"--model {model}: the run {failed(rc)}")
+        losses = [l["train/loss"] for l in metrics_lines(run) if "train/loss" in l]
+        if not losses or not all(map(number, losses)):
+            ctx.fail(f"--model {model}: losses {losses}")
+        gap = torchvision_form_gap(os.path.join(run, "final"), "cuda" if m.device == "gpu" else "cpu")
+        ctx.results[model] = {"losses": losses, "torchvision_form_relative_gap": gap}
+        if not gap < 1e-2:  # TF32 convolutions on a GPU differ by ~1e-3; a wrong key or stem by far more
+            ctx.fail(f"--model {model}: torchvision's network with the exported weights differs from load_encoder's "
+                     f"by {gap:.3g} (relative)")
+        ctx.note(f"{model}: loss {losses[0]:.3f} -> {losses[-1]:.3f}, torchvision form within {gap:.1e}; ")
+    ctx.say(f"{steps} steps each on 2 processes; the torchvision exports give load_encoder's features")
+
+
+def torchvision_form_gap(final: str, device: str) -> float:
+    """max |torchvision's network - load_encoder's| / max |load_encoder's| over random images, the network rebuilt
+    from the export's own lines (config.json's "torchvision") as a user outside the project runs them."""
+    import torch
+    import torchvision
+    from safetensors.torch import load_file
+    from ssl_scripts.models import load_encoder
+    config = read_json(os.path.join(final, "config.json"))
+    scope = {"torch": torch, "torchvision": torchvision}
+    exec("\n".join(config["torchvision"]["build"]), scope)  # the export's lines, checked as they are written
+    model = scope["model"]
+    model.load_state_dict(load_file(os.path.join(final, config["torchvision"]["weights"])), strict=True)
+    size = config["image_size"]
+    images = torch.rand(8, 3, size, size, device=device)
+    with torch.no_grad():
+        theirs = model.to(device).eval()(torchvision.transforms.Normalize(config["mean"], config["std"])(images))
+        ours = load_encoder(final, device)(images)
+    return ((theirs - ours).abs().max() / ours.abs().max()).item()
+
+
 def step_sigusr1(ctx):
     """2: SIGUSR1 to the training processes: checkpoint, exit code 3; the same command resumes and finishes."""
     m, run = ctx.mode, os.path.join(ctx.dir, "run")
@@ -857,6 +904,8 @@ STEPS = [
          cpu_skip="GPU only: SyncBatchNorm needs CUDA"),
     Step("1g_siamese_family", "siamese --method byol and mocov2, {bf16}, {bn_model}, 2 processes, 8 steps", 160,
          step_family, "b"),
+    Step("1h_backbones", "siamese --model resnet50 and torchvision:efficientnet_b0, {bf16}, 2 processes, 4 steps; "
+         "their torchvision exports", 120, step_backbones, "a"),
     Step("2_sigusr1_resume", "SIGUSR1: checkpoint, stop, resume", 120, step_sigusr1, "c"),
     Step("3_deterministic_resume", "--deterministic: kill + resume = straight run, bitwise", 120, step_deterministic,
          "c"),

@@ -60,7 +60,7 @@ def test_rotnet_table_script_pretrains_then_prints_the_table(tmp_path, image_fol
 
 
 GPU_CHECK_STEPS = ["1a_rotation_bf16", "1b_siamese_fp16", "1c_rotation_fp16", "1d_siamese_bf16", "1e_siamese_ntxent",
-                   "1f_rotation_sync_bn", "1g_siamese_family", "2_sigusr1_resume", "3_deterministic_resume",
+                   "1f_rotation_sync_bn", "1g_siamese_family", "1h_backbones", "2_sigusr1_resume", "3_deterministic_resume",
                    "4_compile_resume", "5_evaluate", "6a_host_syncs_rotation", "6b_host_syncs_siamese",
                    "6c_placement_host", "6d_placement_stream", "7_gpu_sh"]
 HOST_SYNCS = {"6a_host_syncs_rotation", "6b_host_syncs_siamese", "6c_placement_host", "6d_placement_stream"}
@@ -125,6 +125,10 @@ def test_gpu_check_in_cpu_mode_passes_every_step_but_the_gpu_only_ones(tmp_path)
     # the Siamese family's momentum copy moved off its start, and MoCo queued both processes' keys
     family = steps["1g_siamese_family"]["results"]
     assert family["mocov2"]["queue_next"] == 8 * 16 and all(family[m]["copy_vs_online_max_diff"] > 0 for m in family)
+    # both backbones trained, and their torchvision exports give load_encoder's features
+    backbones = steps["1h_backbones"]["results"]
+    assert sorted(backbones) == ["resnet50", "torchvision:efficientnet_b0"]
+    assert all(b["torchvision_form_relative_gap"] < 1e-4 and len(b["losses"]) == 2 for b in backbones.values())
     # the deterministic comparison really happened: a resumed run, every tensor of the step-12 weights equal
     deterministic = steps["3_deterministic_resume"]["results"]
     assert deterministic["equal"] is True and deterministic["compared_tensors"] > 0
@@ -158,9 +162,9 @@ def test_gpu_check_reports_failing_steps_and_goes_on(tmp_path):
     assert len(launch) == 1 and "--config_file accelerate_configs/cpu.yaml" in launch[0] and \
         "--mixed_precision no" in launch[0] and "--synthetic-size 96 " in launch[0], launch
     assert [s["status"] for s in report["steps"]] == \
-        ["FAIL", "SKIPPED", "SKIPPED", "FAIL", "FAIL", "SKIPPED"] + ["FAIL"] * 9 + ["SKIPPED"]
-    assert report["fail"] == 12 and not report["ok"]
-    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 12
+        ["FAIL", "SKIPPED", "SKIPPED", "FAIL", "FAIL", "SKIPPED"] + ["FAIL"] * 10 + ["SKIPPED"]
+    assert report["fail"] == 13 and not report["ok"]
+    assert result.stdout.count("error> RuntimeError: injected launcher failure") == 13
     assert "FAILED: the run failed (exit 1)" in steps["1a_rotation_bf16"]["detail"]
 
 
