@@ -70,6 +70,8 @@ def test_the_classifier_is_the_last_linear_and_the_dropout_before_it():
     net = torchvision.models.efficientnet_b0(weights=None)
     assert [p for p, _, _ in torchvision_models.classifier(net)] == ["classifier.0", "classifier.1"]
     assert [p for p, _, _ in torchvision_models.classifier(torchvision.models.resnet18())] == ["fc"]
+    googlenet = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)  # dropout: an attribute
+    assert [p for p, _, _ in torchvision_models.classifier(googlenet)] == ["dropout", "fc"]
     with pytest.raises(UserError, match="squeezenet's is a convolution"):
         build_encoder("torchvision:squeezenet1_0", 32)
 
@@ -107,3 +109,14 @@ def test_the_recipes_are_stated_by_family():
     assert model_spec("torchvision:vit_b_16").recipe == {"optimizer": "adamw", "lr": 5e-4, "schedule": "cosine"}
     args = parse(["--model", "torchvision:vit_b_16"])
     assert (args.optimizer, args.lr) == ("adamw", 5e-4)
+
+
+@pytest.mark.parametrize("model, size, message", [
+    ("torchvision:vit_b_16", 40, "vit_b_16 cannot run on 40 px images .*indivisible by patch size"),
+    ("torchvision:inception_v3", 32, "inception_v3 cannot run on 32 px images"),
+    ("torchvision:mnasnet0_5", 32, "not supported: its weights cannot be loaded back from safetensors"),
+])
+def test_a_model_that_cannot_run_is_refused_in_one_line(model, size, message):
+    with pytest.raises(UserError, match=message) as e:
+        build_encoder(model, size)
+    assert "\n" not in str(e.value)

@@ -40,7 +40,9 @@ def _draft(img, size: int):
 
 def decode_image(image, size: int) -> np.ndarray:
     """Any PIL-readable image file (a path), or a PIL image -> (size, size, 3) uint8: converted to RGB, shorter side
-    resized, center-cropped (ImageOps.fit); a JPEG file far larger than size is decoded scaled down first (_draft)."""
+    resized, center-cropped (ImageOps.fit); a JPEG file far larger than size is decoded scaled down first (_draft).
+    A PIL image is taken as it is (the caller's object is not changed), so a large JPEG given opened rather than by
+    its path skips that scaled decode: pixels within a few levels of training's."""
     from PIL import Image
 
     if isinstance(image, Image.Image):

@@ -68,7 +68,8 @@ def evaluation_bytes(args, images: int, processes_per_device: int = 1) -> int:
     if getattr(args, "skip_eval", False):
         return 0
     from ssl_scripts.models.encoders import build_encoder
-    feature_dim = build_encoder(args.model, args.image_size).feature_dim
+    with torch.random.fork_rng(devices=[]):  # a throwaway network: the main process's random stream untouched
+        feature_dim = build_encoder(args.model, args.image_size).feature_dim
     return images * feature_dim * 4 * (2 * processes_per_device + 2)
 
 

@@ -264,8 +264,11 @@ def build_encoder(model: str, image_size: int = 32, mean=None, std=None, memory_
     stem = (stem or stem_for(model, image_size)) if spec.stem else None
     if model.startswith(torchvision_models.PREFIX):
         net, stages, lines = torchvision_models.build(model, image_size, stem)
-        return TorchvisionEncoder(model, net, stages, lines, image_size, mean, std,
-                                  memory_format or spec.memory_format, stem)
+        try:  # the first forward, which measures the features, is where a size too small fails
+            return TorchvisionEncoder(model, net, stages, lines, image_size, mean, std,
+                                      memory_format or spec.memory_format, stem)
+        except (RuntimeError, ValueError, AssertionError) as e:
+            raise torchvision_models.too_small(model, image_size, e) from e
     blocks = spec.blocks(stem) if spec.stem else spec.blocks()
     return Encoder(model, blocks, spec.pool, image_size, mean, std, spec.block_names,
                    memory_format or spec.memory_format, stem)
@@ -280,8 +283,9 @@ def recorded_stem(config: dict) -> Optional[str]:
 def stem_refusal(what: str, config: dict, now: str, then: str) -> UserError:
     """One line for a saved network whose stem is not `now`, the one this version builds at its image size."""
     old = recorded_stem(config)
-    return UserError(f"{what} holds {config['model']} with {RESNET_STEMS.get(old, old)} at {config['image_size']} px, "
-                     f"where this version builds {RESNET_STEMS.get(now, now)}: {then}")
+    stems = torchvision_models.STEMS if config["model"].startswith(torchvision_models.PREFIX) else RESNET_STEMS
+    return UserError(f"{what} holds {config['model']} with {stems.get(old, old)} at {config['image_size']} px, "
+                     f"where this version builds {stems.get(now, now)}: {then}")
 
 
 class FeatureLinear(nn.Linear):

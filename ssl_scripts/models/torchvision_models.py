@@ -31,9 +31,22 @@ def names() -> list:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+# torchvision's MNASNet refuses a state dict without its version metadata, which safetensors files never carry (its
+# _load_from_state_dict): its checkpoints and exports could not be loaded again.
+REFUSED = {"mnasnet": "its weights cannot be loaded back from safetensors (torchvision's MNASNet requires a "
+                      "version in the state dict's metadata)"}
+# Applied right before the classifier outside a Sequential, so not found beside it (classifier()).
+DROPOUT_BEFORE_FC = (torchvision.models.GoogLeNet, torchvision.models.Inception3)
+STEMS = {"cifar": "the small-image stem (the first convolution at stride 1; a ResNet's 3x3, no max-pool)",
+         "imagenet": "torchvision's stem"}
+
+
 def check_name(model: str) -> str:
     """The torchvision name of --model torchvision:NAME, or one line naming how to find the valid ones."""
     name = model[len(PREFIX):]
+    refused = next((why for start, why in REFUSED.items() if name.startswith(start)), None)
+    if refused:
+        raise UserError(f"--model {model} is not supported: {refused}; choose another torchvision model")
     if name not in names():
         raise UserError(f"torchvision has no classification model {name!r}: pass --model torchvision:NAME with a "
                         f"name of torchvision.models.list_models(module=torchvision.models), e.g. "
@@ -84,6 +97,8 @@ def classifier(net: nn.Module) -> list:
     if isinstance(parent, nn.Sequential) and child.isdigit() and int(child) > 0 \
             and isinstance(parent[int(child) - 1], nn.Dropout):
         paths.insert(0, f"{parent_path}.{int(child) - 1}")
+    if isinstance(net, DROPOUT_BEFORE_FC):
+        paths.insert(0, "dropout")
     return [(p, nn.Identity(), "torch.nn.Identity()") for p in paths]
 
 
@@ -112,11 +127,7 @@ def build(model: str, image_size: int, stem: str):
     the given stem ("cifar": small_image_stem applied; "imagenet": torchvision's)."""
     name = check_name(model)
     options = builder_options(name, image_size)
-    try:
-        net = torchvision.models.get_model(name, weights=None, **options)
-    except (ValueError, AssertionError, TypeError) as e:
-        raise UserError(f"torchvision's {name} cannot be built for {image_size} px images ({e}): choose another "
-                        f"--image-size or --model") from e
+    net = get_model(name, image_size)
     arguments = "".join(f", {k}={v!r}" for k, v in options.items())
     lines = [f"model = torchvision.models.get_model({name!r}, weights=None{arguments})"]
     changes = (small_image_stem(net) if stem == "cifar" else []) + classifier(net)
@@ -124,6 +135,20 @@ def build(model: str, image_size: int, stem: str):
         net.set_submodule(path, module)
         lines.append(f"{python_path(path)} = {python}")
     return net, stages(name, net), lines
+
+
+def get_model(name: str, image_size: int) -> nn.Module:
+    """torchvision's builder with weights=None, or one line where it cannot build for this image size."""
+    try:
+        return torchvision.models.get_model(name, weights=None, **builder_options(name, image_size))
+    except (ValueError, AssertionError, TypeError) as e:
+        raise too_small(name, image_size, e) from e
+
+
+def too_small(name: str, image_size: int, error: Exception) -> UserError:
+    problem = " ".join(str(error).split())[:200]
+    return UserError(f"torchvision's {name.removeprefix(PREFIX)} cannot run on {image_size} px images ({problem}): choose another "
+                     f"--image-size or --model")
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,7 +159,7 @@ def stem_of(model: str, image_size: int, small_max: int) -> str:
         return "imagenet"
     name = check_name(model)
     with torch.random.fork_rng(devices=[]):  # the caller's random stream untouched
-        net = torchvision.models.get_model(name, weights=None, **builder_options(name, image_size))
+        net = get_model(name, image_size)
         return "cifar" if small_image_stem(net) else "imagenet"
 
 
