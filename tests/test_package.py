@@ -138,9 +138,10 @@ def test_the_console_scripts_answer_help(script):
     result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("usage: "), result.stdout[:500]
-    option = "--config_file" if script == "ssl-launch" else "--dataset"  # accelerate launch's own, or ours
+    # accelerate launch's own, or ours
+    option = {"ssl-launch": "--config_file", "ssl-embed": "--data-dir"}.get(script, "--dataset")
     assert option in result.stdout, result.stdout[:500]
 
 
-def test_the_package_declares_the_four_commands():
+def test_the_package_declares_the_five_commands():
     assert SCRIPTS == ["ssl-train-rotation", "ssl-train-siamese", "ssl-evaluate", "ssl-embed", "ssl-launch"]

@@ -53,17 +53,10 @@ def scan_imagefolder(data_dir: str):
 
 
 def scan_images(data_dir: str):
-    """Unlabeled images, in scan_imagefolder's form (label -1, no classes): every image file under a folder at any
-    depth (hidden files and folders skipped, symlinks followed, sorted by path: the same order on every node), or
-    the files a list names (one path per line, relative to the list's folder; in the list's order). A seeded
-    share of them, fixed by the list, is held out of training as the "test" split, for the pretext's metrics."""
-    if os.path.isfile(data_dir):
-        paths = _listed_images(data_dir)
-    elif os.path.isdir(data_dir):
-        paths = _images_under(data_dir)
-    else:
-        raise UserError(f"--data-dir {data_dir!r} does not exist: pass a folder of images (any layout) or a text "
-                        f"file that lists image paths, one per line")
+    """Unlabeled images, in scan_imagefolder's form (label -1, no classes): list_images's, in the same order on every
+    node. A seeded share of them, fixed by the list, is held out of training as the "test" split, for the pretext's
+    metrics."""
+    paths = list_images(data_dir)
     held = held_out_count(len(paths))
     if len(paths) < 2 * held:
         raise UserError(f"{data_dir!r} holds {len(paths)} image(s): --dataset images needs at least "
@@ -73,6 +66,17 @@ def scan_images(data_dir: str):
     split = {"train": [(p, -1) for i, p in enumerate(paths) if i not in test],
              "test": [(p, -1) for i, p in enumerate(paths) if i in test]}
     return split, []
+
+
+def list_images(data_dir: str) -> list:
+    """Every image file under a folder at any depth (hidden files and folders skipped, symlinks followed, sorted by
+    path), or the files a list names (one path per line, relative to the list's folder; in the list's order)."""
+    if os.path.isfile(data_dir):
+        return _listed_images(data_dir)
+    if os.path.isdir(data_dir):
+        return _images_under(data_dir)
+    raise UserError(f"--data-dir {data_dir!r} does not exist: pass a folder of images (any layout) or a text "
+                    f"file that lists image paths, one per line")
 
 
 def _images_under(folder: str) -> list:
