@@ -1,4 +1,4 @@
-"""Decoding JPEGs far larger than --image-size: the full decode (before) vs ssl_scripts.data.decode.decode_image (after).
+"""Decoding JPEGs far larger than --image-size: the full decode (before) vs ssl_scripts.models.image_input.decode_image (after).
 
     python -m bench.decode --data-dir data/cifar10-jpeg
     python -m bench.decode --data-dir data/cifar10-jpeg --images 500 --image-sizes 32,64,96,128,224
@@ -8,7 +8,7 @@ copy's train images (upscaled, classes in turn), then for each image size times,
 CPU second of the process, i.e. per core, so other work on the machine skews it less; best of --repeats passes,
 interleaved):
   before  the full decode + ImageOps.fit, decode_image as it was before draft mode (full_decode below);
-  after   ssl_scripts.data.decode.decode_image, which decodes a JPEG this large scaled down first (draft mode);
+  after   ssl_scripts.models.image_input.decode_image, which decodes a JPEG this large scaled down first (draft mode);
 and the mean absolute difference of their pixels in grey levels (0-255): over all images, and the worst image's.
 "decoded at" is the size libjpeg decoded the 500x375 images at.
 """
@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from ssl_scripts.data import decode
+from ssl_scripts.models import image_input as decode
 
 WIDTH, HEIGHT = 500, 375
 TARGETS = {32: 2.0, 96: 1.4}  # the speedups the change was made for

@@ -207,7 +207,7 @@ def test_an_encoder_refuses_integer_pixels_and_another_size_in_one_line(name):
 
 def test_the_transform_decodes_as_training_does_from_a_path_or_a_pil_image(tmp_path):
     from PIL import Image
-    from ssl_scripts.data.decode import decode_image
+    from ssl_scripts.models.image_input import decode_image
     encoder = build_encoder("simple_cnn", 32)
     pixels = torch.randint(0, 256, (300, 400), dtype=torch.uint8).numpy()
     Image.fromarray(pixels, "L").save(tmp_path / "gray.png")

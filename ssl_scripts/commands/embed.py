@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from ssl_scripts import UserError, config
-from ssl_scripts.data.decode import decode_image, decode_or_problem, decode_workers, fork_pool
+from ssl_scripts.data.decode import decode_or_problem, decode_workers, fork_pool
 from ssl_scripts.data.folders import list_images
 from ssl_scripts.evaluation import neighbours
 from ssl_scripts.models import encoders
+from ssl_scripts.models.image_input import decode_image
 from ssl_scripts.runtime import cli, distributed, files
 
 

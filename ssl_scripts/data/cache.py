@@ -15,9 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ssl_scripts import UserError
-from ssl_scripts.data.decode import DECODER, decode_or_problem, decode_workers, fork_pool
+from ssl_scripts.data.decode import decode_or_problem, decode_workers, fork_pool
 from ssl_scripts.data.folders import scan_imagefolder
 from ssl_scripts.data.image_data import ImageData
+from ssl_scripts.models.image_input import DECODER
 from ssl_scripts.runtime import files
 from ssl_scripts.runtime import filelock
 

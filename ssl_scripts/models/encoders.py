@@ -19,6 +19,7 @@ from torchvision.models import resnet18, resnet50
 
 from ssl_scripts import UserError
 from ssl_scripts.models import torchvision_models
+from ssl_scripts.models.image_input import decode_image
 from ssl_scripts.runtime import files
 
 CIFAR_MEAN = [125.3 / 255, 123.0 / 255, 113.9 / 255]  # RotNet's normalization, the default without data stats
@@ -77,7 +78,6 @@ class Encoder(nn.Module):
     def transform(self, image) -> torch.Tensor:
         """A PIL image or an image file's path -> the (3, S, S) float tensor in [0, 1] this encoder takes, decoded as
         training decodes its files (RGB, shorter side resized, centre-cropped); stack several for a batch."""
-        from ssl_scripts.data.decode import decode_image
         return torch.from_numpy(decode_image(image, self.image_size).copy()).permute(2, 0, 1).float().div_(255)
 
     def set_memory_format(self, memory_format) -> "Encoder":

@@ -1,10 +1,10 @@
-"""ssl_scripts/data/decode.py: a JPEG far larger than the target is decoded scaled down (draft mode) and stays within a grey
+"""ssl_scripts/models/image_input.py: a JPEG far larger than the target is decoded scaled down (draft mode) and stays within a grey
 level of the full decode; every other image decodes exactly as before."""
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin
 
-from ssl_scripts.data.decode import DRAFT_GAP, decode_image
+from ssl_scripts.models.image_input import DRAFT_GAP, decode_image
 
 
 def full_decode(path, size):
