@@ -25,7 +25,7 @@ from ssl_scripts.data.decode import decode_or_problem, decode_workers, fork_pool
 from ssl_scripts.data.folders import list_images
 from ssl_scripts.evaluation import neighbours
 from ssl_scripts.models import encoders
-from ssl_scripts.models.image_input import decode_image
+from ssl_scripts.models.image_input import DECODER, decode_image
 from ssl_scripts.runtime import cli, distributed, files
 
 
@@ -61,9 +61,9 @@ def output_default(args) -> dict:
     return {"output_dir": os.path.join(os.path.dirname(os.path.abspath(args.encoder)), "embeddings")}
 
 
-def work_id(encoder_dir: str, paths: list) -> str:
-    """Names what a chunk's part was made from (the encoder's files, the image list and their sizes and times), so a
-    part left by another encoder or another list is never reused."""
+def work_id(encoder_dir: str, paths: list, chunk_size: int, precision: str) -> str:
+    """Names what a chunk's part was made from (the encoder's files, the image list and their sizes and times, the
+    decoder, the chunking, the precision), so a part another run of other inputs left is never reused."""
     def stat(path):
         try:
             st = os.stat(path)
@@ -71,7 +71,7 @@ def work_id(encoder_dir: str, paths: list) -> str:
             return path, -1, -1
         return path, st.st_size, st.st_mtime_ns
     key = repr((os.path.abspath(encoder_dir), stat(os.path.join(encoder_dir, "encoder.safetensors")),
-                [stat(p) for p in paths]))
+                [stat(p) for p in paths], DECODER, chunk_size, precision))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -81,7 +81,10 @@ def embed_chunk(encoder, accelerator, pool, paths: list, batch_size: int) -> dic
     decoded = pool.map(decode_or_problem, [(p, encoder.image_size) for p in paths], chunksize=16)
     kept, images, problems = [], [], []
     for i, (path, image) in enumerate(zip(paths, decoded)):
-        if isinstance(image, np.ndarray):
+        if not listable(path):
+            problems.append(f"{path!r}\ta line break, tab or non-UTF-8 byte in its name, which files.txt cannot "
+                            f"hold: rename it")
+        elif isinstance(image, np.ndarray):
             kept.append(i)
             images.append(torch.from_numpy(image).permute(2, 0, 1))
         else:
@@ -94,6 +97,21 @@ def embed_chunk(encoder, accelerator, pool, paths: list, batch_size: int) -> dic
     return {"rows": np.concatenate(rows), "kept": np.array(kept, np.int64), "problems": np.array(problems, str)}
 
 
+# What embed.py writes into OUTPUT_DIR, beside parts/.
+OUTPUTS = ["embeddings.npy", "files.txt", "skipped.txt", "neighbours.npy", "neighbour_similarities.npy",
+           "neighbours.tsv", "neighbours.png", "embed.json"]
+PICTURE_NEIGHBOURS = 8  # neighbours shown beside each query in neighbours.png, whatever --neighbours
+
+
+def listable(path: str) -> bool:
+    """Whether files.txt (a path a line, UTF-8) and the tab-separated files can hold this path."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a name of bytes that are not UTF-8 (os.walk's surrogates)
+        return False
+    return not {"\n", "\r", "\t"} & set(path)
+
+
 def part_path(parts: str, chunk: int) -> str:
     return os.path.join(parts, f"chunk-{chunk:06d}.npz")
 
@@ -102,9 +120,10 @@ def read_part(path: str):
     """A finished chunk's part, or None where there is none (or a damaged one: made again)."""
     try:
         with np.load(path) as part:
-            return {name: part[name] for name in ("rows", "kept", "problems")}
-    except (OSError, ValueError, KeyError):
+            read = {name: part[name] for name in ("rows", "kept", "problems")}
+    except Exception:  # missing, empty or cut short (zipfile.BadZipFile, EOFError, ...)
         return None
+    return read if len(read["rows"]) == len(read["kept"]) else None
 
 
 def write_part(path: str, part: dict) -> None:
@@ -115,6 +134,19 @@ def write_part(path: str, part: dict) -> None:
         files.write_atomically(path, write, part["rows"].nbytes)
     except files.WriteFailed as e:
         raise UserError(e.problem + ": free space, or pass another --output-dir (finished chunks are kept)") from e
+
+
+def join_parts(path: str, parts: str, chunks: int, rows: int, dim: int) -> np.ndarray:
+    """The parts' rows written into one .npy a part at a time (never all of them in memory), replacing `path` once
+    complete; returned memory-mapped (files.WriteFailed if it cannot be written)."""
+    def write(temporary):  # written in order, not mapped: a full disk is an OSError then, not a SIGBUS
+        with open(temporary, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.dtype("<f4").str, "fortran_order": False,
+                                                     "shape": (rows, dim)})
+            for chunk in range(chunks):
+                f.write(np.ascontiguousarray(read_part(part_path(parts, chunk))["rows"], dtype="<f4").tobytes())
+    files.write_atomically(path, write, rows * dim * 4)
+    return np.load(path, mmap_mode="r")
 
 
 def save_array(path: str, array: np.ndarray) -> None:
@@ -134,9 +166,11 @@ def main(argv=None):
 
     # The files, listed once (by the main process) for all; a chunk each in turn, processes taking every n-th.
     def listed():
-        found = list_images(args.data_dir)
-        return found, work_id(encoder_dir, found)
+        os.makedirs(args.output_dir, exist_ok=True)
+        found = list_images(os.path.abspath(args.data_dir))  # absolute: the same files for every node
+        return found, work_id(encoder_dir, found, args.chunk_size, accelerator.mixed_precision)
     paths, work = distributed.on_main_process_for_all(accelerator, listed)
+    distributed.probe_shared_directory(accelerator, args.output_dir)  # collective: every node joins the same parts
     parts = os.path.join(args.output_dir, "parts", work)
     chunks = math.ceil(len(paths) / args.chunk_size)
     mine = range(accelerator.process_index, chunks, accelerator.num_processes)
@@ -155,39 +189,41 @@ def main(argv=None):
                 encoder, accelerator, pool, paths[chunk * args.chunk_size:(chunk + 1) * args.chunk_size],
                 args.batch_size))
 
-    # Collective: every chunk is written before the main process joins them (the others wait here meanwhile).
+    # Collective: every chunk is written before the main process joins them. The others are done then: the main
+    # process goes on alone, so no collective waits on its join and neighbours (hours for millions of images).
     accelerator.wait_for_everyone()
-    distributed.on_main_process_for_all(accelerator, lambda: write_outputs(args, encoder, accelerator.device, paths,
-                                                                           parts, chunks, start))
     accelerator.end_training()
+    if accelerator.is_main_process:
+        write_outputs(args, encoder, accelerator.device, paths, parts, chunks, start)
 
 
 def write_outputs(args, encoder, device, paths: list, parts: str, chunks: int, start: float) -> None:
     """Main process: the chunks joined in the files' order, the neighbours and their picture; the parts go."""
-    rows, kept, problems = [], [], []
+    kept, problems = [], []
     for chunk in range(chunks):
         part = read_part(part_path(parts, chunk))
         if part is None:
             raise UserError(f"chunk {chunk} is missing from {parts}: run the same command again")
-        rows.append(part["rows"])
         kept += [paths[chunk * args.chunk_size + i] for i in part["kept"].tolist()]
         problems += part["problems"].tolist()
     if not kept:
         raise UserError(f"no readable image in {args.data_dir!r} ({len(problems)} unreadable file(s)): "
                         f"pass a folder or list of images PIL can open")
-    embeddings = np.concatenate(rows)
     out = args.output_dir
+    for name in OUTPUTS:  # an earlier run's: none may describe other rows than these
+        files.remove(os.path.join(out, name))
     try:
-        save_array(os.path.join(out, "embeddings.npy"), embeddings)
+        embeddings = join_parts(os.path.join(out, "embeddings.npy"), parts, chunks, len(kept), encoder.feature_dim)
         files.write_text(os.path.join(out, "files.txt"), "".join(f"{p}\n" for p in kept))
         files.write_text(os.path.join(out, "skipped.txt"), "".join(f"{p}\n" for p in problems))
-        written = ["embeddings.npy", "files.txt", "skipped.txt"]
+        written, found_k = ["embeddings.npy", "files.txt", "skipped.txt"], 0
         if args.neighbours and len(kept) > 1:
-            written += write_neighbours(args, encoder, device, embeddings, kept)
+            found_k = write_neighbours(args, encoder, device, embeddings, kept)
+            written += OUTPUTS[3:7]
         files.write_json(os.path.join(out, "embed.json"), {
             "encoder": os.path.abspath(args.encoder), "model": encoder.name, "feature_dim": encoder.feature_dim,
             "image_size": encoder.image_size, "images": len(kept), "skipped": len(problems),
-            "neighbours": args.neighbours, "time_s": time.time() - start})
+            "neighbours": int(found_k), "time_s": time.time() - start})
     except files.WriteFailed as e:
         raise UserError(e.problem + ": free space, or pass another --output-dir (finished chunks are kept)") from e
     files.remove(os.path.dirname(parts))
@@ -198,7 +234,7 @@ def write_outputs(args, encoder, device, paths: list, parts: str, chunks: int, s
 
 
 def write_neighbours(args, encoder, device, embeddings: np.ndarray, kept: list) -> list:
-    found, similarity = neighbours.nearest_neighbours(torch.from_numpy(embeddings).to(device), args.neighbours)
+    found, similarity = neighbours.nearest_neighbours(torch.tensor(embeddings, device=device), args.neighbours)
     out = args.output_dir
     save_array(os.path.join(out, "neighbours.npy"), found.numpy())
     save_array(os.path.join(out, "neighbour_similarities.npy"), similarity.numpy())
@@ -207,12 +243,17 @@ def write_neighbours(args, encoder, device, embeddings: np.ndarray, kept: list) 
     # The picture: a seeded choice of queries, decoded again at a size a person can see.
     shown = torch.randperm(len(kept), generator=torch.Generator().manual_seed(args.seed))[:args.neighbour_queries]
     size = max(encoder.image_size, 64)
-    pixels = lambda i: torch.from_numpy(decode_image(kept[i], size).copy()).permute(2, 0, 1)  # noqa: E731
+
+    def pixels(i):  # grey where a file became unreadable since it was embedded
+        image = decode_or_problem((kept[i], size))
+        return torch.from_numpy(image.copy()).permute(2, 0, 1) if isinstance(image, np.ndarray) \
+            else torch.full((3, size, size), 128, dtype=torch.uint8)
     queries = torch.stack([pixels(q) for q in shown.tolist()])
-    beside = torch.stack([torch.stack([pixels(i) for i in found[q].tolist()]) for q in shown.tolist()])
+    beside = torch.stack([torch.stack([pixels(i) for i in found[q, :PICTURE_NEIGHBOURS].tolist()])
+                          for q in shown.tolist()])
     from torchvision.utils import save_image
     save_image(neighbours.neighbour_grid(queries, beside), os.path.join(out, "neighbours.png"))
-    return ["neighbours.npy", "neighbour_similarities.npy", "neighbours.tsv", "neighbours.png"]
+    return found.shape[1]
 
 
 def run():
