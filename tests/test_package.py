@@ -86,6 +86,7 @@ def trained_looking(model: str, image_size: int, directory):
     return encoder
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and torchvision: about 10 s
 def test_the_readmes_torchvision_example_loads_a_resnet18_without_the_project(tmp_path):
     encoder = trained_looking("resnet18", 32, tmp_path / "final")
     example = readme_example(1).replace("runs/resnet18/final", "final")
@@ -97,6 +98,7 @@ def test_the_readmes_torchvision_example_loads_a_resnet18_without_the_project(tm
                                    rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and torchvision each: about 10 s
 @pytest.mark.parametrize("model, image_size, stem", [("resnet18", 32, "cifar"), ("resnet18", 96, "imagenet"),
                                                      ("resnet50", 32, "cifar"), ("resnet50", 96, "imagenet"),
                                                      ("torchvision:efficientnet_b0", 32, "cifar")])
