@@ -5,6 +5,7 @@ from ssl_scripts import UserError
 from ssl_scripts.models.encoders import (MODELS, Encoder, EncoderWithHead, FeatureLinear, build_encoder, load_encoder,
                            save_encoder, simple_cnn_blocks)
 from helpers import parse
+from helpers.flops import forward_gflops
 from ssl_scripts.tasks import TASKS
 
 
@@ -47,13 +48,6 @@ def test_load_encoder_round_trip(tmp_path, name):
     assert torch.equal(loaded(x), encoder(x))
     assert loaded.config() == encoder.config() and loaded.config()["mean"] == pytest.approx([0.4, 0.5, 0.6])
     assert torch.equal(load_encoder(str(tmp_path / "final" / "encoder.safetensors"))(x), encoder(x))
-
-
-def forward_gflops(module, image_size):
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module.eval()(torch.rand(1, 3, image_size, image_size))
-    return counter.get_total_flops() / 1e9
 
 
 @pytest.mark.parametrize("image_size, stem, layer1_side", [(32, "cifar", 32), (64, "cifar", 64), (96, "imagenet", 24),

@@ -8,13 +8,7 @@ from ssl_scripts import UserError
 from ssl_scripts.models import torchvision_models
 from ssl_scripts.models.encoders import build_encoder, model_spec
 from helpers import parse
-
-
-def forward_gflops(module, image_size):
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module.eval()(torch.rand(1, 3, image_size, image_size))
-    return counter.get_total_flops() / 1e9
+from helpers.flops import forward_gflops
 
 
 def torchvision_features(name):
