@@ -61,3 +61,22 @@ def test_evaluate_shows_its_classifiers_epochs_on_a_terminal(tmp_path):
     seen = output_in_a_terminal([sys.executable, "evaluate.py", "--encoder", str(out / "final"), "--dataset",
                                  "synthetic", "--classifier-epochs", "2", "--skip-untrained", "--blocks", "block1"])
     assert "block features" in seen and "classifier epochs" in seen, seen[-3000:]
+
+
+def test_a_stderr_piped_to_a_terminal_counts_as_one(tmp_path):
+    # accelerate launch (1.16 on) copies its one process's stderr through a pipe to its own terminal
+    ask = [sys.executable, "-c", "from ssl_scripts.runtime.progress import stderr_reaches_a_terminal as t; "
+                                 "print(t(), file=open('answer', 'w'))"]
+
+    def answer(stdout, stderr) -> str:
+        subprocess.run(ask, cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO}, stdout=stdout, stderr=stderr,
+                       check=True, timeout=60)
+        return (tmp_path / "answer").read_text().strip()
+
+    leader, follower = pty.openpty()
+    with open(tmp_path / "log", "w") as log:
+        assert answer(follower, subprocess.PIPE) == "True"  # stdout the terminal, stderr accelerate's pipe
+        assert answer(follower, follower) == "True"
+        assert answer(follower, log) == "False"  # `2> file`: nobody watches that bar
+        assert answer(log, subprocess.PIPE) == "False"  # both captured (a test, a CI job)
+    os.close(leader), os.close(follower)

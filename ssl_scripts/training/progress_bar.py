@@ -1,10 +1,11 @@
 """The training's progress bar (local main process): redrawn rarely in a log file, its rate and time left leaving
 out what is not training (evaluations, checkpoints)."""
-import sys
 import time
 from contextlib import contextmanager
 
 from tqdm.auto import tqdm
+
+from ssl_scripts.runtime.progress import stderr_reaches_a_terminal
 
 
 class TrainingBar:
@@ -16,7 +17,7 @@ class TrainingBar:
     def start(self, total_steps: int, step: int, show: bool) -> None:
         # Redirected to a file (Slurm logs) the bar is redrawn every 30 s, not a few times a second.
         self.bar = tqdm(total=total_steps, initial=step, dynamic_ncols=True,
-                        mininterval=1 if sys.stderr.isatty() else 30, disable=not show, desc="train")
+                        mininterval=1 if stderr_reaches_a_terminal() else 30, disable=not show, desc="train")
 
     def step_done(self) -> None:
         self.bar.update(1)
@@ -25,7 +26,10 @@ class TrainingBar:
         self.bar.set_postfix(loss=f"{values['train/loss']:.4f}", img_s=f"{values['train/images_per_s']:.0f}")
 
     def close(self) -> None:
-        self.bar.close()
+        try:
+            self.bar.close()
+        except OSError:  # stderr is a pipe nobody reads (a killed accelerate launch): the stop goes on without it
+            pass
 
     @contextmanager
     def paused(self):
