@@ -20,7 +20,7 @@ from ssl_scripts.data.image_data import ImageData
 from ssl_scripts.models.image_input import DECODER
 from ssl_scripts.runtime import files
 from ssl_scripts.runtime import filelock
-from ssl_scripts.runtime.progress import stderr_reaches_a_terminal
+from ssl_scripts.runtime.progress import redraw_interval_s
 
 # The names of the caches of decoded images in --cache-dir (imagefolder_cache, load_stl10).
 CACHE_NAMES = ("imagefolder-*.pt", "stl10-*.pt")
@@ -66,7 +66,7 @@ def decode_imagefolder(data_dir: str, image_size: int, skip_bad: bool = False, s
     print(f"decoding {total} images of {data_dir}", flush=True)
     workers = decode_workers()  # the node's other processes wait meanwhile: all of this one's CPUs decode
     with fork_pool(workers) as pool, \
-            tqdm(total=total, desc="decode", unit="img", mininterval=1 if stderr_reaches_a_terminal() else 30) as bar:
+            tqdm(total=total, desc="decode", unit="img", mininterval=redraw_interval_s()) as bar:
         for split in ("train", "test"):
             jobs = labelled[split]
             images = torch.empty((len(jobs), 3, image_size, image_size), dtype=torch.uint8)

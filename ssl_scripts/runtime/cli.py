@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from ssl_scripts import Preempted, UserError
 from ssl_scripts.runtime import processes# noqa: F401  (processes: reads the launcher's pid first)
+from ssl_scripts.runtime import progress
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -45,10 +46,7 @@ def end_with_user_error(message: str, agreed: bool = False) -> None:
 
 def _end_with(message: str, status: int, stream, every_process: bool) -> None:
     for bar in list(getattr(tqdm, "_instances", [])):
-        try:
-            bar.close()  # ends the progress bar's line, so the message starts a line of its own
-        except OSError:  # stderr is a pipe nobody reads (a killed accelerate launch): the message still goes out
-            pass
+        progress.close(bar)  # ends the progress bar's line, so the message starts a line of its own
     main_process = os.environ.get("RANK", "0") == "0"
     if every_process or main_process:
         # One write, so lines of several processes do not interleave; the other ranks start a new line, as rank

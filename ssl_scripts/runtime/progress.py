@@ -19,6 +19,20 @@ def stderr_reaches_a_terminal() -> bool:
         return False
 
 
+def redraw_interval_s() -> float:
+    """How often a long bar redraws: every second on a terminal, every 30 s in a log file (a Slurm log)."""
+    return 1 if stderr_reaches_a_terminal() else 30
+
+
+def close(bar) -> None:
+    """bar.close(), which ends its line; where stderr is a pipe nobody reads (a killed accelerate launch), nothing:
+    what follows (a stop's line on stdout) still goes out."""
+    try:
+        bar.close()
+    except OSError:
+        pass
+
+
 def on_terminal(iterable=None, desc: str = "", total: int = None, show: bool = True):
     """tqdm over iterable (or a bar of `total` to update), shown only when stderr reaches a terminal and show (e.g. on
     one process of several)."""

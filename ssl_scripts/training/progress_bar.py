@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
-from ssl_scripts.runtime.progress import stderr_reaches_a_terminal
+from ssl_scripts.runtime import progress
 
 
 class TrainingBar:
@@ -15,9 +15,8 @@ class TrainingBar:
         self.bar = None
 
     def start(self, total_steps: int, step: int, show: bool) -> None:
-        # Redirected to a file (Slurm logs) the bar is redrawn every 30 s, not a few times a second.
         self.bar = tqdm(total=total_steps, initial=step, dynamic_ncols=True,
-                        mininterval=1 if stderr_reaches_a_terminal() else 30, disable=not show, desc="train")
+                        mininterval=progress.redraw_interval_s(), disable=not show, desc="train")
 
     def step_done(self) -> None:
         self.bar.update(1)
@@ -26,10 +25,7 @@ class TrainingBar:
         self.bar.set_postfix(loss=f"{values['train/loss']:.4f}", img_s=f"{values['train/images_per_s']:.0f}")
 
     def close(self) -> None:
-        try:
-            self.bar.close()
-        except OSError:  # stderr is a pipe nobody reads (a killed accelerate launch): the stop goes on without it
-            pass
+        progress.close(self.bar)
 
     @contextmanager
     def paused(self):
